@@ -1,0 +1,41 @@
+"""aem_loop: an asyncio event loop with AEM semantics.
+
+Priorities (0..99, higher first, FIFO within a level) with time-sliced
+dispatch, aging and inheritance, on two I/O backends ("selector", "uvloop").
+See README.md and docs/.
+"""
+
+from .api import EventLoopPolicy, create_task, install, loop_factory, new_event_loop, run
+from .core.priority import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Priority,
+    current_priority,
+    effective_priority,
+    priority,
+    set_priority,
+)
+from .core.stats import LatencySummary, LoopStatistics
+from .locks import Lock
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
+    "EventLoopPolicy",
+    "LatencySummary",
+    "Lock",
+    "LoopStatistics",
+    "Priority",
+    "__version__",
+    "create_task",
+    "current_priority",
+    "effective_priority",
+    "install",
+    "loop_factory",
+    "new_event_loop",
+    "priority",
+    "run",
+    "set_priority",
+]

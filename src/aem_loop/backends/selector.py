@@ -1,0 +1,126 @@
+"""Backend "selector": asyncio's selector loop with the AEM core as its scheduler.
+
+Transports, servers, SSL, subprocesses and signals are asyncio's own
+(``asyncio.SelectorEventLoop``); what changes is the iteration:
+
+- every ready handle (call_soon, task steps, future callbacks, I/O readiness
+  of readers and writers, due timers, signal handlers, call_soon_threadsafe)
+  enters the core's priority queue at the priority of its context;
+- ``_run_once`` polls, queues what became ready, and lets the core dispatch
+  one round, which ends early after a time slice so that the next poll
+  (non-blocking, since work is pending) notices urgent readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from asyncio import events
+from collections.abc import Callable
+from typing import Any
+
+from ..core.loopbase import AEMLoopMixin, make_scheduler
+from ..core.scheduler import Scheduler
+
+__all__ = ["SelectorLoop"]
+
+# asyncio never blocks in select() for longer than a day (MAXIMUM_SELECT_TIMEOUT).
+_MAXIMUM_SELECT_TIMEOUT = 24 * 3600
+
+
+class _ReadyView:
+    """Stands in for ``BaseEventLoop._ready`` so base-class code that appends
+    to it (on any Python version) still goes through the core."""
+
+    __slots__ = ("_sched",)
+
+    def __init__(self, sched: Scheduler) -> None:
+        self._sched = sched
+
+    def append(self, handle: Any) -> None:
+        self._sched.push(handle)
+
+    def __len__(self) -> int:
+        return len(self._sched)
+
+    def __bool__(self) -> bool:
+        return self._sched.has_work()
+
+    def clear(self) -> None:
+        self._sched.clear()
+
+
+class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[misc]
+    """An asyncio loop on ``selectors`` (epoll) with priority-ordered dispatch."""
+
+    _aem_backend = "selector"
+
+    def __init__(self, selector: Any = None, **options: Any) -> None:
+        sched = make_scheduler(self, options)
+        self._aem = sched
+        super().__init__(selector)
+        self._ready = _ReadyView(sched)  # type: ignore[assignment]
+        sched.debug = self.get_debug()
+
+    # -- entry points into the core -------------------------------------------
+
+    def _call_soon(
+        self, callback: Callable[..., object], args: Any, context: Any
+    ) -> events.Handle:
+        handle = events.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        if context is None or self._aem_creating:
+            self._aem.push(handle)
+        else:
+            self._aem.push_woken(handle)
+        return handle
+
+    def _add_callback(self, handle: events.Handle) -> None:
+        if not handle._cancelled:
+            self._aem.push(handle)
+
+    def _add_callback_signalsafe(self, handle: events.Handle) -> None:
+        self._aem.push_threadsafe(handle)
+        self._write_to_self()
+
+    def call_soon_threadsafe(
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: Any = None,
+    ) -> events.Handle:
+        self._check_closed()
+        if self._debug:
+            self._check_callback(callback, "call_soon_threadsafe")  # type: ignore[attr-defined]
+        handle = events.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._aem.push_threadsafe(handle)
+        self._write_to_self()
+        return handle
+
+    def _aem_check_open(self) -> None:
+        self._check_closed()
+
+    def _aem_check_thread(self) -> None:
+        self._check_thread()  # type: ignore[attr-defined]
+
+    # -- the iteration ----------------------------------------------------------
+
+    def _run_once(self) -> None:
+        sched = self._aem
+        if sched._len or sched.inbox or self._stopping:  # type: ignore[attr-defined]
+            timeout: float | None = 0
+        else:
+            when = sched.timers.next_when()
+            if when is None:
+                timeout = None
+            else:
+                timeout = min(max(0.0, when - self.time()), _MAXIMUM_SELECT_TIMEOUT)
+        event_list = self._selector.select(timeout)  # type: ignore[attr-defined]
+        sched.polls += 1
+        self._process_events(event_list)  # type: ignore[attr-defined]
+        event_list = None  # break cycles when an exception occurs
+        sched.move_due_timers(self.time() + self._clock_resolution)  # type: ignore[attr-defined]
+        sched.run_ready()
+

@@ -1,0 +1,174 @@
+"""Backend "uvloop": uvloop's libuv I/O with the AEM core as the scheduler.
+
+libuv runs I/O and calls uvloop's transports, which call protocols directly.
+What goes through the core here:
+
+- ``call_soon`` (so every task step and future callback), ``call_later`` /
+  ``call_at`` (one libuv timer for the earliest core timer, not one per
+  call), ``call_soon_threadsafe`` (so executor results and
+  ``run_coroutine_threadsafe``), and ``create_task(priority=)``;
+- protocol callbacks of connections made under a non-default priority
+  (:mod:`aem_loop.backends.uvproto`): they run directly when nothing more
+  urgent is queued (the fast path), and are queued at their priority
+  otherwise.
+
+The core runs as one uvloop handle, ``_aem_dispatch``, re-armed while work
+is queued; libuv polls I/O (without blocking, since a handle is ready)
+between two rounds, so the time slice bounds urgent latency here too.
+
+What differs from "selector": uvloop's own internal callbacks (signal
+handlers registered with ``add_signal_handler``, connection_made of
+default-priority connections, server accept) run directly from libuv
+before the core's next round, not in priority order.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from asyncio import events
+from collections.abc import Callable
+from typing import Any
+
+import uvloop
+
+from ..core.loopbase import AEMLoopMixin, make_scheduler
+from .uvproto import PriorityServerMixin
+
+__all__ = ["UVLoop"]
+
+# The longest the libuv timer is armed for; a later deadline simply re-arms
+# when it fires (avoids libuv's uint64 millisecond overflow paths).
+_MAX_ARM_SECONDS = 86400.0
+
+_monotonic = time.monotonic
+_uv_call_soon = uvloop.Loop.call_soon
+_uv_call_later = uvloop.Loop.call_later
+_uv_call_soon_threadsafe = uvloop.Loop.call_soon_threadsafe
+_INF = math.inf
+
+
+class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[misc]
+    """A uvloop loop whose callbacks, tasks and timers run in priority order."""
+
+    _aem_backend = "uvloop"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self._aem = make_scheduler(self, options)
+        self._aem.debug = self.get_debug()
+        self._aem_armed = False
+        self._aem_closed = False
+        self._aem_thread: int | None = None
+        self._aem_uv_timer: Any = None
+        self._aem_timer_when = _INF
+        self._current_handle = None
+
+    # -- entry points into the core ---------------------------------------------
+
+    def call_soon(
+        self, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> events.Handle:
+        if self._aem_closed:
+            raise RuntimeError("Event loop is closed")
+        handle = events.Handle(callback, args, self, context)  # type: ignore[arg-type]
+        if handle._source_traceback:  # captured in debug mode only
+            self._aem_check_thread()
+            del handle._source_traceback[-1]
+        if context is None or self._aem_creating:
+            self._aem.push(handle)
+        else:
+            self._aem.push_woken(handle)
+        if not self._aem_armed:
+            self._aem_armed = True
+            _uv_call_soon(self, self._aem_dispatch)
+        return handle
+
+    def call_soon_threadsafe(
+        self, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> events.Handle:
+        if self._aem_closed:
+            raise RuntimeError("Event loop is closed")
+        handle = events.Handle(callback, args, self, context)  # type: ignore[arg-type]
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
+        self._aem.push_threadsafe(handle)
+        # uvloop's own thread-safe entry wakes libuv (uv_async_send).
+        _uv_call_soon_threadsafe(self, self._aem_dispatch)
+        return handle
+
+    def _aem_check_open(self) -> None:
+        if self._aem_closed:
+            raise RuntimeError("Event loop is closed")
+
+    def _aem_check_thread(self) -> None:
+        tid = self._aem_thread
+        if tid is not None and tid != threading.get_ident():
+            raise RuntimeError(
+                "Non-thread-safe operation invoked on an event loop other "
+                "than the current one"
+            )
+
+    # -- dispatch -----------------------------------------------------------------
+
+    def _aem_dispatch(self) -> None:
+        self._aem_armed = False
+        sched = self._aem
+        try:
+            if sched.timers._heap:
+                sched.move_due_timers(_monotonic())
+            sched.polls += 1
+            sched.run_ready()
+        finally:
+            if not self._aem_armed and (sched._len or sched.inbox):
+                self._aem_armed = True
+                _uv_call_soon(self, self._aem_dispatch)
+            when = sched.timers.next_when()
+            if when is not None and when < self._aem_timer_when:
+                self._aem_arm_timer(when)
+
+    # -- timers: one libuv timer for the earliest core timer ---------------------
+
+    def _aem_timer_added(self, timer: events.TimerHandle) -> None:
+        if timer._when < self._aem_timer_when:
+            self._aem_arm_timer(timer._when)
+
+    def _aem_arm_timer(self, when: float) -> None:
+        if self._aem_uv_timer is not None:
+            self._aem_uv_timer.cancel()
+        delay = min(max(0.0, when - _monotonic()), _MAX_ARM_SECONDS)
+        # libuv counts whole milliseconds; round up so that it never fires
+        # before the deadline has (by our clock) a chance to have passed.
+        self._aem_uv_timer = _uv_call_later(
+            self, math.ceil(delay * 1000.0) / 1000.0, self._aem_on_timer
+        )
+        self._aem_timer_when = when
+
+    def _aem_on_timer(self) -> None:
+        self._aem_uv_timer = None
+        self._aem_timer_when = _INF
+        sched = self._aem
+        sched.move_due_timers(_monotonic())
+        if sched._len and not self._aem_armed:
+            self._aem_armed = True
+            _uv_call_soon(self, self._aem_dispatch)
+        when = sched.timers.next_when()
+        if when is not None:
+            self._aem_arm_timer(when)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        self._aem_thread = threading.get_ident()
+        try:
+            super().run_forever()
+        finally:
+            self._aem_thread = None
+
+    def close(self) -> None:
+        super().close()
+        self._aem_closed = True
+        self._aem_uv_timer = None
+        self._aem_timer_when = _INF
+        self._aem.clear()

@@ -1,0 +1,173 @@
+"""Priorities for protocol callbacks on the uvloop backend (the job layer).
+
+uvloop's transports call their protocol straight from libuv.  A connection
+made under a non-default priority gets a thin protocol in between that
+checks, at each event, whether anything more urgent is queued in the core:
+
+- nothing more urgent and nothing of this connection deferred (the fast
+  path): the callback runs at once, marked as running at the connection's
+  priority so that what it wakes inherits it;
+- otherwise it is queued at the connection's priority behind this
+  connection's earlier deferred events, so per-connection order is kept.
+
+Flow control (pause_writing/resume_writing) and BufferedProtocol's
+get_buffer/buffer_updated must answer at once and always run directly.
+Connections at the default priority get no wrapper at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ..core.priority import DEFAULT_PRIORITY, current_priority
+
+__all__ = ["PriorityServerMixin"]
+
+
+class _PriorityProtocol(asyncio.Protocol):
+    def __init__(self, inner: Any, level: int, loop: Any) -> None:
+        self._aem_inner = inner
+        self._aem_level = level
+        self._aem_loop = loop
+        self._aem_backlog = 0
+        self._aem_transport: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._aem_inner, name)
+
+    def __repr__(self) -> str:
+        return f"<aem priority {self._aem_level} protocol for {self._aem_inner!r}>"
+
+    def _aem_direct(self, fn: Callable[..., Any], *args: Any) -> Any:
+        sched = self._aem_loop._aem
+        prev = sched.current
+        sched.current = self._aem_level
+        try:
+            return fn(*args)
+        finally:
+            sched.current = prev
+
+    def _aem_call(self, fn: Callable[..., Any], *args: Any) -> None:
+        sched = self._aem_loop._aem
+        if not self._aem_backlog and sched.top() <= self._aem_level:
+            self._aem_direct(fn, *args)
+            return
+        self._aem_backlog += 1
+        self._aem_loop.call_soon(self._aem_deferred, fn, args)
+
+    def _aem_deferred(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._aem_backlog -= 1
+        try:
+            result = fn(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            # What uvloop does for an exception raised by a protocol callback:
+            # report it and close the connection.
+            self._aem_loop.call_exception_handler(
+                {
+                    "message": f"Fatal error: protocol.{fn.__name__}() call failed.",
+                    "exception": exc,
+                    "transport": self._aem_transport,
+                    "protocol": self._aem_inner,
+                }
+            )
+            if self._aem_transport is not None:
+                self._aem_transport.abort()
+            return
+        if fn.__name__ == "eof_received" and not result and self._aem_transport:
+            self._aem_transport.close()
+
+    # -- protocol interface -------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self._aem_transport = transport
+        self._aem_direct(self._aem_inner.connection_made, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._aem_call(self._aem_inner.data_received, data)
+
+    def eof_received(self) -> bool | None:
+        if not self._aem_backlog and self._aem_loop._aem.top() <= self._aem_level:
+            return self._aem_direct(self._aem_inner.eof_received)  # type: ignore[no-any-return]
+        self._aem_call(self._aem_inner.eof_received)
+        return True  # keep the transport open until the deferred call decides
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._aem_call(self._aem_inner.connection_lost, exc)
+
+    def pause_writing(self) -> None:
+        self._aem_direct(self._aem_inner.pause_writing)
+
+    def resume_writing(self) -> None:
+        self._aem_direct(self._aem_inner.resume_writing)
+
+
+class _PriorityBufferedProtocol(_PriorityProtocol, asyncio.BufferedProtocol):
+    def get_buffer(self, sizehint: int) -> Any:
+        return self._aem_inner.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._aem_direct(self._aem_inner.buffer_updated, nbytes)
+
+
+def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
+    level = current_priority()
+    if level == DEFAULT_PRIORITY:
+        return factory
+
+    def make() -> Any:
+        inner = factory()
+        if isinstance(inner, asyncio.BufferedProtocol):
+            return _PriorityBufferedProtocol(inner, level, loop)
+        return _PriorityProtocol(inner, level, loop)
+
+    return make
+
+
+def _unwrap(protocol: Any) -> Any:
+    return getattr(protocol, "_aem_inner", protocol) if isinstance(
+        protocol, _PriorityProtocol
+    ) else protocol
+
+
+class PriorityServerMixin:
+    """Wraps protocol factories of stream servers and connections."""
+
+    async def create_server(self, protocol_factory: Any, *args: Any, **kw: Any) -> Any:
+        return await super().create_server(  # type: ignore[misc]
+            _wrap_factory(self, protocol_factory), *args, **kw
+        )
+
+    async def create_unix_server(
+        self, protocol_factory: Any, *args: Any, **kw: Any
+    ) -> Any:
+        return await super().create_unix_server(  # type: ignore[misc]
+            _wrap_factory(self, protocol_factory), *args, **kw
+        )
+
+    async def create_connection(
+        self, protocol_factory: Any, *args: Any, **kw: Any
+    ) -> Any:
+        t, p = await super().create_connection(  # type: ignore[misc]
+            _wrap_factory(self, protocol_factory), *args, **kw
+        )
+        return t, _unwrap(p)
+
+    async def create_unix_connection(
+        self, protocol_factory: Any, *args: Any, **kw: Any
+    ) -> Any:
+        t, p = await super().create_unix_connection(  # type: ignore[misc]
+            _wrap_factory(self, protocol_factory), *args, **kw
+        )
+        return t, _unwrap(p)
+
+    async def connect_accepted_socket(
+        self, protocol_factory: Any, *args: Any, **kw: Any
+    ) -> Any:
+        t, p = await super().connect_accepted_socket(  # type: ignore[misc]
+            _wrap_factory(self, protocol_factory), *args, **kw
+        )
+        return t, _unwrap(p)

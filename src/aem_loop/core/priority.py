@@ -1,0 +1,155 @@
+"""Priorities: names, validation, and the context variable that carries them.
+
+A priority is an int in 0..99, higher is more urgent.  It travels in the
+``contextvars`` context, so everything that captures a context when it is
+created (callbacks, tasks, timers, readers, servers and the connections a
+server accepts) carries the priority that was current at that moment.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import functools
+import inspect
+from asyncio import events as _events
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = [
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
+    "NLEVELS",
+    "Priority",
+    "check_priority",
+    "current_priority",
+    "effective_priority",
+    "priority",
+    "set_priority",
+]
+
+MIN_PRIORITY = 0
+MAX_PRIORITY = 99
+NLEVELS = MAX_PRIORITY + 1
+
+
+class Priority(enum.IntEnum):
+    """Named priority levels; any int in 0..99 is accepted where these are."""
+
+    IDLE = 0
+    LOW = 25
+    NORMAL = 50
+    HIGH = 75
+    CRITICAL = 99
+
+
+DEFAULT_PRIORITY = int(Priority.NORMAL)
+
+# The one variable the scheduler reads.  Its value is always a plain int so
+# that the hot path (``ctx.get(PRIORITY_VAR, DEFAULT)``) needs no conversion.
+PRIORITY_VAR: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "aem_loop.priority"
+)
+
+
+def check_priority(value: object, what: str = "priority") -> int:
+    """Return *value* as an int priority, or raise TypeError/ValueError."""
+    if type(value) is int and MIN_PRIORITY <= value <= MAX_PRIORITY:  # fast path
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{what} must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}, "
+            f"not {type(value).__name__} {value!r}"
+        )
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise ValueError(
+            f"{what} must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {value!r}"
+        )
+    return int(value)
+
+
+def current_priority() -> int:
+    """The priority of the code that is running now (NORMAL by default)."""
+    return PRIORITY_VAR.get(DEFAULT_PRIORITY)
+
+
+def effective_priority() -> int:
+    """The level the running callback is dispatched at.
+
+    Equal to :func:`current_priority` except while a step runs raised by
+    inheritance (woken by a more urgent event) or by a lock boost.  Outside
+    an aem loop it is :func:`current_priority`.
+    """
+    sched = getattr(_events._get_running_loop(), "_aem", None)
+    if sched is not None and sched.current >= 0:
+        return int(sched.current)
+    return current_priority()
+
+
+def set_priority(value: int) -> None:
+    """Change the current priority from now on.
+
+    Inside a task this changes the task's priority for its following steps
+    (a task runs in its own context); the task's creator is not affected.
+    """
+    PRIORITY_VAR.set(check_priority(value))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class priority:  # noqa: N801 - used like contextlib's lower-case managers
+    """Run a block, or every call of a coroutine function, at priority *p*.
+
+    As a context manager::
+
+        with aem_loop.priority(aem_loop.Priority.HIGH):
+            loop.call_soon(cb)          # runs at HIGH
+            asyncio.create_task(c())    # the task runs at HIGH
+            await loop.create_server(...)  # accepted connections run at HIGH
+
+    As a decorator on a coroutine function (or a plain function), each call
+    runs at *p*.
+    """
+
+    __slots__ = ("_tokens", "value")
+
+    def __init__(self, p: int) -> None:
+        self.value = check_priority(p)
+        self._tokens: list[contextvars.Token[int]] = []
+
+    def __enter__(self) -> int:
+        self._tokens.append(PRIORITY_VAR.set(self.value))
+        return self.value
+
+    def __exit__(self, *exc: object) -> None:
+        PRIORITY_VAR.reset(self._tokens.pop())
+
+    def __call__(self, fn: F) -> F:
+        value = self.value
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def coro_wrapper(*args: Any, **kwargs: Any) -> Any:
+                token = PRIORITY_VAR.set(value)
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    PRIORITY_VAR.reset(token)
+
+            return coro_wrapper  # type: ignore[return-value]
+        if not callable(fn):
+            raise TypeError(f"priority() decorates a callable, not {fn!r}")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            token = PRIORITY_VAR.set(value)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                PRIORITY_VAR.reset(token)
+
+        return wrapper  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"aem_loop.priority({self.value})"

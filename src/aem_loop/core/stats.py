@@ -1,0 +1,78 @@
+"""Statistics records of the core (frozen, as trio's ``statistics()``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+
+__all__ = ["LatencySummary", "LatencyRecorder", "LoopStatistics", "percentile"]
+
+# Samples kept per priority level for the lateness percentiles.  A bounded
+# window keeps memory constant and the figures about recent behaviour.
+_WINDOW = 4096
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
+    if not sorted_values:
+        return 0.0
+    k = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencySummary:
+    """Lateness of dispatched callbacks in seconds (sampled)."""
+
+    samples: int
+    p50: float
+    p99: float
+    max: float
+
+
+class LatencyRecorder:
+    __slots__ = ("_samples", "count")
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=_WINDOW)
+        self.count = 0
+
+    def add(self, value: float) -> None:
+        self._samples.append(value)
+        self.count += 1
+
+    def summary(self) -> LatencySummary:
+        s = sorted(self._samples)
+        return LatencySummary(
+            samples=self.count,
+            p50=percentile(s, 50),
+            p99=percentile(s, 99),
+            max=s[-1] if s else 0.0,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopStatistics:
+    """What ``loop.statistics()`` returns.
+
+    - ``queued``: ready callbacks waiting now, per priority level.
+    - ``dispatched``: callbacks run so far, per priority level.
+    - ``lateness``: time from ready (or due, for timers) to run, per level.
+    - ``polls``: I/O polls (backend iterations); ``slices``: dispatch rounds
+      cut short by the time slice so that I/O could be polled.
+    - ``aged``: callbacks run ahead of more urgent ones by aging.
+    - ``inherited``: callbacks queued above their own priority by inheritance
+      (woken by a more urgent event) or by a boosted lock holder.
+    """
+
+    backend: str
+    queued: dict[int, int]
+    dispatched: dict[int, int]
+    lateness: dict[int, LatencySummary]
+    polls: int
+    slices: int
+    aged: int
+    inherited: int
+    timers_pending: int
+    time_slice: float
+    aging: float | None

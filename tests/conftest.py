@@ -1,0 +1,95 @@
+"""Every async test runs on both aem backends; conformance tests also on stock asyncio.
+
+pytest-asyncio parametrizes each ``@pytest.mark.asyncio`` test over the
+factories returned by ``pytest_asyncio_loop_factories``:
+
+- ``selector`` and ``uvloop``: aem loops;
+- ``asyncio``: the stock loop, added for tests marked ``conformance`` (the
+  reference: what passes there must pass on aem).
+
+``@pytest.mark.backends("selector")`` restricts a test to some backends.
+Every test is checked for leaked file descriptors, child processes and
+threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+
+import pytest
+
+import aem_loop
+
+AEM_BACKENDS = ("selector", "uvloop")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "conformance: also run on stock asyncio, the reference"
+    )
+    config.addinivalue_line("markers", "backends(*names): run only on these backends")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]
+    names = list(AEM_BACKENDS)
+    if item.get_closest_marker("conformance"):
+        names.insert(0, "asyncio")
+    only = item.get_closest_marker("backends")
+    if only:
+        names = [n for n in names if n in only.args]
+    factories = {}
+    for name in names:
+        if name == "asyncio":
+            factories[name] = asyncio.new_event_loop
+        else:
+            factories[name] = functools.partial(aem_loop.new_event_loop, backend=name)
+    return factories
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # libuv opens a process-wide pipe the first time a loop runs; open it
+    # now so that the per-test fd check sees only what a test leaked.
+    loop = aem_loop.new_event_loop(backend="uvloop")
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+
+
+def _fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _children() -> set[int]:
+    try:
+        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except FileNotFoundError:  # kernels without CONFIG_PROC_CHILDREN
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Assert the test left no fd, child process or thread behind."""
+    fds, kids = _fds(), _children()
+    threads = set(threading.enumerate())
+    yield
+    import gc
+
+    gc.collect()
+    leaked_fds = _fds() - fds
+    # /proc listing itself opens an fd that is gone by the time we look.
+    leaked_fds = {fd for fd in leaked_fds if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not leaked_fds, f"leaked fds: {[os.readlink(f'/proc/self/fd/{fd}') for fd in leaked_fds]}"
+    assert _children() <= kids, f"leaked child processes: {_children() - kids}"
+    for t in set(threading.enumerate()) - threads:
+        t.join(timeout=5)
+    left = [t for t in set(threading.enumerate()) - threads if t.is_alive()]
+    assert not left, f"leaked threads: {left}"
+
+
+def backend_of(loop: asyncio.AbstractEventLoop) -> str:
+    """"asyncio", "selector" or "uvloop" for a running test loop."""
+    return getattr(loop, "backend", "asyncio")
