@@ -82,7 +82,8 @@ def no_leaks():
     leaked_fds = _fds() - fds
     # /proc listing itself opens an fd that is gone by the time we look.
     leaked_fds = {fd for fd in leaked_fds if os.path.exists(f"/proc/self/fd/{fd}")}
-    assert not leaked_fds, f"leaked fds: {[os.readlink(f'/proc/self/fd/{fd}') for fd in leaked_fds]}"
+    names = [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked_fds]
+    assert not leaked_fds, f"leaked fds: {names}"
     assert _children() <= kids, f"leaked child processes: {_children() - kids}"
     for t in set(threading.enumerate()) - threads:
         t.join(timeout=5)

@@ -5,7 +5,14 @@ dispatch, aging and inheritance, on two I/O backends ("selector", "uvloop").
 See README.md and docs/.
 """
 
-from .api import EventLoopPolicy, create_task, install, loop_factory, new_event_loop, run
+from .api import (
+    EventLoopPolicy,
+    create_task,
+    install,
+    loop_factory,
+    new_event_loop,
+    run,
+)
 from .core.priority import (
     MAX_PRIORITY,
     MIN_PRIORITY,

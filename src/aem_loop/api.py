@@ -67,7 +67,11 @@ def create_task(
     """``asyncio.create_task`` with a priority; works on any running loop."""
     loop = asyncio.get_running_loop()
     if priority is not None:
-        p = check_priority(priority)
+        try:
+            p = check_priority(priority)
+        except (TypeError, ValueError):
+            coro.close()  # it can never run; no "never awaited" warning
+            raise
         context = contextvars.copy_context() if context is None else context.copy()
         context.run(PRIORITY_VAR.set, p)
     return loop.create_task(coro, name=name, context=context)

@@ -55,7 +55,11 @@ class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[mis
     _aem_backend = "selector"
 
     def __init__(self, selector: Any = None, **options: Any) -> None:
-        sched = make_scheduler(self, options)
+        try:
+            sched = make_scheduler(self, options)
+        except BaseException:
+            self._closed = True  # nothing was opened; keep __del__ quiet
+            raise
         self._aem = sched
         super().__init__(selector)
         self._ready = _ReadyView(sched)  # type: ignore[assignment]

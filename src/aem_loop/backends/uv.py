@@ -56,7 +56,12 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
 
     def __init__(self, **options: Any) -> None:
         super().__init__()
-        self._aem = make_scheduler(self, options)
+        try:
+            self._aem = make_scheduler(self, options)
+        except BaseException:
+            # uvloop opened its libuv loop on allocation; only close() frees it.
+            uvloop.Loop.close(self)
+            raise
         self._aem.debug = self.get_debug()
         self._aem_armed = False
         self._aem_closed = False

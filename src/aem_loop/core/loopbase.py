@@ -18,7 +18,7 @@ from .priority import PRIORITY_VAR, check_priority
 from .scheduler import DEFAULT_AGING, DEFAULT_TIME_SLICE, Scheduler
 from .stats import LoopStatistics
 
-__all__ = ["AEMLoopMixin", "LOOP_OPTIONS", "make_scheduler"]
+__all__ = ["LOOP_OPTIONS", "AEMLoopMixin", "make_scheduler"]
 
 # The options every backend accepts (``new_event_loop(backend=..., **options)``).
 LOOP_OPTIONS = ("time_slice", "aging", "strict", "inherit")
@@ -130,7 +130,11 @@ class AEMLoopMixin:
     ) -> Any:
         """Schedule *coro*; with *priority*, the task runs at that priority."""
         if priority is not None:
-            p = check_priority(priority)
+            try:
+                p = check_priority(priority)
+            except (TypeError, ValueError):
+                coro.close()  # it can never run; no "never awaited" warning
+                raise
             context = contextvars.copy_context() if context is None else context.copy()
             context.run(PRIORITY_VAR.set, p)
         # The first step of a new task is scheduled with an explicit context

@@ -98,7 +98,7 @@ def set_priority(value: int) -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class priority:  # noqa: N801 - used like contextlib's lower-case managers
+class priority:
     """Run a block, or every call of a coroutine function, at priority *p*.
 
     As a context manager::

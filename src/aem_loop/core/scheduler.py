@@ -68,6 +68,7 @@ _NOT_DISPATCHING = -1
 
 class Scheduler(ReadyQueue):
     __slots__ = (
+        "_boost_sources",
         "_clock",
         "_probe",
         "_probe_t",
@@ -87,7 +88,6 @@ class Scheduler(ReadyQueue):
         "slice",
         "slices",
         "timers",
-        "_boost_sources",
     )
 
     def __init__(
@@ -323,7 +323,6 @@ class Scheduler(ReadyQueue):
             dt = self._clock() - t0
             if dt >= getattr(owner, "slow_callback_duration", 0.1):
                 import logging
-
                 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
 
                 logging.getLogger("asyncio").warning(

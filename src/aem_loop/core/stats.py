@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-__all__ = ["LatencySummary", "LatencyRecorder", "LoopStatistics", "percentile"]
+__all__ = ["LatencyRecorder", "LatencySummary", "LoopStatistics", "percentile"]
 
 # Samples kept per priority level for the lateness percentiles.  A bounded
 # window keeps memory constant and the figures about recent behaviour.

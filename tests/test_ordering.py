@@ -1,0 +1,156 @@
+"""Dispatch order: highest priority first, FIFO within a level, stock order when equal."""
+
+import asyncio
+import random
+
+import pytest
+
+import aem_loop
+
+
+@pytest.mark.asyncio
+async def test_highest_first_fifo_within_level():
+    loop = asyncio.get_running_loop()
+    rng = random.Random(7)
+    order = []
+    items = [(rng.choice([0, 10, 50, 51, 75, 99]), i) for i in range(300)]
+    done = loop.create_future()
+    for p, i in items:
+        with aem_loop.priority(p):
+            loop.call_soon(order.append, (p, i))
+    with aem_loop.priority(0):
+        loop.call_soon(lambda: done.set_result(None))
+    await done
+    # all were queued before any ran, so the order is a stable sort
+    assert order == sorted(items, key=lambda t: -t[0])
+
+
+@pytest.mark.asyncio
+async def test_higher_priority_scheduled_later_runs_earlier():
+    loop = asyncio.get_running_loop()
+    order = []
+    ev = asyncio.Event()
+
+    def low(n):
+        order.append(("low", n))
+        if n == 0:
+            with aem_loop.priority(99):
+                loop.call_soon(order.append, ("urgent", 0))
+        if n == 4:
+            ev.set()
+
+    with aem_loop.priority(10):
+        for n in range(5):
+            loop.call_soon(low, n)
+    await ev.wait()
+    # asyncio's rule holds: what a callback schedules waits for the next
+    # round, but then it goes before the older low-priority backlog.
+    assert order.index(("urgent", 0)) < len(order) - 1
+    assert [o for o in order if o[0] == "low"] == [("low", n) for n in range(5)]
+
+
+async def _trace_program() -> list:
+    """A mix of callbacks, tasks, futures, timers and I/O; returns its trace."""
+    loop = asyncio.get_running_loop()
+    trace = []
+    fut = loop.create_future()
+    q: asyncio.Queue[int] = asyncio.Queue()
+
+    async def producer():
+        for i in range(5):
+            trace.append(("put", i))
+            await q.put(i)
+            await asyncio.sleep(0)
+        fut.set_result("done")
+
+    async def consumer(name):
+        while True:
+            i = await q.get()
+            trace.append((name, i))
+            q.task_done()
+
+    def cb(x):
+        trace.append(("cb", x))
+        if x < 3:
+            loop.call_soon(cb, x + 10)
+
+    cons = [asyncio.create_task(consumer(f"c{j}")) for j in range(2)]
+    for x in range(3):
+        loop.call_soon(cb, x)
+    prod = asyncio.create_task(producer())
+    r, w = await asyncio.open_connection(*(await _echo_server()))
+    w.write(b"ping")
+    trace.append(("io", await r.readexactly(4)))
+    w.close()
+    await w.wait_closed()
+    trace.append(("fut", await fut))
+    await prod
+    await q.join()
+    for c in cons:
+        c.cancel()
+    await asyncio.gather(*cons, return_exceptions=True)
+    _SERVERS.pop().close()
+    return trace
+
+
+_SERVERS: list = []
+
+
+async def _echo_server():
+    async def handle(r, w):
+        w.write(await r.read(4))
+        await w.drain()
+        w.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    _SERVERS.append(srv)
+    return srv.sockets[0].getsockname()[:2]
+
+
+def test_equal_priorities_behave_exactly_like_stock():
+    reference = asyncio.run(_trace_program())
+    for backend in ("selector", "uvloop"):
+        assert aem_loop.run(_trace_program(), backend=backend) == reference, backend
+
+
+@pytest.mark.asyncio
+async def test_cancelled_handle_does_not_run():
+    loop = asyncio.get_running_loop()
+    ran = []
+    h = loop.call_soon(ran.append, 1)
+    with aem_loop.priority(99):
+        h2 = loop.call_soon(ran.append, 2)
+    h.cancel()
+    h2.cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert ran == []
+
+
+@pytest.mark.asyncio
+async def test_timers_run_at_their_priority_in_deadline_order():
+    loop = asyncio.get_running_loop()
+    order = []
+    done = loop.create_future()
+    when = loop.time() + 0.01
+    for i, p in enumerate([10, 90, 10, 90]):
+        with aem_loop.priority(p):
+            loop.call_at(when, order.append, (p, i))
+    loop.call_at(when + 0.01, done.set_result, None)
+    await done
+    assert order == [(90, 1), (90, 3), (10, 0), (10, 2)]
+
+
+@pytest.mark.asyncio
+async def test_threadsafe_carries_caller_priority():
+    loop = asyncio.get_running_loop()
+    got = loop.create_future()
+
+    def from_thread():
+        with aem_loop.priority(88):
+            loop.call_soon_threadsafe(
+                lambda: got.set_result(aem_loop.effective_priority())
+            )
+
+    await loop.run_in_executor(None, from_thread)
+    assert await got == 88

@@ -1,0 +1,162 @@
+"""The priority API: names, validation, context manager, decorator, tasks."""
+
+import asyncio
+import contextvars
+
+import pytest
+
+import aem_loop
+from aem_loop import Priority
+
+
+def test_priority_names():
+    assert [int(p) for p in Priority] == [0, 25, 50, 75, 99]
+    assert Priority.NORMAL == 50
+    assert aem_loop.current_priority() == Priority.NORMAL
+
+
+@pytest.mark.parametrize("bad", [-1, 100, 1000])
+def test_out_of_range_is_value_error(bad):
+    with pytest.raises(ValueError, match=r"0\.\.99"):
+        aem_loop.priority(bad)
+    with pytest.raises(ValueError, match=r"0\.\.99"):
+        aem_loop.set_priority(bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, "50", None, True])
+def test_not_an_int_is_type_error(bad):
+    with pytest.raises(TypeError, match="int"):
+        aem_loop.priority(bad)
+    with pytest.raises(TypeError, match="int"):
+        aem_loop.set_priority(bad)
+
+
+def test_context_manager_nests_and_restores():
+    assert aem_loop.current_priority() == 50
+    with aem_loop.priority(10) as p:
+        assert p == 10 and aem_loop.current_priority() == 10
+        with aem_loop.priority(Priority.CRITICAL):
+            assert aem_loop.current_priority() == 99
+        assert aem_loop.current_priority() == 10
+    assert aem_loop.current_priority() == 50
+
+
+def test_set_priority_stays_in_its_context():
+    def inner():
+        aem_loop.set_priority(7)
+        return aem_loop.current_priority()
+
+    assert contextvars.copy_context().run(inner) == 7
+    assert aem_loop.current_priority() == 50
+
+
+def test_decorator_on_plain_function():
+    @aem_loop.priority(30)
+    def f(x):
+        return x, aem_loop.current_priority()
+
+    assert f(1) == (1, 30)
+    assert aem_loop.current_priority() == 50
+
+
+def test_decorator_rejects_non_callable():
+    with pytest.raises(TypeError, match="callable"):
+        aem_loop.priority(3)(42)
+
+
+def test_unknown_backend_lists_known():
+    with pytest.raises(ValueError, match="known backends: selector, uvloop"):
+        aem_loop.new_event_loop(backend="epoll")
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(TypeError, match="'timeslice'"):
+        aem_loop.new_event_loop(timeslice=1)
+
+
+@pytest.mark.parametrize(
+    ("opts", "exc"),
+    [
+        ({"time_slice": 0}, ValueError),
+        ({"time_slice": "1"}, TypeError),
+        ({"aging": -1}, ValueError),
+        ({"strict": 1}, TypeError),
+        ({"strict": True, "aging": 0.1}, ValueError),
+    ],
+)
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_bad_options(backend, opts, exc):
+    with pytest.raises(exc):
+        aem_loop.new_event_loop(backend=backend, **opts)
+
+
+def test_run_rejects_bad_backend_without_leaking_the_coroutine():
+    async def main():
+        return 1
+
+    with pytest.raises(ValueError):
+        aem_loop.run(main(), backend="nope")
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_run_and_runner(backend):
+    async def main():
+        return aem_loop.current_priority(), asyncio.get_running_loop().backend
+
+    assert aem_loop.run(main(), backend=backend) == (50, backend)
+    with asyncio.Runner(loop_factory=aem_loop.loop_factory(backend=backend)) as r:
+        assert r.run(main()) == (50, backend)
+
+
+@pytest.mark.asyncio
+async def test_decorator_on_coroutine_function():
+    @aem_loop.priority(Priority.HIGH)
+    async def f():
+        await asyncio.sleep(0)
+        return aem_loop.current_priority()
+
+    assert await f() == 75
+    assert aem_loop.current_priority() == 50
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_create_task_priority_any_loop():
+    async def f():
+        return aem_loop.current_priority()
+
+    assert await aem_loop.create_task(f(), priority=20) == 20
+    assert await aem_loop.create_task(f()) == 50
+    with pytest.raises(ValueError):
+        aem_loop.create_task(f(), priority=100)
+    with pytest.raises(TypeError):
+        aem_loop.create_task(f(), priority="x")
+
+
+@pytest.mark.asyncio
+async def test_loop_create_task_priority_and_bad_values():
+    loop = asyncio.get_running_loop()
+
+    async def f():
+        return aem_loop.current_priority()
+
+    assert await loop.create_task(f(), priority=Priority.LOW) == 25
+    coro = f()
+    with pytest.raises(ValueError):
+        loop.create_task(coro, priority=-5)
+    assert coro.cr_frame is None  # closed: it can never run
+
+
+@pytest.mark.asyncio
+async def test_set_priority_in_task_changes_following_steps():
+    loop = asyncio.get_running_loop()
+    seen = []
+
+    async def f():
+        aem_loop.set_priority(90)
+        await asyncio.sleep(0)
+        seen.append(aem_loop.effective_priority())
+
+    await loop.create_task(f())
+    assert seen == [90]
+    assert aem_loop.current_priority() == 50
