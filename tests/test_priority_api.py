@@ -143,7 +143,7 @@ async def test_loop_create_task_priority_and_bad_values():
     assert await loop.create_task(f(), priority=Priority.LOW) == 25
     coro = f()
     with pytest.raises(ValueError):
-        loop.create_task(coro, priority=-5)
+        loop.create_task(coro, priority=-5)  # noqa: RUF006 - raises
     assert coro.cr_frame is None  # closed: it can never run
 
 

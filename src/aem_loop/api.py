@@ -28,7 +28,9 @@ def new_event_loop(*, backend: str = "selector", **options: Any) -> asyncio.Abst
     return loop
 
 
-def loop_factory(*, backend: str = "selector", **options: Any) -> Callable[[], asyncio.AbstractEventLoop]:
+def loop_factory(
+    *, backend: str = "selector", **options: Any
+) -> Callable[[], asyncio.AbstractEventLoop]:
     """A zero-argument factory for ``asyncio.Runner(loop_factory=...)``/anyio.
 
     Options are checked now, so a typo fails where it was written.

@@ -40,6 +40,7 @@ also be boosted explicitly (:meth:`boost`), see :class:`aem_loop.Lock`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -64,6 +65,18 @@ DEFAULT_TIME_SLICE = 0.0002
 DEFAULT_AGING = 0.010
 
 _NOT_DISPATCHING = -1
+
+# Task classes (C and pure Python); their own steps are not wakeups.
+_TASK_TYPES = tuple({asyncio.Task, asyncio.tasks._PyTask})  # type: ignore[attr-defined]
+
+
+def _is_wakeup(callback: Any) -> bool:
+    """False for a task rescheduling its own next step (a bare yield, e.g.
+    ``sleep(0)``), which keeps the task's level; True for a task woken by a
+    future (``task_wakeup``) and for any other future callback."""
+    if isinstance(getattr(callback, "__self__", None), _TASK_TYPES):
+        return "wakeup" in (getattr(callback, "__name__", None) or "")
+    return True
 
 
 class Scheduler(ReadyQueue):
@@ -155,7 +168,7 @@ class Scheduler(ReadyQueue):
         """
         level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
         cur = self.current
-        if cur > level and self.inherit:
+        if cur > level and self.inherit and _is_wakeup(handle._callback):
             level = cur
             self.inherited += 1
         if self.boosts:
@@ -207,7 +220,25 @@ class Scheduler(ReadyQueue):
         """Run *task*'s steps at least at *level* while *source* holds it up."""
         srcs = self._boost_sources.setdefault(task, {})
         srcs[source] = level
-        self.boosts[task] = max(srcs.values())
+        self.boosts[task] = top = max(srcs.values())
+        self._requeue(task, top)
+
+    def _requeue(self, task: Any, level: int) -> None:
+        """Move *task*'s already queued steps up to *level* (O(queued); boosts are rare)."""
+        for lv in list(self.levels_below(level)):
+            q = self._levels[lv]
+            mine = [h for h in q if getattr(h._callback, "__self__", None) is task]
+            if not mine:
+                continue
+            for h in mine:
+                q.remove(h)
+                if self._probe[lv] is h:
+                    self._probe[lv] = None
+                self._levels[level].append(h)
+                self._bits |= 1 << level
+                self.inherited += 1
+            if not q:
+                self._bits &= ~(1 << lv)
 
     def unboost(self, task: Any, source: Any) -> None:
         srcs = self._boost_sources.get(task)
