@@ -23,6 +23,8 @@ import pytest
 
 import aem_loop
 
+pytest_plugins = ["pytester"]
+
 AEM_BACKENDS = ("selector", "uvloop")
 
 

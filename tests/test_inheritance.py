@@ -156,7 +156,7 @@ async def test_new_task_first_step_does_not_inherit_creator():
         # a HIGH step creates a LOW task and then a NORMAL callback:
         # the LOW task's first step must not run before the NORMAL one
         async def creator():
-            loop.create_task(low(), priority=Priority.LOW)
+            loop.create_task(low(), priority=Priority.LOW)  # noqa: RUF006
             with aem_loop.priority(Priority.NORMAL):
                 loop.call_soon(order.append, "normal")
 

@@ -35,6 +35,7 @@ import uvloop
 
 from ..core.loopbase import AEMLoopMixin, make_scheduler
 from .uvproto import PriorityServerMixin
+from .uvsendfile import sendfile_fallback
 
 __all__ = ["UVLoop"]
 
@@ -161,6 +162,36 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
         when = sched.timers.next_when()
         if when is not None:
             self._aem_arm_timer(when)
+
+    # -- sendfile: uvloop has none (see uvsendfile) --------------------------
+
+    async def sendfile(
+        self,
+        transport: Any,
+        file: Any,
+        offset: int = 0,
+        count: int | None = None,
+        *,
+        fallback: bool = True,
+    ) -> int:
+        """Send *file* over *transport* (read + write; libuv has no native path)."""
+        if transport.is_closing():
+            raise RuntimeError("Transport is closing")
+        if not fallback:
+            raise RuntimeError(
+                f"fallback is disabled and native sendfile is not supported "
+                f"for transport {transport!r}"
+            )
+        if not isinstance(offset, int):
+            raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+        if offset < 0:
+            raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+        if count is not None:
+            if not isinstance(count, int):
+                raise TypeError(f"count must be a positive integer (got {count!r})")
+            if count <= 0:
+                raise ValueError(f"count must be a positive integer (got {count!r})")
+        return await sendfile_fallback(self, transport, file, offset, count)
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -45,9 +45,10 @@ class TimerQueue:
         self._cancelled += 1
         n = len(self._heap)
         if n > _MIN_COMPACT_SIZE and self._cancelled > n * _MIN_CANCELLED_FRACTION:
+            # TimerHandle.cancel() calls us before it marks itself cancelled.
             live = []
             for h in self._heap:
-                if h._cancelled:  # type: ignore[attr-defined]
+                if h._cancelled or h is handle:  # type: ignore[attr-defined]
                     h._scheduled = False  # type: ignore[attr-defined]
                 else:
                     live.append(h)

@@ -1,0 +1,86 @@
+"""Errors in callbacks reach the exception handler; the loop keeps running."""
+
+import asyncio
+
+import pytest
+
+import aem_loop
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_exception_in_callback_goes_to_handler_and_loop_continues():
+    loop = asyncio.get_running_loop()
+    caught = []
+    loop.set_exception_handler(lambda lp, ctx: caught.append(ctx))
+    ran = loop.create_future()
+
+    def boom():
+        raise ZeroDivisionError("boom")
+
+    with aem_loop.priority(90):
+        loop.call_soon(boom)
+    loop.call_soon(ran.set_result, "after")
+    loop.call_later(0.001, boom)
+    assert await ran == "after"
+    await asyncio.sleep(0.005)
+    assert len(caught) == 2
+    assert all(isinstance(c["exception"], ZeroDivisionError) for c in caught)
+    loop.set_exception_handler(None)
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_task_exception_propagates():
+    async def bad():
+        await asyncio.sleep(0)
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        await asyncio.create_task(bad())
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_keyboard_interrupt_stops_loop_cleanly(backend):
+    loop = aem_loop.new_event_loop(backend=backend)
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    try:
+        with aem_loop.priority(80):
+            loop.call_soon(interrupt)
+        loop.call_soon(lambda: None)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        assert loop._aem.current == -1
+        # the loop can run again afterwards
+        assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        loop.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_call_soon_checks():
+    loop = asyncio.get_running_loop()
+
+    async def coro():
+        pass
+
+    with pytest.raises(TypeError):
+        loop.call_later(None, print)
+    with pytest.raises(TypeError):
+        loop.call_at(None, print)
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_closed_loop_refuses_work(backend):
+    loop = aem_loop.new_event_loop(backend=backend)
+    loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon(print)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_later(1, print)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon_threadsafe(print)

@@ -1,0 +1,199 @@
+"""The AbstractEventLoop API on real sockets and processes, stock asyncio as reference."""
+
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+
+import pytest
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.conformance]
+
+
+async def test_tcp_streams_many_connections_no_loss_no_reorder():
+    async def echo(r, w):
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+        w.close()
+        await w.wait_closed()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def client(i):
+        payload = hashlib.sha256(str(i).encode()).digest() * 4096  # 128 KiB
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(payload)
+        await w.drain()
+        w.write_eof()
+        got = await r.read()
+        w.close()
+        await w.wait_closed()
+        return got == payload
+
+    assert all(await asyncio.gather(*(client(i) for i in range(20))))
+    server.close()
+    await server.wait_closed()
+
+
+async def test_udp_roundtrip():
+    loop = asyncio.get_running_loop()
+    got = loop.create_future()
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, t):
+            self.t = t
+
+        def datagram_received(self, data, addr):
+            self.t.sendto(data[::-1], addr)
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            got.set_result(data)
+
+    st, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    ct, _ = await loop.create_datagram_endpoint(
+        Client, remote_addr=st.get_extra_info("sockname")
+    )
+    ct.sendto(b"hello")
+    assert await got == b"olleh"
+    ct.close()
+    st.close()
+
+
+async def test_unix_socket_streams():
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "s")
+
+        async def handle(r, w):
+            w.write((await r.readline()).upper())
+            await w.drain()
+            w.close()
+
+        server = await asyncio.start_unix_server(handle, path)
+        r, w = await asyncio.open_unix_connection(path)
+        w.write(b"abc\n")
+        assert await r.readline() == b"ABC\n"
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_sock_methods():
+    loop = asyncio.get_running_loop()
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    lsock.setblocking(False)
+    csock = socket.socket()
+    csock.setblocking(False)
+    try:
+        accept = asyncio.ensure_future(loop.sock_accept(lsock))
+        await loop.sock_connect(csock, lsock.getsockname())
+        conn, _ = await accept
+        with conn:
+            conn.setblocking(False)
+            await loop.sock_sendall(csock, b"x" * 100_000)
+            buf = bytearray()
+            while len(buf) < 100_000:
+                buf += await loop.sock_recv(conn, 65536)
+            assert buf == b"x" * 100_000
+            await loop.sock_sendall(conn, b"pong")
+            b = bytearray(4)
+            assert await loop.sock_recv_into(csock, b) == 4 and b == b"pong"
+    finally:
+        lsock.close()
+        csock.close()
+
+
+async def test_sendfile():
+    loop = asyncio.get_running_loop()
+    data = os.urandom(300_000)
+    got = bytearray()
+    done = loop.create_future()
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, d):
+            got.extend(d)
+
+        def connection_lost(self, exc):
+            done.set_result(None)
+
+    server = await loop.create_server(Sink, "127.0.0.1", 0)
+    t, _ = await loop.create_connection(asyncio.Protocol, *server.sockets[0].getsockname())
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        f.seek(0)
+        assert await loop.sendfile(t, f) == len(data)
+    t.close()
+    await done
+    assert bytes(got) == data
+    server.close()
+    await server.wait_closed()
+
+
+async def test_subprocess_exec_and_shell():
+    p = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await p.communicate(b"hello")
+    assert out == b"HELLO" and p.returncode == 0
+    p = await asyncio.create_subprocess_shell("exit 3")
+    assert await p.wait() == 3
+
+
+async def test_signal_handler():
+    loop = asyncio.get_running_loop()
+    got = loop.create_future()
+    loop.add_signal_handler(signal.SIGUSR1, got.set_result, "usr1")
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert await got == "usr1"
+    finally:
+        assert loop.remove_signal_handler(signal.SIGUSR1)
+
+
+async def test_executor_and_threadsafe():
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, sum, [1, 2, 3]) == 6
+    fut = asyncio.run_coroutine_threadsafe(asyncio.sleep(0, "t"), loop)
+    assert await asyncio.wrap_future(fut) == "t"
+    await loop.shutdown_default_executor()
+
+
+async def test_timers_never_early_and_ordered():
+    loop = asyncio.get_running_loop()
+    fired = []
+    done = loop.create_future()
+    t0 = loop.time()
+    for i, d in enumerate([0.003, 0.001, 0.002, 0.001, 0.0]):
+        loop.call_later(d, lambda i=i, d=d: fired.append((i, loop.time() - t0 >= d)))
+    loop.call_later(0.004, done.set_result, None)
+    h = loop.call_later(0.002, fired.append, "cancelled")
+    h.cancel()
+    await done
+    assert [i for i, _ in fired] == [4, 1, 3, 2, 0]
+    assert all(ok for _, ok in fired)
+
+
+async def test_asyncgen_shutdown():
+    closed = []
+
+    async def agen():
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.append(True)
+
+    g = agen()
+    assert await g.__anext__() == 1
+    await asyncio.get_running_loop().shutdown_asyncgens()
+    assert closed == [True]
