@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.loopbase import AEMLoopMixin, make_scheduler
+from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
 from ..core.scheduler import Scheduler
 
 __all__ = ["SelectorLoop"]
@@ -80,8 +81,9 @@ class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[mis
         return handle
 
     def _add_callback(self, handle: events.Handle) -> None:
+        # Only _process_events calls this: I/O readiness, coalesced per fd.
         if not handle._cancelled:
-            self._aem.push(handle)
+            self._aem.push_ready(handle)
 
     def _add_callback_signalsafe(self, handle: events.Handle) -> None:
         self._aem.push_threadsafe(handle)
@@ -102,6 +104,44 @@ class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[mis
         self._aem.push_threadsafe(handle)
         self._write_to_self()
         return handle
+
+    # -- registered I/O levels, so the core knows when a mid-round poll matters
+
+    def _aem_io_handles(self, fd: Any) -> tuple[Any, Any]:
+        try:
+            key = self._selector.get_key(fd)  # type: ignore[attr-defined]
+        except (KeyError, ValueError, AttributeError):
+            return None, None
+        return key.data  # type: ignore[no-any-return]
+
+    def _aem_io_swap(self, old: Any, new: Any) -> None:
+        sched = self._aem
+        if old is not None and not old._cancelled:
+            sched.io_unregister(old._context.get(PRIORITY_VAR, DEFAULT_PRIORITY))
+        if new is not None:
+            sched.io_register(new._context.get(PRIORITY_VAR, DEFAULT_PRIORITY))
+
+    def _add_reader(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
+        old = self._aem_io_handles(fd)[0]
+        handle = super()._add_reader(fd, callback, *args)  # type: ignore[misc]
+        self._aem_io_swap(old, handle)
+        return handle  # type: ignore[no-any-return]
+
+    def _add_writer(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
+        old = self._aem_io_handles(fd)[1]
+        handle = super()._add_writer(fd, callback, *args)  # type: ignore[misc]
+        self._aem_io_swap(old, handle)
+        return handle  # type: ignore[no-any-return]
+
+    def _remove_reader(self, fd: Any) -> bool:
+        old = self._aem_io_handles(fd)[0]
+        self._aem_io_swap(old, None)
+        return super()._remove_reader(fd)  # type: ignore[misc,no-any-return]
+
+    def _remove_writer(self, fd: Any) -> bool:
+        old = self._aem_io_handles(fd)[1]
+        self._aem_io_swap(old, None)
+        return super()._remove_writer(fd)  # type: ignore[misc,no-any-return]
 
     def _aem_check_open(self) -> None:
         self._check_closed()

@@ -82,6 +82,9 @@ def _is_wakeup(callback: Any) -> bool:
 class Scheduler(ReadyQueue):
     __slots__ = (
         "_boost_sources",
+        "_io_queued",
+        "_io_counts",
+        "_io_bits",
         "_clock",
         "_probe",
         "_probe_t",
@@ -131,6 +134,11 @@ class Scheduler(ReadyQueue):
         # Entry for other threads and signal handlers: deque.append is
         # atomic, the bucket bitmap update is not.
         self.inbox: deque[Any] = deque()
+        self._io_queued: set[Any] = set()
+        # Registered I/O waiters per level (maintained by the backend); None
+        # means the backend cannot say, so a slice always ends in a poll.
+        self._io_counts: list[int] | None = None
+        self._io_bits = 0
         self.current = _NOT_DISPATCHING
         self.boosts: dict[Any, int] = {}
         self._boost_sources: dict[Any, dict[Any, int]] = {}
@@ -179,6 +187,40 @@ class Scheduler(ReadyQueue):
         if self._probe[level] is None:
             self._probe[level] = handle
             self._probe_t[level] = self._clock()
+
+    def push_ready(self, handle: Any) -> None:
+        """Queue an I/O readiness handle once: while it waits in the queue,
+        further readiness of the same fd coalesces into that one activation
+        (a poll after a time slice sees level-triggered fds ready again)."""
+        queued = self._io_queued
+        if handle in queued:
+            return
+        queued.add(handle)
+        self.push(handle)
+
+    # -- registered I/O levels ----------------------------------------------
+
+    def io_register(self, level: int) -> None:
+        """A backend registered an I/O waiter at *level*."""
+        counts = self._io_counts
+        if counts is None:
+            counts = self._io_counts = [0] * NLEVELS
+        counts[level] += 1
+        self._io_bits |= 1 << level
+
+    def io_unregister(self, level: int) -> None:
+        counts = self._io_counts
+        if counts is None or counts[level] <= 0:
+            return
+        counts[level] -= 1
+        if not counts[level]:
+            self._io_bits &= ~(1 << level)
+
+    def _must_poll(self) -> bool:
+        """At a slice boundary: can I/O more urgent than the backlog be waiting?"""
+        if self._io_counts is None:
+            return True
+        return self._io_bits.bit_length() > self._bits.bit_length()
 
     def push_threadsafe(self, handle: Any) -> None:
         """Queue from another thread or a signal handler; the backend wakes the poll."""
@@ -273,6 +315,7 @@ class Scheduler(ReadyQueue):
         probe = self._probe
         since = self._since
         debug = self.debug
+        io_queued = self._io_queued
         try:
             if self.aging is not None and self._bits & (self._bits - 1):
                 n -= self._run_aged(now)
@@ -288,6 +331,8 @@ class Scheduler(ReadyQueue):
                 self._len -= 1
                 since[level] = 0.0
                 n -= 1
+                if io_queued:
+                    io_queued.discard(handle)
                 if handle._cancelled:
                     if probe[level] is handle:
                         probe[level] = None
@@ -301,10 +346,19 @@ class Scheduler(ReadyQueue):
                 now = clock()
                 if probe[level] is handle:
                     self._sample(level, now)
-                if now >= deadline:
-                    if n > 0 and self._len:
-                        self.slices += 1
-                    break
+                if now >= deadline and n > 0 and self._len:
+                    # Slice spent.  If I/O above the backlog's level may be
+                    # ready, return so the backend polls; otherwise only timers
+                    # and other threads can bring urgent work: pick those up
+                    # here, without a poll that would re-list every busy fd.
+                    self.slices += 1
+                    if self._must_poll():
+                        break
+                    if self.timers._heap:
+                        self.move_due_timers(now)
+                    if self.inbox:
+                        self.drain_inbox()
+                    deadline = now + self.slice
         finally:
             self.current = _NOT_DISPATCHING
 
@@ -329,6 +383,7 @@ class Scheduler(ReadyQueue):
             if now - s < aging:
                 continue
             handle = self.pop_level(level)
+            self._io_queued.discard(handle)
             since[level] = now if self._levels[level] else 0.0
             ran += 1
             if handle._cancelled:
@@ -368,6 +423,7 @@ class Scheduler(ReadyQueue):
     def clear(self) -> None:
         super().clear()
         self.inbox.clear()
+        self._io_queued.clear()
         self.timers.clear()
         self._probe = [None] * NLEVELS
 

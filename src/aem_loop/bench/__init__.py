@@ -1,0 +1,1 @@
+"""Benchmarks (run with ``aem-loop bench`` or the scripts in benchmarks/)."""

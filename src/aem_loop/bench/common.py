@@ -1,0 +1,51 @@
+"""What every benchmark shares: the loops compared, machine facts, medians."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Callable
+
+# The loops every benchmark compares, in table order.
+LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    if name.startswith("aem-"):
+        import aem_loop
+
+        return aem_loop.loop_factory(backend=name[4:])
+    raise ValueError(f"unknown loop {name!r}; known: {', '.join(LOOPS)}")
+
+
+def machine() -> str:
+    import uvloop
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python "
+        f"{sys.version.split()[0]}, uvloop {uvloop.__version__}, {platform.system()} "
+        f"{platform.release()}"
+    )
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")

@@ -1,0 +1,68 @@
+"""Priority latency, cyclictest style.
+
+An urgent periodic probe is due every ``period`` (2 ms) while N lower-priority
+tasks each burn ~50 us per step and yield.  Tick k is due at start + k*period;
+each probe run records its lateness, and ticks it missed are back-filled with
+their own lateness (so a stall of 50 ms counts as 25 late samples, not one).
+On aem loops the probe runs at CRITICAL and the tasks at NORMAL; on stock
+loops priority does not exist, so the probe waits for the whole backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+import aem_loop
+
+from .common import loop_factory
+
+PERIOD = 0.002
+WORK = 50e-6
+
+
+async def _measure(tasks: int, duration: float) -> list[float]:
+    loop = asyncio.get_running_loop()
+    stop = False
+
+    async def low() -> None:
+        while not stop:
+            end = time.perf_counter() + WORK
+            while time.perf_counter() < end:
+                pass
+            await asyncio.sleep(0)
+
+    lows = [loop.create_task(low()) for _ in range(tasks)]
+    await asyncio.sleep(0.02)  # let the backlog build up
+    lateness: list[float] = []
+    done = loop.create_future()
+    start = loop.time() + PERIOD
+    k = 0
+
+    def probe() -> None:
+        nonlocal k
+        now = loop.time()
+        while start + k * PERIOD <= now:
+            lateness.append(now - (start + k * PERIOD))
+            k += 1
+        if now - start >= duration:
+            done.set_result(None)
+            return
+        loop.call_at(start + k * PERIOD, probe)
+
+    with aem_loop.priority(aem_loop.Priority.CRITICAL):
+        loop.call_at(start, probe)
+    await done
+    stop = True
+    await asyncio.gather(*lows)
+    return lateness
+
+
+def run_once(loop_name: str, tasks: int, duration: float) -> dict[str, float]:
+    with asyncio.Runner(loop_factory=loop_factory(loop_name)) as r:
+        lat = np.array(r.run(_measure(tasks, duration))) * 1000.0
+    p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
+    return {"p50": float(p50), "p99": float(p99), "p99.9": float(p999),
+            "max": float(lat.max()), "samples": int(lat.size)}
