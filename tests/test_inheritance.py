@@ -291,3 +291,44 @@ async def test_urgent_io_is_noticed_behind_a_backlog():
         loop.remove_reader(a)
         a.close()
         b.close()
+
+
+@pytest.mark.asyncio
+async def test_readiness_of_a_queued_reader_coalesces():
+    """Polls between slices see a level-triggered fd ready again while its
+    handler still waits in the queue: it must run once, not once per poll."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    u1, u2 = socket.socketpair()
+    a.setblocking(False)
+    calls = []
+    done = loop.create_future()
+
+    def reader():
+        calls.append(a.recv(100))
+        # FIFO within IDLE: a duplicate queued while this handle waited
+        # would run before this callback does.
+        loop.call_soon(lambda: done.done() or done.set_result(None))
+
+    def slow(i):
+        end = time.perf_counter() + 0.0005
+        while time.perf_counter() < end:
+            pass
+
+    try:
+        with aem_loop.priority(Priority.CRITICAL):  # forces a poll at each slice
+            loop.add_reader(u1, lambda: None)
+        with aem_loop.priority(Priority.IDLE):
+            loop.call_soon(slow, -1)
+            loop.add_reader(a, reader)
+            b.send(b"data")
+            for i in range(20):
+                loop.call_soon(slow, i)
+        await done
+        assert calls == [b"data"]
+        assert loop.statistics().slices >= 5
+    finally:
+        loop.remove_reader(u1)
+        loop.remove_reader(a)
+        for s in (a, b, u1, u2):
+            s.close()

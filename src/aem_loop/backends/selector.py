@@ -165,6 +165,7 @@ class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[mis
         sched.polls += 1
         self._process_events(event_list)  # type: ignore[attr-defined]
         event_list = None  # break cycles when an exception occurs
-        sched.move_due_timers(self.time() + self._clock_resolution)  # type: ignore[attr-defined]
+        if sched.timers._heap:
+            sched.move_due_timers(self.time() + self._clock_resolution)  # type: ignore[attr-defined]
         sched.run_ready()
 

@@ -19,7 +19,6 @@ import time
 
 from .common import LOOPS, loop_factory
 
-
 # -- server (child process) ----------------------------------------------------
 
 class _EchoProtocol(asyncio.Protocol):

@@ -66,6 +66,13 @@ DEFAULT_AGING = 0.010
 
 _NOT_DISPATCHING = -1
 
+# Lateness is sampled, not measured for every callback: a probe starts at one
+# in this many pushes to a level with no probe in flight.  Measuring every
+# round cost ~1 us per round on a 2-core VM (two clock reads and a record),
+# the price of a whole callback; one in 8 keeps that under 0.15 us while a
+# level that sees 1000 callbacks/s still yields >100 samples a second.
+_SAMPLE_EVERY = 8
+
 # Task classes (C and pure Python); their own steps are not wakeups.
 _TASK_TYPES = tuple({asyncio.Task, asyncio.tasks._PyTask})  # type: ignore[attr-defined]
 
@@ -82,13 +89,14 @@ def _is_wakeup(callback: Any) -> bool:
 class Scheduler(ReadyQueue):
     __slots__ = (
         "_boost_sources",
-        "_io_queued",
-        "_io_counts",
-        "_io_bits",
         "_clock",
+        "_io_bits",
+        "_io_counts",
+        "_io_queued",
         "_probe",
         "_probe_t",
         "_since",
+        "_skip",
         "aged",
         "aging",
         "boosts",
@@ -149,6 +157,7 @@ class Scheduler(ReadyQueue):
         self._probe: list[Any] = [None] * NLEVELS
         self._probe_t = [0.0] * NLEVELS
         self._since = [0.0] * NLEVELS
+        self._skip = 1
         self.polls = 0
         self.slices = 0
         self.aged = 0
@@ -165,8 +174,14 @@ class Scheduler(ReadyQueue):
         self._bits |= 1 << level
         self._len += 1
         if self._probe[level] is None:
-            self._probe[level] = handle
-            self._probe_t[level] = self._clock()
+            self._skip -= 1
+            if self._skip <= 0:
+                self._start_probe(handle, level)
+
+    def _start_probe(self, handle: Any, level: int) -> None:
+        self._skip = _SAMPLE_EVERY
+        self._probe[level] = handle
+        self._probe_t[level] = self._clock()
 
     def push_woken(self, handle: Any) -> None:
         """Queue a wakeup (a future's callback, run in its waiter's context).
@@ -185,8 +200,9 @@ class Scheduler(ReadyQueue):
         self._bits |= 1 << level
         self._len += 1
         if self._probe[level] is None:
-            self._probe[level] = handle
-            self._probe_t[level] = self._clock()
+            self._skip -= 1
+            if self._skip <= 0:
+                self._start_probe(handle, level)
 
     def push_ready(self, handle: Any) -> None:
         """Queue an I/O readiness handle once: while it waits in the queue,
@@ -328,8 +344,8 @@ class Scheduler(ReadyQueue):
                 handle = q.popleft()
                 if not q:
                     self._bits = bits & ~(1 << level)
+                    since[level] = 0.0
                 self._len -= 1
-                since[level] = 0.0
                 n -= 1
                 if io_queued:
                     io_queued.discard(handle)
