@@ -8,9 +8,19 @@ import pytest
 import aem_loop
 
 
+async def enter_priority_mode(loop):
+    """On uvloop's fast path, default-priority callbacks go to uvloop's own
+    queue until a non-default priority shows up; make it show up."""
+    ran = loop.create_future()
+    with aem_loop.priority(aem_loop.Priority.LOW):
+        loop.call_soon(ran.set_result, None)
+    await ran
+
+
 @pytest.mark.asyncio
 async def test_highest_first_fifo_within_level():
     loop = asyncio.get_running_loop()
+    await enter_priority_mode(loop)
     rng = random.Random(7)
     order = []
     items = [(rng.choice([0, 10, 50, 51, 75, 99]), i) for i in range(300)]
@@ -154,3 +164,40 @@ async def test_threadsafe_carries_caller_priority():
 
     await loop.run_in_executor(None, from_thread)
     assert await got == 88
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_uvloop_fast_path_until_first_priority(fast_path):
+    """uvloop backend: default-only work bypasses the core; the first
+    non-default priority switches to core dispatch, with strict order after."""
+    loop = aem_loop.new_event_loop(backend="uvloop", fast_path=fast_path)
+    order = []
+
+    async def main():
+        for i in range(3):
+            loop.call_soon(order.append, ("default", i))
+        await asyncio.sleep(0)
+        direct = loop.statistics().direct
+        with aem_loop.priority(10):
+            loop.call_soon(order.append, ("low", 0))
+        loop.call_soon(order.append, ("default", 3))
+        with aem_loop.priority(90):
+            loop.call_soon(order.append, ("high", 0))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return direct
+
+    try:
+        direct = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert (direct > 0) == fast_path
+    assert order == [("default", 0), ("default", 1), ("default", 2),
+                     ("high", 0), ("default", 3), ("low", 0)]
+
+
+def test_fast_path_option_checked():
+    with pytest.raises(TypeError, match="fast_path"):
+        aem_loop.new_event_loop(backend="uvloop", fast_path=1)
+    with pytest.raises(TypeError, match="fast_path"):
+        aem_loop.new_event_loop(backend="selector", fast_path=True)

@@ -16,6 +16,14 @@ The core runs as one uvloop handle, ``_aem_dispatch``, re-armed while work
 is queued; libuv polls I/O (without blocking, since a handle is ready)
 between two rounds, so the time slice bounds urgent latency here too.
 
+Fast path: until the first callback, task, timer or connection at a
+non-default priority, ``call_soon`` and ``call_soon_threadsafe`` hand their
+callbacks straight to uvloop's C queue (there is nothing to order yet), so
+unmodified programs run at uvloop's speed.  From the first non-default
+priority on, the core dispatches every callback; callbacks already in
+uvloop's queue at that moment run first (one round).  ``fast_path=False``
+makes the core dispatch everything from the start.
+
 What differs from "selector": uvloop's own internal callbacks (signal
 handlers registered with ``add_signal_handler``, connection_made of
 default-priority connections, server accept) run directly from libuv
@@ -24,6 +32,7 @@ before the core's next round, not in priority order.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 import time
@@ -34,6 +43,7 @@ from typing import Any
 import uvloop
 
 from ..core.loopbase import AEMLoopMixin, make_scheduler
+from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
 from .uvproto import PriorityServerMixin
 from .uvsendfile import sendfile_fallback
 
@@ -55,9 +65,11 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
 
     _aem_backend = "uvloop"
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, fast_path: bool = True, **options: Any) -> None:
         super().__init__()
         try:
+            if not isinstance(fast_path, bool):
+                raise TypeError(f"fast_path must be a bool, not {fast_path!r}")
             self._aem = make_scheduler(self, options)
         except BaseException:
             # uvloop opened its libuv loop on allocation; only close() frees it.
@@ -65,6 +77,9 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
             raise
         self._aem.debug = self.get_debug()
         self._aem_armed = False
+        # False until something runs at a non-default priority: until then
+        # callbacks go straight to uvloop (see call_soon).
+        self._aem_mixed = not fast_path
         self._aem_closed = False
         self._aem_thread: int | None = None
         self._aem_uv_timer: Any = None
@@ -75,7 +90,18 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
 
     def call_soon(
         self, callback: Callable[..., object], *args: Any, context: Any = None
-    ) -> events.Handle:
+    ) -> Any:
+        if not self._aem_mixed:
+            # Fast path: while every callback so far ran at the default
+            # priority, there is nothing to order; uvloop's own C queue runs it.
+            if context is None:
+                level = PRIORITY_VAR.get(DEFAULT_PRIORITY)
+            else:
+                level = context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+            if level == DEFAULT_PRIORITY:
+                self._aem.direct += 1
+                return _uv_call_soon(self, callback, *args, context=context)
+            self._aem_mixed = True
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
         handle = events.Handle(callback, args, self, context)  # type: ignore[arg-type]
@@ -93,7 +119,12 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
 
     def call_soon_threadsafe(
         self, callback: Callable[..., object], *args: Any, context: Any = None
-    ) -> events.Handle:
+    ) -> Any:
+        if not self._aem_mixed:
+            ctx = contextvars.copy_context() if context is None else context
+            if ctx.get(PRIORITY_VAR, DEFAULT_PRIORITY) == DEFAULT_PRIORITY:
+                return _uv_call_soon_threadsafe(self, callback, *args, context=ctx)
+            self._aem_mixed = True
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
         handle = events.Handle(callback, args, self, context)  # type: ignore[arg-type]
@@ -130,13 +161,19 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
             if not self._aem_armed and (sched._len or sched.inbox):
                 self._aem_armed = True
                 _uv_call_soon(self, self._aem_dispatch)
-            when = sched.timers.next_when()
-            if when is not None and when < self._aem_timer_when:
-                self._aem_arm_timer(when)
+            if sched.timers._heap:
+                when = sched.timers.next_when()
+                if when is not None and when < self._aem_timer_when:
+                    self._aem_arm_timer(when)
 
     # -- timers: one libuv timer for the earliest core timer ---------------------
 
     def _aem_timer_added(self, timer: events.TimerHandle) -> None:
+        if (
+            not self._aem_mixed
+            and timer._context.get(PRIORITY_VAR, DEFAULT_PRIORITY) != DEFAULT_PRIORITY
+        ):
+            self._aem_mixed = True
         if timer._when < self._aem_timer_when:
             self._aem_arm_timer(timer._when)
 

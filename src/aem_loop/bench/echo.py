@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from .common import LOOPS, loop_factory
+from .common import LOOPS, loop_factory, pin
 
 # -- server (child process) ----------------------------------------------------
 
@@ -56,6 +56,7 @@ async def _serve(kind: str) -> None:
 
 
 def _server_main(loop_name: str, kind: str) -> None:
+    pin(0)
     with asyncio.Runner(loop_factory=loop_factory(loop_name)) as r:
         r.run(_serve(kind))
 
@@ -106,6 +107,7 @@ async def _load(port: int, conns: int, size: int, duration: float) -> tuple[floa
 def _client_main(port: int, conns: int, size: int, duration: float) -> None:
     import uvloop
 
+    pin(1)
     elapsed, total = uvloop.run(_load(port, conns, size, duration))
     print(json.dumps({"rps": total / elapsed, "total": total}), flush=True)
 

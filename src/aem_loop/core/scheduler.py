@@ -65,6 +65,7 @@ DEFAULT_TIME_SLICE = 0.0002
 DEFAULT_AGING = 0.010
 
 _NOT_DISPATCHING = -1
+_INF = float("inf")
 
 # Lateness is sampled, not measured for every callback: a probe starts at one
 # in this many pushes to a level with no probe in flight.  Measuring every
@@ -102,6 +103,7 @@ class Scheduler(ReadyQueue):
         "boosts",
         "current",
         "debug",
+        "direct",
         "dispatched",
         "inbox",
         "inherit",
@@ -162,6 +164,7 @@ class Scheduler(ReadyQueue):
         self.slices = 0
         self.aged = 0
         self.inherited = 0
+        self.direct = 0
 
     # -- entry -------------------------------------------------------------
 
@@ -324,17 +327,17 @@ class Scheduler(ReadyQueue):
         if not n:
             return
         clock = self._clock
-        now = clock()
-        deadline = now + self.slice
         levels = self._levels
         dispatched = self.dispatched
         probe = self._probe
         since = self._since
         debug = self.debug
         io_queued = self._io_queued
+        # A round of one callback needs no clock: nothing can wait behind it.
+        deadline = clock() + self.slice if n > 1 else _INF
         try:
             if self.aging is not None and self._bits & (self._bits - 1):
-                n -= self._run_aged(now)
+                n -= self._run_aged(clock())
             while n > 0:
                 bits = self._bits
                 if not bits:
@@ -359,10 +362,9 @@ class Scheduler(ReadyQueue):
                 else:
                     handle._run()
                 dispatched[level] += 1
-                now = clock()
                 if probe[level] is handle:
-                    self._sample(level, now)
-                if now >= deadline and n > 0 and self._len:
+                    self._sample(level, clock())
+                if n > 0 and self._len and clock() >= deadline:
                     # Slice spent.  If I/O above the backlog's level may be
                     # ready, return so the backend polls; otherwise only timers
                     # and other threads can bring urgent work: pick those up
@@ -370,6 +372,7 @@ class Scheduler(ReadyQueue):
                     self.slices += 1
                     if self._must_poll():
                         break
+                    now = clock()
                     if self.timers._heap:
                         self.move_due_timers(now)
                     if self.inbox:
@@ -453,6 +456,7 @@ class Scheduler(ReadyQueue):
             slices=self.slices,
             aged=self.aged,
             inherited=self.inherited,
+            direct=self.direct,
             timers_pending=len(self.timers),
             time_slice=self.slice,
             aging=self.aging,

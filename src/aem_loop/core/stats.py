@@ -63,6 +63,8 @@ class LoopStatistics:
     - ``aged``: callbacks run ahead of more urgent ones by aging.
     - ``inherited``: callbacks queued above their own priority by inheritance
       (woken by a more urgent event) or by a boosted lock holder.
+    - ``direct``: callbacks the backend ran on its fast path, without the
+      core's queue (uvloop backend before any non-default priority is used).
     """
 
     backend: str
@@ -73,6 +75,7 @@ class LoopStatistics:
     slices: int
     aged: int
     inherited: int
+    direct: int
     timers_pending: int
     time_slice: float
     aging: float | None

@@ -1,0 +1,203 @@
+"""Run CPython's own test_asyncio with aem loops as the loop under test.
+
+For each module, in a fresh subprocess per variant:
+
+- ``asyncio``: stock, the reference for ``aem-selector``;
+- ``aem-selector``: the policy makes aem loops and ``asyncio.SelectorEventLoop``
+  is aem's selector loop (what test classes construct directly);
+- ``uvloop``: uvloop, patched in the same way: the reference for ``aem-uvloop``;
+- ``aem-uvloop``: the same with aem's uvloop backend.
+
+Prints a per-module table (passed/failed+errors/skipped per variant, and
+tests that pass on the reference but not on aem) and writes the details as
+JSON and Markdown.
+
+    python tools/cpython_asyncio_suite.py [--modules events,tasks] [--out docs/]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+MODULES = (
+    "events", "streams", "tasks", "futures", "locks", "queues", "sock_lowlevel",
+    "sendfile", "server", "subprocess", "taskgroups", "timeouts", "runners", "ssl",
+    "unix_events",
+)
+VARIANTS = ("asyncio", "aem-selector", "uvloop", "aem-uvloop")
+REFERENCE = {"aem-selector": "asyncio", "aem-uvloop": "uvloop"}
+# Per module and variant; test_events alone takes ~1 minute here.
+_TIMEOUT = 900
+
+
+def _patch(variant: str) -> None:
+    import asyncio
+
+    if variant == "asyncio":
+        return
+    if variant == "uvloop":
+        import uvloop
+
+        policy_cls = uvloop.EventLoopPolicy
+
+        def selector_loop(selector=None):  # type: ignore[no-untyped-def]
+            if selector is not None:
+                selector.close()
+            return uvloop.new_event_loop()
+    else:
+        import aem_loop
+
+        backend = variant.removeprefix("aem-")
+
+        class policy_cls(aem_loop.EventLoopPolicy):  # type: ignore[no-redef]
+            def __init__(self) -> None:
+                super().__init__(backend=backend)
+
+        if backend == "selector":
+            from aem_loop.backends.selector import SelectorLoop as selector_loop  # type: ignore
+        else:
+            def selector_loop(selector=None):  # type: ignore[no-untyped-def]
+                if selector is not None:
+                    selector.close()
+                return aem_loop.new_event_loop(backend="uvloop")
+
+    # The tests reset the policy to None, which re-creates DefaultEventLoopPolicy.
+    asyncio.DefaultEventLoopPolicy = policy_cls  # type: ignore[misc,assignment]
+    asyncio.set_event_loop_policy(policy_cls())
+    asyncio.SelectorEventLoop = selector_loop  # type: ignore[misc,assignment]
+    asyncio.unix_events.SelectorEventLoop = selector_loop  # type: ignore[attr-defined]
+
+
+class _Collect(unittest.TestResult):
+    def __init__(self) -> None:
+        super().__init__()
+        self.status: dict[str, str] = {}
+
+    def addSuccess(self, test):  # type: ignore[no-untyped-def]
+        self.status[test.id()] = "pass"
+
+    def addFailure(self, test, err):  # type: ignore[no-untyped-def]
+        self.status[test.id()] = "fail"
+        self.failures.append((test, self._exc_info_to_string(err, test)))
+
+    def addError(self, test, err):  # type: ignore[no-untyped-def]
+        self.status[test.id()] = "error"
+        self.errors.append((test, self._exc_info_to_string(err, test)))
+
+    def addSkip(self, test, reason):  # type: ignore[no-untyped-def]
+        self.status[test.id()] = "skip"
+
+    def addExpectedFailure(self, test, err):  # type: ignore[no-untyped-def]
+        self.status[test.id()] = "pass"
+
+    def addUnexpectedSuccess(self, test):  # type: ignore[no-untyped-def]
+        self.status[test.id()] = "fail"
+
+
+def _child(variant: str, module: str, out: str) -> None:
+    _patch(variant)
+    name = f"test.test_asyncio.test_{module}"
+    suite = unittest.defaultTestLoader.loadTestsFromName(name)
+    result = _Collect()
+    suite.run(result)
+    details = {t.id(): tb[-1500:] for t, tb in result.failures + result.errors}
+    with open(out, "w") as f:
+        json.dump({"status": result.status, "details": details}, f)
+
+
+def _run(variant: str, module: str) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+        path = tmp.name
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", variant, module, path],
+            capture_output=True, text=True, timeout=_TIMEOUT,
+        )
+        with open(path) as f:
+            text = f.read()
+        if not text:
+            return {"status": {}, "details": {}, "crash": proc.stderr[-3000:]}
+        return json.loads(text)  # type: ignore[no-any-return]
+    except subprocess.TimeoutExpired:
+        return {"status": {}, "details": {}, "crash": f"timeout after {_TIMEOUT}s"}
+    finally:
+        os.unlink(path)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(*sys.argv[2:5])
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--modules", default=",".join(MODULES))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--out", default=None, help="directory for cpython-test_asyncio.{json,md}")
+    a = ap.parse_args()
+    modules = a.modules.split(",")
+    variants = a.variants.split(",")
+    results: dict[str, dict[str, dict]] = {}
+    for m in modules:
+        for v in variants:
+            t0 = time.monotonic()
+            results.setdefault(m, {})[v] = r = _run(v, m)
+            counts = _counts(r)
+            print(f"{m:14} {v:13} pass {counts['pass']:4} fail {counts['fail']:3} "
+                  f"skip {counts['skip']:3} {time.monotonic() - t0:6.1f}s"
+                  + (" CRASH" if r.get("crash") else ""), flush=True)
+    md = _report(results, modules, variants)
+    print(md)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "cpython-test_asyncio.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        with open(os.path.join(a.out, "cpython-test_asyncio.md"), "w") as f:
+            f.write(md)
+
+
+def _counts(r: dict) -> dict[str, int]:
+    c = {"pass": 0, "fail": 0, "skip": 0}
+    for s in r["status"].values():
+        c["fail" if s in ("fail", "error") else s] += 1
+    return c
+
+
+def _report(results: dict, modules: list[str], variants: list[str]) -> str:
+    lines = [
+        f"CPython {sys.version.split()[0]} test_asyncio, per module: passed / failed+errors / "
+        "skipped; 'worse' counts tests that pass on the reference (stock asyncio for "
+        "aem-selector, uvloop for aem-uvloop) but not on aem.", "",
+        "| module | " + " | ".join(variants) + " | "
+        + " | ".join(f"worse ({v})" for v in variants if v in REFERENCE) + " |",
+        "|---" * (1 + len(variants) + sum(v in REFERENCE for v in variants)) + "|",
+    ]
+    worse_all: dict[str, list[tuple[str, str]]] = {}
+    for m in modules:
+        row = [m]
+        for v in variants:
+            c = _counts(results[m][v])
+            row.append(f"{c['pass']}/{c['fail']}/{c['skip']}"
+                       + (" crash" if results[m][v].get("crash") else ""))
+        for v in variants:
+            ref = REFERENCE.get(v)
+            if ref is None or ref not in variants:
+                continue
+            rs, vs = results[m][ref]["status"], results[m][v]["status"]
+            worse = sorted(t for t, s in rs.items() if s == "pass" and vs.get(t) != "pass")
+            worse_all.setdefault(v, []).extend((t, vs.get(t, "missing")) for t in worse)
+            row.append(str(len(worse)))
+        lines.append("| " + " | ".join(row) + " |")
+    for v, items in worse_all.items():
+        lines += ["", f"Tests passing on {REFERENCE[v]} but not on {v} ({len(items)}):", ""]
+        lines += [f"- `{t}`: {s}" for t, s in items]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
