@@ -45,7 +45,13 @@ def _patch(variant: str) -> None:
     if variant == "uvloop":
         import uvloop
 
-        policy_cls = uvloop.EventLoopPolicy
+        from aem_loop.api import _policy_base
+
+        class policy_cls(_policy_base()):  # type: ignore[no-redef,misc]
+            # uvloop's own policy has no child watchers on 3.11, which the
+            # subprocess tests need; the Unix default policy has them.
+            def new_event_loop(self):  # type: ignore[no-untyped-def]
+                return uvloop.new_event_loop()
 
         def selector_loop(selector=None):  # type: ignore[no-untyped-def]
             if selector is not None:
@@ -67,6 +73,23 @@ def _patch(variant: str) -> None:
                 if selector is not None:
                     selector.close()
                 return aem_loop.new_event_loop(backend="uvloop")
+
+    if variant.endswith("uvloop"):
+        # The harness's close_loop reads BaseEventLoop._default_executor, which
+        # uvloop loops do not expose; shut the executor down the public way.
+        from test.test_asyncio import utils as tu
+
+        harness_close = tu.TestCase.close_loop
+
+        def close_loop(loop):  # type: ignore[no-untyped-def]
+            if hasattr(loop, "_default_executor"):
+                return harness_close(loop)
+            if not loop.is_closed():
+                loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+            return None
+
+        tu.TestCase.close_loop = staticmethod(close_loop)  # type: ignore[assignment]
 
     # The tests reset the policy to None, which re-creates DefaultEventLoopPolicy.
     asyncio.DefaultEventLoopPolicy = policy_cls  # type: ignore[misc,assignment]

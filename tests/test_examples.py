@@ -1,0 +1,18 @@
+"""The examples run (each in its own process, as a user would run them)."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_priority_demo_runs(backend):
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "priority_demo.py"), backend],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert f"backend {backend}: heartbeat lateness" in out
