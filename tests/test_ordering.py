@@ -201,3 +201,16 @@ def test_fast_path_option_checked():
         aem_loop.new_event_loop(backend="uvloop", fast_path=1)
     with pytest.raises(TypeError, match="fast_path"):
         aem_loop.new_event_loop(backend="selector", fast_path=True)
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_threadsafe_then_call_soon_keep_fifo():
+    loop = asyncio.get_running_loop()
+    order = []
+    done = loop.create_future()
+    loop.call_soon_threadsafe(order.append, "threadsafe")
+    loop.call_soon(order.append, "soon")
+    loop.call_soon(done.set_result, None)
+    await done
+    assert order == ["threadsafe", "soon"]

@@ -170,6 +170,8 @@ class Scheduler(ReadyQueue):
 
     def push(self, handle: Any) -> None:
         """Queue a ready handle at the priority of its context."""
+        if self.inbox:  # what other threads queued earlier goes first
+            self.drain_inbox()
         level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
         if self.boosts:
             level = self._boosted(handle, level)
@@ -192,6 +194,8 @@ class Scheduler(ReadyQueue):
         It runs at max(its own priority, the level being dispatched): the
         task woken by an urgent event runs that step at the event's priority.
         """
+        if self.inbox:
+            self.drain_inbox()
         level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
         cur = self.current
         if cur > level and self.inherit and _is_wakeup(handle._callback):
@@ -263,6 +267,8 @@ class Scheduler(ReadyQueue):
         timers = self.timers
         if not timers._heap:
             return
+        if self.inbox:  # as asyncio: thread-safe callbacks were ready first
+            self.drain_inbox()
         for h in timers.pop_due(end):
             level = h._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
             if self.boosts:
@@ -315,9 +321,16 @@ class Scheduler(ReadyQueue):
     # -- dispatch ----------------------------------------------------------
 
     def drain_inbox(self) -> None:
+        """Queue what other threads and signal handlers handed in, in order."""
         inbox = self.inbox
         while inbox:
-            self.push(inbox.popleft())
+            handle = inbox.popleft()
+            level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+            if self.boosts:
+                level = self._boosted(handle, level)
+            self._levels[level].append(handle)
+            self._bits |= 1 << level
+            self._len += 1
 
     def run_ready(self) -> None:
         """Run one round of ready callbacks.  The only place callbacks are called."""
