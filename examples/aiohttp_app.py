@@ -13,7 +13,7 @@ import aem_loop
 
 async def work(request: web.Request) -> web.Response:
     total = 0
-    for i in range(200):
+    for _ in range(200):
         total += sum(range(2000))
         await asyncio.sleep(0)
     return web.Response(text=f"{total}\n")

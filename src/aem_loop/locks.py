@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from .core.priority import current_priority
 
@@ -37,7 +37,7 @@ class Lock(asyncio.Lock):
         self._aem_owner: asyncio.Task[Any] | None = None
         self._aem_waiting: list[int] = []
 
-    async def acquire(self) -> bool:
+    async def acquire(self) -> Literal[True]:
         sched = _scheduler()
         if not self.locked():
             await super().acquire()

@@ -50,7 +50,11 @@ async def _serve(kind: str) -> None:
     print(f"READY {port}", flush=True)
     # serve until stdin closes (the parent ends the cell)
     stop = loop.create_future()
-    loop.add_reader(sys.stdin.fileno(), lambda: stop.done() or stop.set_result(None))
+    def on_stdin() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
     await stop
     server.close()
 

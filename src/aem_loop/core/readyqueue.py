@@ -36,7 +36,7 @@ class ReadyQueue:
     def __bool__(self) -> bool:
         return self._len != 0
 
-    def push(self, item: Any, level: int) -> None:
+    def push_at(self, item: Any, level: int) -> None:
         self._levels[level].append(item)
         self._bits |= 1 << level
         self._len += 1

@@ -269,6 +269,7 @@ class Scheduler(ReadyQueue):
             return
         if self.inbox:  # as asyncio: thread-safe callbacks were ready first
             self.drain_inbox()
+        h: Any
         for h in timers.pop_due(end):
             level = h._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
             if self.boosts:
