@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,10 +99,27 @@ def _patch(variant: str) -> None:
     asyncio.unix_events.SelectorEventLoop = selector_loop  # type: ignore[attr-defined]
 
 
+# A test that runs longer than this is stopped with TimeoutError (stock
+# test_events runs in ~12 s in all; uvloop hangs in test_bidirectional_pty).
+_TEST_ALARM = 60
+
+
+def _on_alarm(signum, frame):  # type: ignore[no-untyped-def]
+    raise TimeoutError(f"test ran longer than {_TEST_ALARM}s")
+
+
 class _Collect(unittest.TestResult):
     def __init__(self) -> None:
         super().__init__()
         self.status: dict[str, str] = {}
+
+    def startTest(self, test):  # type: ignore[no-untyped-def]
+        super().startTest(test)
+        signal.alarm(_TEST_ALARM)
+
+    def stopTest(self, test):  # type: ignore[no-untyped-def]
+        signal.alarm(0)
+        super().stopTest(test)
 
     def addSuccess(self, test):  # type: ignore[no-untyped-def]
         self.status[test.id()] = "pass"
@@ -125,6 +143,7 @@ class _Collect(unittest.TestResult):
 
 
 def _child(variant: str, module: str, out: str) -> None:
+    signal.signal(signal.SIGALRM, _on_alarm)
     _patch(variant)
     name = f"test.test_asyncio.test_{module}"
     suite = unittest.defaultTestLoader.loadTestsFromName(name)

@@ -24,17 +24,25 @@ from .core.priority import (
 )
 from .core.stats import LatencySummary, LoopStatistics
 from .locks import Lock
+from .vmprotocol import BlockProtocol
+from .vmtable import Block, VMTable, VMTableError, VMTableExhausted, VMTableStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MAX_PRIORITY",
     "MIN_PRIORITY",
+    "Block",
+    "BlockProtocol",
     "EventLoopPolicy",
     "LatencySummary",
     "Lock",
     "LoopStatistics",
     "Priority",
+    "VMTable",
+    "VMTableError",
+    "VMTableExhausted",
+    "VMTableStatistics",
     "__version__",
     "create_task",
     "current_priority",
