@@ -79,7 +79,7 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
         self._aem_armed = False
         # False until something runs at a non-default priority: until then
         # callbacks go straight to uvloop (see call_soon).
-        self._aem_mixed = not fast_path
+        self._aem_mixed = not fast_path or self.get_debug()
         self._aem_closed = False
         self._aem_thread: int | None = None
         self._aem_uv_timer: Any = None
@@ -231,6 +231,14 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
         return await sendfile_fallback(self, transport, file, offset, count)
 
     # -- lifecycle ------------------------------------------------------------------
+
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        if enabled:
+            # Debug handles record where they were created; the core's path
+            # trims its own frame from that record as asyncio does, uvloop's
+            # fast path cannot.
+            self._aem_mixed = True
 
     def run_forever(self) -> None:
         self._aem_thread = threading.get_ident()

@@ -44,6 +44,19 @@ async def _serve(kind: str) -> None:
     loop = asyncio.get_running_loop()
     if kind == "protocol":
         server = await loop.create_server(_EchoProtocol, "127.0.0.1", 0, backlog=512)
+    elif kind == "vmtable":
+        from ..vmprotocol import BlockProtocol
+        from ..vmtable import VMTable
+
+        class _BlockEcho(BlockProtocol):
+            def block_received(self, block):  # type: ignore[no-untyped-def]
+                self.write_block(block)
+
+        # 64 MiB of 64 KiB reads: room for 1024 in flight (50 connections need ~100)
+        table = VMTable(64 << 20, min_block=1024)
+        server = await loop.create_server(
+            lambda: _BlockEcho(table, chunk=65536), "127.0.0.1", 0, backlog=512
+        )
     else:
         server = await asyncio.start_server(_streams_handler, "127.0.0.1", 0, backlog=512)
     port = server.sockets[0].getsockname()[1]
