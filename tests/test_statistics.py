@@ -40,3 +40,27 @@ async def test_cancelled_timers_do_not_count_as_pending():
     for h in hs:
         h.cancel()
     assert loop.statistics().timers_pending == 0
+
+
+@pytest.mark.asyncio
+async def test_lateness_keeps_sampling_under_load():
+    """Samples keep coming while one level is drained in long rounds."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    left = [5000]
+
+    def cb():
+        left[0] -= 1
+        if left[0] > 0:
+            loop.call_soon(cb)
+            loop.call_soon(lambda: None)
+        elif not done.done():
+            done.set_result(None)
+
+    # at a non-default level: on uvloop, default-priority work takes the fast path
+    before = loop.statistics().lateness.get(60)
+    with aem_loop.priority(60):
+        loop.call_soon(cb)
+    await done
+    after = loop.statistics().lateness[60]
+    assert after.samples - (before.samples if before else 0) > 100

@@ -14,6 +14,9 @@ Transports, servers, SSL, subprocesses and signals are asyncio's own
 from __future__ import annotations
 
 import asyncio
+import math
+import select
+import selectors
 from asyncio import events
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +26,13 @@ from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
 from ..core.scheduler import Scheduler
 
 __all__ = ["SelectorLoop"]
+
+_EVENT_READ = selectors.EVENT_READ
+_EVENT_WRITE = selectors.EVENT_WRITE
+# As EpollSelector: anything but EPOLLOUT (IN, ERR, HUP) wakes a reader,
+# anything but EPOLLIN wakes a writer.
+_NOT_EPOLLOUT = ~select.EPOLLOUT
+_NOT_EPOLLIN = ~select.EPOLLIN
 
 # asyncio never blocks in select() for longer than a day (MAXIMUM_SELECT_TIMEOUT).
 _MAXIMUM_SELECT_TIMEOUT = 24 * 3600
@@ -151,6 +161,46 @@ class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[mis
 
     # -- the iteration ----------------------------------------------------------
 
+    def _aem_poll_epoll(self, timeout: float | None) -> None:
+        """select() and _process_events() in one pass over epoll's answer.
+
+        Same semantics as ``EpollSelector.select`` followed by
+        ``_process_events``, without the intermediate list of (key, mask)
+        tuples and two calls per ready fd; used when the selector is the
+        stdlib's EpollSelector (the default on Linux).
+        """
+        sel = self._selector
+        fd_to_key = sel._fd_to_key
+        if timeout is None:
+            t = -1.0
+        elif timeout <= 0:
+            t = 0.0
+        else:  # epoll counts milliseconds: round up, never wake early
+            t = math.ceil(timeout * 1e3) * 1e-3
+        try:
+            ready = sel._selector.poll(t, max(len(fd_to_key), 1))
+        except InterruptedError:
+            return
+        sched = self._aem
+        queued = sched._io_queued
+        for fd, ev in ready:
+            key = fd_to_key.get(fd)
+            if key is None:
+                continue
+            reader, writer = key.data
+            if ev & _NOT_EPOLLOUT and reader is not None and key.events & _EVENT_READ:
+                if reader._cancelled:
+                    self._remove_reader(key.fileobj)
+                elif reader not in queued:
+                    queued.add(reader)
+                    sched.push(reader)
+            if ev & _NOT_EPOLLIN and writer is not None and key.events & _EVENT_WRITE:
+                if writer._cancelled:
+                    self._remove_writer(key.fileobj)
+                elif writer not in queued:
+                    queued.add(writer)
+                    sched.push(writer)
+
     def _run_once(self) -> None:
         sched = self._aem
         if sched._len or sched.inbox or self._stopping:  # type: ignore[attr-defined]
@@ -161,10 +211,13 @@ class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[mis
                 timeout = None
             else:
                 timeout = min(max(0.0, when - self.time()), _MAXIMUM_SELECT_TIMEOUT)
-        event_list = self._selector.select(timeout)  # type: ignore[attr-defined]
+        if type(self._selector) is selectors.EpollSelector:
+            self._aem_poll_epoll(timeout)
+        else:
+            event_list = self._selector.select(timeout)
+            self._process_events(event_list)
+            event_list = None  # break cycles when an exception occurs
         sched.polls += 1
-        self._process_events(event_list)  # type: ignore[attr-defined]
-        event_list = None  # break cycles when an exception occurs
         if sched.timers._heap:
             sched.move_due_timers(self.time() + self._clock_resolution)  # type: ignore[attr-defined]
         sched.run_ready()

@@ -334,7 +334,12 @@ class Scheduler(ReadyQueue):
             self._len += 1
 
     def run_ready(self) -> None:
-        """Run one round of ready callbacks.  The only place callbacks are called."""
+        """Run one round of ready callbacks.  The only place callbacks are called.
+
+        The inner loop drains one level while nothing more urgent is queued
+        (checked after every callback: one comparison of the bitmap), and
+        settles the bookkeeping of that level once when it leaves it.
+        """
         if self.inbox:
             self.drain_inbox()
         n = self._len
@@ -342,9 +347,7 @@ class Scheduler(ReadyQueue):
             return
         clock = self._clock
         levels = self._levels
-        dispatched = self.dispatched
         probe = self._probe
-        since = self._since
         debug = self.debug
         io_queued = self._io_queued
         # A round of one callback needs no clock: nothing can wait behind it.
@@ -358,40 +361,56 @@ class Scheduler(ReadyQueue):
                     break
                 level = bits.bit_length() - 1
                 q = levels[level]
-                handle = q.popleft()
-                if not q:
-                    self._bits = bits & ~(1 << level)
-                    since[level] = 0.0
-                self._len -= 1
-                n -= 1
-                if io_queued:
-                    io_queued.discard(handle)
-                if handle._cancelled:
-                    if probe[level] is handle:
-                        probe[level] = None
-                    continue
+                above = 2 << level  # the bitmap reaches this: more urgent work
                 self.current = level
-                if debug:
-                    self._run_debug(handle)
-                else:
-                    handle._run()
-                dispatched[level] += 1
-                if probe[level] is handle:
-                    self._sample(level, clock())
-                if n > 0 and self._len and clock() >= deadline:
-                    # Slice spent.  If I/O above the backlog's level may be
-                    # ready, return so the backend polls; otherwise only timers
-                    # and other threads can bring urgent work: pick those up
-                    # here, without a poll that would re-list every busy fd.
-                    self.slices += 1
-                    if self._must_poll():
-                        break
-                    now = clock()
-                    if self.timers._heap:
-                        self.move_due_timers(now)
-                    if self.inbox:
-                        self.drain_inbox()
-                    deadline = now + self.slice
+                popped = ran = 0
+                poll = False
+                try:
+                    while True:
+                        handle = q.popleft()
+                        popped += 1
+                        n -= 1
+                        if io_queued:
+                            io_queued.discard(handle)
+                        if not handle._cancelled:
+                            ran += 1
+                            if debug:
+                                self._run_debug(handle)
+                            else:
+                                handle._run()
+                        if handle is probe[level]:
+                            if handle._cancelled:
+                                probe[level] = None
+                            else:
+                                self._sample(level, clock())
+                        if not q or n <= 0 or self._bits >= above:
+                            break
+                        if clock() >= deadline:
+                            # Slice spent.  If I/O above the backlog's level may
+                            # be ready, return so the backend polls; otherwise
+                            # only timers and other threads can bring urgent
+                            # work: pick those up here, without a poll that
+                            # would re-list every busy fd.
+                            self.slices += 1
+                            if self._must_poll():
+                                poll = True
+                                break
+                            now = clock()
+                            if self.timers._heap:
+                                self.move_due_timers(now)
+                            if self.inbox:
+                                self.drain_inbox()
+                            deadline = now + self.slice
+                            if self._bits >= above:
+                                break
+                finally:
+                    self._len -= popped
+                    self.dispatched[level] += ran
+                    if not q:
+                        self._bits &= ~(1 << level)
+                        self._since[level] = 0.0
+                if poll:
+                    break
         finally:
             self.current = _NOT_DISPATCHING
 
