@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     for c in ("method", "p50 us", "p99 us"):
         t.add_column(c)
     lines += ["", "| 1 MiB hand-off | p50 us | p99 us |", "|---|---|---|"]
-    for k, v in h.items():
-        t.add_row(k, f"{v['p50_us']:.0f}", f"{v['p99_us']:.0f}")
-        lines.append(f"| {k} | {v['p50_us']:.0f} | {v['p99_us']:.0f} |")
+    for k, lat in h.items():
+        t.add_row(k, f"{lat['p50_us']:.0f}", f"{lat['p99_us']:.0f}")
+        lines.append(f"| {k} | {lat['p50_us']:.0f} | {lat['p99_us']:.0f} |")
     console.print(t)
 
     f = bench_flood(20_000 if a.quick else 100_000, 8 << 20)
@@ -191,9 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     for c in ("allocator", "peak MiB", "refused"):
         t.add_column(c)
     lines += ["", "| flood (pool 8 MiB) | peak MiB | refused |", "|---|---|---|"]
-    for k, v in f.items():
-        t.add_row(k, f"{v['peak_MiB']:.1f}", str(v["refused"]))
-        lines.append(f"| {k} | {v['peak_MiB']:.1f} | {v['refused']} |")
+    for k, fl in f.items():
+        t.add_row(k, f"{fl['peak_MiB']:.1f}", str(fl["refused"]))
+        lines.append(f"| {k} | {fl['peak_MiB']:.1f} | {fl['refused']} |")
     console.print(t)
 
     e = bench_echo(a.runs, 0.5 if a.quick else 1.5)
