@@ -16,3 +16,11 @@ def test_priority_demo_runs(backend):
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert f"backend {backend}: heartbeat lateness" in out
+
+
+def test_vmtable_handoff_example_runs():
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "vmtable_handoff.py")],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert "read 1048576 bytes in place" in out
