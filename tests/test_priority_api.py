@@ -160,3 +160,16 @@ async def test_set_priority_in_task_changes_following_steps():
     await loop.create_task(f())
     assert seen == [90]
     assert aem_loop.current_priority() == 50
+
+
+@pytest.mark.asyncio
+async def test_create_task_passes_other_keywords_to_the_base_loop():
+    loop = asyncio.get_running_loop()
+
+    async def f():
+        return 1
+
+    coro = f()
+    with pytest.raises(TypeError):  # unknown to this Python's create_task
+        loop.create_task(coro, no_such_option=True)  # noqa: RUF006 - raises
+    coro.close()

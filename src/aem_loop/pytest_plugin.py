@@ -4,7 +4,7 @@ Installed with aem-loop (entry point ``pytest11``); it does nothing unless
 asked.  ``pytest --aem-loop=selector`` (or ``uvloop``, or ``all`` for both)
 makes every pytest-asyncio test run on aem loops; the same can be set in the
 ini file as ``aem_loop = selector``.  It uses pytest-asyncio's
-``pytest_asyncio_loop_factories`` hook (pytest-asyncio >= 1.3), so no event
+``pytest_asyncio_loop_factories`` hook (pytest-asyncio >= 1.5), so no event
 loop policy is involved.
 """
 

@@ -127,8 +127,13 @@ class AEMLoopMixin:
         name: str | None = None,
         context: contextvars.Context | None = None,
         priority: int | None = None,
+        **kwargs: Any,
     ) -> Any:
-        """Schedule *coro*; with *priority*, the task runs at that priority."""
+        """Schedule *coro*; with *priority*, the task runs at that priority.
+
+        Other keyword arguments (Python >= 3.13 passes e.g. ``eager_start``)
+        go to the base loop's create_task and task factory unchanged.
+        """
         if priority is not None:
             try:
                 p = check_priority(priority)
@@ -142,7 +147,9 @@ class AEMLoopMixin:
         prev = self._aem_creating
         self._aem_creating = True
         try:
-            return super().create_task(coro, name=name, context=context)  # type: ignore[misc]
+            return super().create_task(  # type: ignore[misc]
+                coro, name=name, context=context, **kwargs
+            )
         finally:
             self._aem_creating = prev
 
