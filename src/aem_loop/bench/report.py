@@ -17,6 +17,9 @@ from .common import LOOPS, machine, median
 
 console = Console()
 
+# (reference, aem) pairs compared in the echo table
+_PAIRS = (("asyncio", "aem-selector"), ("uvloop", "aem-uvloop"))
+
 
 def _save(out: str | None, name: str, data: dict[str, Any], markdown: str) -> None:
     if not out:
@@ -32,17 +35,24 @@ def run_echo(*, quick: bool, runs: int, duration: float | None, out: str | None,
     duration = duration or (0.5 if quick else 1.5)
     cells = echo.cells(quick)
     results: dict[str, dict[str, list[float]]] = {}
+    # Each aem loop is measured right after its reference, so that the pair
+    # sees the same machine: on a VM whose speed drifts by 2-3x over minutes,
+    # the median of these paired ratios is the figure to trust.
+    order = [lp for pair in _PAIRS for lp in pair if lp in loops]
+    order += [lp for lp in loops if lp not in order]
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("echo", total=len(cells) * len(loops) * runs)
         for _ in range(runs):  # interleave loops so drift hits all equally
             for kind, conns, size in cells:
                 key = f"{kind} {size // 1024}KiB x{conns}"
-                for lp in loops:
+                for lp in order:
                     rps = echo.run_cell(lp, kind, conns, size, duration)
                     results.setdefault(key, {}).setdefault(lp, []).append(rps)
                     prog.advance(task)
     table = Table(title=f"echo round trips/s (median of {runs} x {duration}s)")
-    md = [f"Echo, round trips/s, median of {runs} runs of {duration}s each; {machine()}", "",
+    md = [f"Echo, round trips/s, median of {runs} runs of {duration}s each; ratios are "
+          f"medians of the {runs} paired runs (aem measured right after its reference); "
+          f"{machine()}", "",
           "| cell | " + " | ".join(loops) + " | aem-sel/asyncio | aem-uv/uvloop |",
           "|---" * (len(loops) + 3) + "|"]
     table.add_column("cell")
@@ -53,8 +63,8 @@ def run_echo(*, quick: bool, runs: int, duration: float | None, out: str | None,
     summary = {}
     for key, per in results.items():
         med = {lp: median(v) for lp, v in per.items()}
-        r1 = med["aem-selector"] / med["asyncio"]
-        r2 = med["aem-uvloop"] / med["uvloop"]
+        r1 = median([a / b for a, b in zip(per["aem-selector"], per["asyncio"], strict=True)])
+        r2 = median([a / b for a, b in zip(per["aem-uvloop"], per["uvloop"], strict=True)])
         summary[key] = {"median": med, "runs": per, "aem_selector_vs_asyncio": r1,
                         "aem_uvloop_vs_uvloop": r2}
         row = [f"{med[lp]:,.0f}" for lp in loops]
