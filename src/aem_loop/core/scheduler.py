@@ -65,6 +65,9 @@ DEFAULT_TIME_SLICE = 0.0002
 DEFAULT_AGING = 0.010
 
 _NOT_DISPATCHING = -1
+# 1 << level for every level, made once: levels above 30 need a two-digit int,
+# and building one on every push was a measurable share of the push.
+_BIT = tuple(1 << i for i in range(NLEVELS))
 _INF = float("inf")
 
 # Lateness is sampled, not measured for every callback: a probe starts at one
@@ -178,8 +181,10 @@ class Scheduler(ReadyQueue):
             level = self._boosted(handle, level)
         # _enqueue(handle, level), inlined: this is the path of every
         # call_soon and every I/O event, and a call costs ~0.1 us here.
-        self._levels[level].append(handle)
-        self._bits |= 1 << level
+        q = self._levels[level]
+        if not q:  # the bitmap changes only when a level becomes non-empty
+            self._bits |= _BIT[level]
+        q.append(handle)
         self._len += 1
         if self._probe[level] is None:
             self._skip[level] -= 1
@@ -188,8 +193,10 @@ class Scheduler(ReadyQueue):
 
     def _enqueue(self, handle: Any, level: int, ready_at: float | None = None) -> None:
         """Append *handle* to *level*; *ready_at* (default: now) starts a sample."""
-        self._levels[level].append(handle)
-        self._bits |= 1 << level
+        q = self._levels[level]
+        if not q:
+            self._bits |= _BIT[level]
+        q.append(handle)
         self._len += 1
         if self._probe[level] is None:
             self._skip[level] -= 1
@@ -361,6 +368,10 @@ class Scheduler(ReadyQueue):
                 level = bits.bit_length() - 1
                 q = levels[level]
                 above = 2 << level  # the bitmap reaches this: more urgent work
+                # Only a timer or I/O above this level can bring more urgent
+                # work by time; without either, the clock is not read per
+                # callback (threadsafe work shows up in the inbox).
+                io_above = self._io_counts is None or self._io_bits >= above
                 self.current = level
                 popped = ran = 0
                 poll = False
@@ -384,7 +395,11 @@ class Scheduler(ReadyQueue):
                                 self._sample(level, clock())
                         if not q or n <= 0 or self._bits >= above:
                             break
-                        if clock() >= deadline:
+                        if self.inbox:
+                            self.drain_inbox()
+                            if self._bits >= above:
+                                break
+                        if (io_above or self.timers._heap) and clock() >= deadline:
                             # Slice spent.  If I/O above the backlog's level may
                             # be ready, return so the backend polls; otherwise
                             # only timers and other threads can bring urgent
