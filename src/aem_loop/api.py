@@ -35,7 +35,6 @@ def loop_factory(
 
     Options are checked now, so a typo fails where it was written.
     """
-    loop_class(backend)
     new_event_loop(backend=backend, **options).close()
     return functools.partial(new_event_loop, backend=backend, **options)
 
@@ -101,7 +100,6 @@ class EventLoopPolicy(_policy_base()):  # type: ignore[misc]
 
     def __init__(self, *, backend: str = "selector", **options: Any) -> None:
         super().__init__()
-        loop_class(backend)
         self._aem_factory = loop_factory(backend=backend, **options)
 
     def new_event_loop(self) -> asyncio.AbstractEventLoop:

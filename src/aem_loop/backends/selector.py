@@ -182,7 +182,7 @@ class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[mis
         except InterruptedError:
             return
         sched = self._aem
-        queued = sched._io_queued
+        push_ready = sched.push_ready
         for fd, ev in ready:
             key = fd_to_key.get(fd)
             if key is None:
@@ -191,15 +191,13 @@ class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[mis
             if ev & _NOT_EPOLLOUT and reader is not None and key.events & _EVENT_READ:
                 if reader._cancelled:
                     self._remove_reader(key.fileobj)
-                elif reader not in queued:
-                    queued.add(reader)
-                    sched.push(reader)
+                else:
+                    push_ready(reader)
             if ev & _NOT_EPOLLIN and writer is not None and key.events & _EVENT_WRITE:
                 if writer._cancelled:
                     self._remove_writer(key.fileobj)
-                elif writer not in queued:
-                    queued.add(writer)
-                    sched.push(writer)
+                else:
+                    push_ready(writer)
 
     def _run_once(self) -> None:
         sched = self._aem
