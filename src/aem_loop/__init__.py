@@ -8,11 +8,13 @@ See README.md and docs/.
 from .api import (
     EventLoopPolicy,
     create_task,
+    every,
     install,
     loop_factory,
     new_event_loop,
     run,
 )
+from .core.periodic import PeriodicJob, PeriodicStatistics, Tick, Ticker
 from .core.priority import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -38,7 +40,11 @@ __all__ = [
     "LatencySummary",
     "Lock",
     "LoopStatistics",
+    "PeriodicJob",
+    "PeriodicStatistics",
     "Priority",
+    "Tick",
+    "Ticker",
     "VMTable",
     "VMTableError",
     "VMTableExhausted",
@@ -47,6 +53,7 @@ __all__ = [
     "create_task",
     "current_priority",
     "effective_priority",
+    "every",
     "install",
     "loop_factory",
     "new_event_loop",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from .backends import loop_class
+from .core.periodic import PeriodicJob, Ticker
 from .core.priority import PRIORITY_VAR, check_priority
 
 __all__ = ["EventLoopPolicy", "create_task", "install", "new_event_loop", "run"]
@@ -114,3 +115,31 @@ def install(*, backend: str = "selector", **options: Any) -> EventLoopPolicy:
     policy = EventLoopPolicy(backend=backend, **options)
     asyncio.set_event_loop_policy(policy)
     return policy
+
+
+def every(
+    interval: float,
+    callback: Callable[..., Any] | None = None,
+    *args: Any,
+    priority: int | None = None,
+    missed: str = "skip",
+    stop_on_error: bool = False,
+) -> PeriodicJob | Ticker:
+    """A periodic job on the running loop, or, without *callback*, a ticker.
+
+    ``aem_loop.every(0.5, fn, x)`` is ``loop.call_every(0.5, fn, x)`` (a
+    :class:`PeriodicJob`); ``async for tick in aem_loop.every(0.5): ...``
+    iterates over the same drift-free schedule.  Both work on any asyncio
+    loop; priorities take effect on an aem_loop loop.
+    """
+    loop = asyncio.get_running_loop()
+    if callback is None:
+        if args:
+            raise TypeError("every(): positional arguments given without a callback")
+        if stop_on_error:
+            raise TypeError("every(): stop_on_error applies to a callback, not a ticker")
+        return Ticker(loop, interval, priority=priority, missed=missed)
+    return PeriodicJob(
+        loop, interval, callback, args,
+        priority=priority, missed=missed, stop_on_error=stop_on_error,
+    )

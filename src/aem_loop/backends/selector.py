@@ -156,6 +156,10 @@ class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[mis
     def _aem_check_open(self) -> None:
         self._check_closed()
 
+    def close(self) -> None:
+        super().close()
+        self._aem_closed = True
+
     def _aem_check_thread(self) -> None:
         self._check_thread()  # type: ignore[attr-defined]
 
@@ -216,7 +220,7 @@ class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[mis
             self._process_events(event_list)
             event_list = None  # break cycles when an exception occurs
         sched.polls += 1
-        if sched.timers._heap:
+        if sched.timers.n:
             sched.move_due_timers(self.time() + self._clock_resolution)  # type: ignore[attr-defined]
         sched.run_ready()
 

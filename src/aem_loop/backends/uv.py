@@ -64,6 +64,7 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
     """A uvloop loop whose callbacks, tasks and timers run in priority order."""
 
     _aem_backend = "uvloop"
+    _aem_timer_hook = True
 
     def __init__(self, *, fast_path: bool = True, **options: Any) -> None:
         super().__init__()
@@ -153,7 +154,7 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
         self._aem_armed = False
         sched = self._aem
         try:
-            if sched.timers._heap:
+            if sched.timers.n:
                 sched.move_due_timers(_monotonic())
             sched.polls += 1
             sched.run_ready()
@@ -161,7 +162,7 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
             if not self._aem_armed and (sched._len or sched.inbox):
                 self._aem_armed = True
                 _uv_call_soon(self, self._aem_dispatch)
-            if sched.timers._heap:
+            if sched.timers.n:
                 when = sched.timers.next_when()
                 if when is not None and when < self._aem_timer_when:
                     self._aem_arm_timer(when)
@@ -174,8 +175,9 @@ class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[mi
             and timer._context.get(PRIORITY_VAR, DEFAULT_PRIORITY) != DEFAULT_PRIORITY
         ):
             self._aem_mixed = True
-        if timer._when < self._aem_timer_when:
-            self._aem_arm_timer(timer._when)
+        fire = timer._aem_fire  # type: ignore[attr-defined]
+        if fire < self._aem_timer_when:
+            self._aem_arm_timer(fire)
 
     def _aem_arm_timer(self, when: float) -> None:
         if self._aem_uv_timer is not None:

@@ -8,20 +8,40 @@ leaves I/O to the loop it is mixed into.  It imports no I/O code.
 from __future__ import annotations
 
 import contextvars
-import math
 import time
 from asyncio import coroutines, events
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .periodic import PeriodicJob
 from .priority import PRIORITY_VAR, check_priority
 from .scheduler import DEFAULT_AGING, DEFAULT_TIME_SLICE, Scheduler
 from .stats import LoopStatistics
+from .timers import AEMTimerHandle, slack_fire_time
+
+_monotonic = time.monotonic
+_copy_context = contextvars.copy_context
+_new_handle = object.__new__
+# The fast handle construction sets every slot of asyncio's TimerHandle; it
+# is only used when the slots are the ones it knows (else: regular __init__).
+_FAST_HANDLES = set(events.Handle.__slots__) | set(events.TimerHandle.__slots__) == {
+    "_callback", "_args", "_cancelled", "_loop", "_source_traceback", "_repr",
+    "__weakref__", "_context", "_scheduled", "_when",
+}
 
 __all__ = ["LOOP_OPTIONS", "AEMLoopMixin", "make_scheduler"]
 
 # The options every backend accepts (``new_event_loop(backend=..., **options)``).
-LOOP_OPTIONS = ("time_slice", "aging", "strict", "inherit")
+LOOP_OPTIONS = ("time_slice", "aging", "strict", "inherit", "timer_slack")
+
+
+def check_slack(slack: object) -> float:
+    """Validate a timer slack in seconds (a finite number >= 0)."""
+    if isinstance(slack, bool) or not isinstance(slack, (int, float)):
+        raise TypeError(f"slack must be a number of seconds, not {slack!r}")
+    if not 0 <= slack < float("inf"):
+        raise ValueError(f"slack must be >= 0 seconds and finite, got {slack!r}")
+    return float(slack)
 
 
 def make_scheduler(owner: Any, options: dict[str, Any]) -> Scheduler:
@@ -40,12 +60,17 @@ def make_scheduler(owner: Any, options: dict[str, Any]) -> Scheduler:
         if "aging" in options and options["aging"] is not None:
             raise ValueError("strict=True means no aging; do not also pass aging=")
         aging = None
+    owner._aem_slack = loop_slack(options)
     return Scheduler(
         time_slice=options.get("time_slice", DEFAULT_TIME_SLICE),
         aging=aging,
         inherit=options.get("inherit", True),
         owner=owner,
     )
+
+
+def loop_slack(options: dict[str, Any]) -> float:
+    return check_slack(options.get("timer_slack", 0.0))
 
 
 def check_callback(callback: object, method: str) -> None:
@@ -63,12 +88,21 @@ class AEMLoopMixin:
     _aem: Scheduler
     _aem_backend: str = "?"
     _aem_creating = False  # inside create_task: the next call_soon is a first step
+    _aem_closed = False
 
     # The loop's clock.  Both backends use CLOCK_MONOTONIC at full resolution
     # (uvloop's own clock is cached per iteration in milliseconds).
     time = staticmethod(time.monotonic)
 
     # -- timers --------------------------------------------------------------
+    #
+    # call_later/call_at build the handle without TimerHandle.__init__ (which
+    # costs a super() chain and a get_debug() call) when the handle's layout
+    # is the one this module knows; debug mode takes the regular path, which
+    # records where the timer was created.
+
+    _aem_timer_hook = False  # backend wants _aem_timer_added (uvloop)
+    _aem_slack = 0.0  # loop option timer_slack
 
     def call_later(
         self,
@@ -76,13 +110,37 @@ class AEMLoopMixin:
         callback: Callable[..., object],
         *args: Any,
         context: contextvars.Context | None = None,
+        slack: float | None = None,
     ) -> events.TimerHandle:
+        """As asyncio's; *slack* (seconds) lets the timer fire up to that late
+        so that timers due close together share one wakeup (default: the
+        loop's ``timer_slack`` option, 0)."""
         if delay is None:
             raise TypeError("delay must not be None")
-        timer = self.call_at(time.monotonic() + delay, callback, *args, context=context)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
-        return timer
+        when = _monotonic() + delay
+        sched = self._aem
+        if not _FAST_HANDLES or sched.debug or slack is not None or when != when:
+            timer = self.call_at(when, callback, *args, context=context, slack=slack)
+            if timer._source_traceback:
+                del timer._source_traceback[-1]
+            return timer
+        if self._aem_closed:
+            raise RuntimeError("Event loop is closed")
+        h: Any = _new_handle(AEMTimerHandle)
+        h._callback = callback
+        h._args = args
+        h._cancelled = False
+        h._loop = self
+        h._repr = None
+        h._source_traceback = None
+        h._context = _copy_context() if context is None else context
+        h._when = when
+        h._scheduled = True
+        slk = self._aem_slack
+        sched.timers.push(h, slack_fire_time(when, slk) if slk else when)
+        if self._aem_timer_hook:
+            self._aem_timer_added(h)
+        return h
 
     def call_at(
         self,
@@ -90,24 +148,65 @@ class AEMLoopMixin:
         callback: Callable[..., object],
         *args: Any,
         context: contextvars.Context | None = None,
+        slack: float | None = None,
     ) -> events.TimerHandle:
+        """As asyncio's, with *slack* as in :meth:`call_later`."""
         if when is None:
             raise TypeError("when cannot be None")
-        if isinstance(when, float) and math.isnan(when):
+        if when != when:
             raise ValueError("when must be a number, not NaN")
-        self._aem_check_open()
-        if self.get_debug():  # type: ignore[attr-defined]
+        slk = self._aem_slack if slack is None else check_slack(slack)
+        if self._aem_closed:
+            raise RuntimeError("Event loop is closed")
+        sched = self._aem
+        if sched.debug or not _FAST_HANDLES:
             self._aem_check_thread()
             check_callback(callback, "call_at")
-        timer = events.TimerHandle(when, callback, args, self, context)  # type: ignore[arg-type]
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
-        self._aem.timers.push(timer)
-        self._aem_timer_added(timer)
-        return timer
+            h: Any = AEMTimerHandle(when, callback, args, self, context)  # type: ignore[arg-type]
+            if h._source_traceback:
+                del h._source_traceback[-1]
+        else:
+            h = _new_handle(AEMTimerHandle)
+            h._callback = callback
+            h._args = args
+            h._cancelled = False
+            h._loop = self
+            h._repr = None
+            h._source_traceback = None
+            h._context = _copy_context() if context is None else context
+            h._when = when
+            h._scheduled = True
+        sched.timers.push(h, slack_fire_time(when, slk) if slk else when)
+        if self._aem_timer_hook:
+            self._aem_timer_added(h)
+        return h
+
+    def call_every(
+        self,
+        interval: float,
+        callback: Callable[..., object],
+        *args: Any,
+        priority: int | None = None,
+        missed: str = "skip",
+        stop_on_error: bool = False,
+    ) -> PeriodicJob:
+        """Run *callback(*args)* every *interval* seconds, drift-free.
+
+        Returns a :class:`~aem_loop.PeriodicJob` (``cancel()``,
+        ``statistics()``).  *missed*: "skip", "coalesce" or "burst"; see
+        :mod:`aem_loop.core.periodic`.  *priority*: the level the runs are
+        dispatched at (default: the caller's).
+        """
+        self._aem_check_open()
+        return PeriodicJob(
+            self, interval, callback, args,
+            priority=priority, missed=missed, stop_on_error=stop_on_error,
+        )
 
     def _timer_handle_cancelled(self, handle: events.TimerHandle) -> None:
-        self._aem.timers.cancelled(handle)
+        # AEMTimerHandle.cancel() leaves the wheel itself; a plain
+        # TimerHandle is never scheduled on this loop.
+        pass
 
     def _aem_timer_added(self, timer: events.TimerHandle) -> None:
         """Hook: a backend whose poll does not ask the core for a timeout re-arms here."""

@@ -49,7 +49,7 @@ from typing import Any
 from .priority import DEFAULT_PRIORITY, NLEVELS, PRIORITY_VAR
 from .readyqueue import ReadyQueue
 from .stats import LatencyRecorder, LoopStatistics
-from .timers import TimerQueue
+from .timers import TimerWheel
 
 __all__ = ["DEFAULT_AGING", "DEFAULT_TIME_SLICE", "Scheduler"]
 
@@ -144,7 +144,7 @@ class Scheduler(ReadyQueue):
         self.inherit = bool(inherit)
         self._clock = clock
         self.owner = owner  # gets ``_current_handle`` in debug mode, as asyncio
-        self.timers = TimerQueue()
+        self.timers = TimerWheel(clock)
         # Entry for other threads and signal handlers: deque.append is
         # atomic, the bucket bitmap update is not.
         self.inbox: deque[Any] = deque()
@@ -279,7 +279,7 @@ class Scheduler(ReadyQueue):
     def move_due_timers(self, end: float) -> None:
         """Queue every live timer due before *end* at its priority."""
         timers = self.timers
-        if not timers._heap:
+        if not timers.n:
             return
         if self.inbox:  # as asyncio: thread-safe callbacks were ready first
             self.drain_inbox()
@@ -399,7 +399,7 @@ class Scheduler(ReadyQueue):
                             self.drain_inbox()
                             if self._bits >= above:
                                 break
-                        if (io_above or self.timers._heap) and clock() >= deadline:
+                        if (io_above or self.timers.n) and clock() >= deadline:
                             # Slice spent.  If I/O above the backlog's level may
                             # be ready, return so the backend polls; otherwise
                             # only timers and other threads can bring urgent
@@ -410,7 +410,7 @@ class Scheduler(ReadyQueue):
                                 poll = True
                                 break
                             now = clock()
-                            if self.timers._heap:
+                            if self.timers.n:
                                 self.move_due_timers(now)
                             if self.inbox:
                                 self.drain_inbox()
@@ -504,7 +504,10 @@ class Scheduler(ReadyQueue):
             aged=self.aged,
             inherited=self.inherited,
             direct=self.direct,
-            timers_pending=len(self.timers),
+            timers_pending=self.timers.n,
+            timers_fired=self.timers.fired,
+            timer_wakeups=self.timers.wakeups,
+            timer_wakeups_saved=self.timers.wakeups_saved,
             time_slice=self.slice,
             aging=self.aging,
         )

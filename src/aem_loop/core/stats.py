@@ -63,6 +63,9 @@ class LoopStatistics:
     - ``aged``: callbacks run ahead of more urgent ones by aging.
     - ``inherited``: callbacks queued above their own priority by inheritance
       (woken by a more urgent event) or by a boosted lock holder.
+    - ``timers_pending``/``timers_fired``; ``timer_wakeups``: polls that fired
+      timers; ``timer_wakeups_saved``: further wakeups the fired timers' exact
+      deadlines would have needed (timer slack, or timers due close together).
     - ``direct``: callbacks the backend ran on its fast path, without the
       core's queue (uvloop backend before any non-default priority is used).
     """
@@ -77,5 +80,8 @@ class LoopStatistics:
     inherited: int
     direct: int
     timers_pending: int
+    timers_fired: int
+    timer_wakeups: int
+    timer_wakeups_saved: int
     time_slice: float
     aging: float | None
