@@ -54,6 +54,7 @@ _ops = st.lists(
     st.one_of(
         st.tuples(st.just("push"), _scale, st.floats(0, 1)),
         st.tuples(st.just("cancel"), st.integers(0, 10**6), st.just(0.0)),
+        st.tuples(st.just("same"), st.integers(0, 10**6), st.just(0.0)),
         st.tuples(st.just("advance"), _scale, st.floats(0, 1.2)),
         st.tuples(st.just("next"), st.just(0.0), st.just(0.0)),
     ),
@@ -80,6 +81,13 @@ def test_wheel_matches_model(ops: list[tuple[str, float, float]], start: float) 
             seq += 1
             wheel.push(h, h._when)
             pending[id(h)] = (h._when, seq, h)
+        elif op == "same" and pending:  # same time as a pending one: FIFO
+            when = pending[sorted(pending)[int(a) % len(pending)]][0]
+            h = _handle()
+            h._when = when
+            seq += 1
+            wheel.push(h, when)
+            pending[id(h)] = (when, seq, h)
         elif op == "cancel" and pending:
             key = sorted(pending)[int(a) % len(pending)]
             _, _, h = pending.pop(key)
@@ -122,7 +130,7 @@ def test_wheel_cancel_frees_at_once() -> None:
         h.cancel()
         assert h._aem_bucket is None
     assert wheel.n == 0
-    assert not wheel._slots and not wheel._far and wheel._summary == 0
+    assert not any(wheel._ring) and not wheel._far and wheel._summary == 0
     assert not any(wheel._words)
 
 

@@ -111,3 +111,108 @@ def run_latency(*, quick: bool, runs: int, duration: float | None, out: str | No
             "duration": duration, "runs": runs, "lateness_ms": summary}
     _save(out, "latency", data, "\n".join(md) + "\n")
     return data
+
+
+def run_timers(*, quick: bool, runs: int, out: str | None,
+               loops: Sequence[str] = LOOPS) -> dict[str, Any]:
+    """Timer wheel vs asyncio's heap and uvloop's libuv timers (timers_bench)."""
+    from . import timers_bench as tb
+
+    sizes = (100_000,) if quick else (100_000, 1_000_000)
+    pdur = 1.0 if quick else 3.0
+    slacks = (0.0, 0.005, 0.02)
+    aem = [lp for lp in loops if lp.startswith("aem-")]
+    jobs: list[tuple[str, tuple[Any, ...]]] = []
+    for n in sizes:
+        jobs += [("bulk", (lp, n)) for lp in loops] + [("churn", (lp, n)) for lp in loops]
+    jobs += [("memory", (lp, 100_000)) for lp in loops]
+    jobs += [("periodic", (lp, 1000, pdur)) for lp in loops]
+    jobs += [("slack", (lp, 10_000, pdur, s)) for lp in aem for s in slacks]
+    res: dict[str, list[dict[str, float]]] = {}
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task("timers", total=len(jobs) * runs)
+        for _ in range(runs):  # interleaved: drift hits every loop alike
+            for w, args in jobs:
+                res.setdefault(json.dumps([w, *args]), []).append(tb.run_one(w, *args))
+                prog.advance(task)
+
+    def med(w: str, *args: Any) -> dict[str, float]:
+        rs = res[json.dumps([w, *args])]
+        return {k: median([r[k] for r in rs]) for k in rs[0]}
+
+    md = [f"Timers, medians of {runs} runs, each measurement in a fresh interpreter; "
+          f"{machine()}", ""]
+    data: dict[str, Any] = {"machine": machine(), "date": datetime.datetime.now().isoformat(),
+                            "runs": runs, "raw": res}
+    t = Table(title="schedule + cancel (delays 10..70 s), ns per timer; pause in ms")
+    for c in ("workload", "N", *loops, "asyncio/aem-sel", "uvloop/aem-uv"):
+        t.add_column(c, justify="right")
+    md += ["Schedule N timers then cancel them all (bulk: ns per timer, schedule + cancel + "
+           "the next loop iteration), and churn (N pending, 2N times cancel one + schedule "
+           "one: ns per operation); speed-up = reference time / aem time.", "",
+           "| workload | N | " + " | ".join(loops) + " | speed-up aem-sel vs asyncio | "
+           "speed-up aem-uv vs uvloop |", "|---" * (len(loops) + 4) + "|"]
+    pauses = ["", "Longest loop iteration (ms): bulk = the iteration after the cancels; "
+              "churn = longest of the iterations between operations, without GC pauses "
+              "(GC in parentheses included).", "",
+              "| workload | N | " + " | ".join(loops) + " |", "|---" * (len(loops) + 2) + "|"]
+    for n in sizes:
+        for w, key in (("bulk", "total_ns"), ("churn", "op_ns")):
+            m = {lp: med(w, lp, n) for lp in loops}
+            r1 = m["asyncio"][key] / m["aem-selector"][key] if "aem-selector" in m else 0
+            r2 = m["uvloop"][key] / m["aem-uvloop"][key] if "aem-uvloop" in m else 0
+            row = [f"{m[lp][key]:,.0f}" for lp in loops]
+            t.add_row(w, f"{n:,}", *row, f"{r1:.2f}x", f"{r2:.2f}x")
+            md.append(f"| {w} | {n:,} | " + " | ".join(row) + f" | {r1:.2f}x | {r2:.2f}x |")
+            if w == "bulk":
+                prow = [f"{m[lp]['pause_ms']:.2f}" for lp in loops]
+            else:
+                prow = [f"{m[lp]['max_iteration_ms_excl_gc']:.2f} "
+                        f"({m[lp]['max_iteration_ms']:.0f})" for lp in loops]
+            pauses.append(f"| {w} | {n:,} | " + " | ".join(prow) + " |")
+            data.setdefault("speed", {})[f"{w} {n}"] = {
+                "median": m, "asyncio_over_aem_selector": r1, "uvloop_over_aem_uvloop": r2}
+    console.print(t)
+    md += pauses
+    mem = {lp: med("memory", lp, 100_000)["bytes_per_timer"] for lp in loops}
+    md += ["", "Memory per pending timer (tracemalloc; uvloop's libuv timers live in C "
+           "memory tracemalloc does not see: a lower bound).", "",
+           "| " + " | ".join(loops) + " |", "|---" * len(loops) + "|",
+           "| " + " | ".join(f"{mem[lp]:.0f} B" for lp in loops) + " |"]
+    data["bytes_per_timer"] = mem
+    pt = Table(title=f"2 ms periodic job under 1000 busy tasks, lateness ms ({pdur}s)")
+    for c in ("loop", "how", "p50", "p99", "max", "runs", "missed"):
+        pt.add_column(c, justify="right")
+    md += ["", f"Periodic job every 2 ms while 1000 tasks burn 50 us per step ({pdur} s): "
+           "lateness in ms. aem: call_every at CRITICAL; asyncio/uvloop: a "
+           "`while True: await asyncio.sleep(0.002)` loop.", "",
+           "| loop | how | p50 | p99 | max | runs | missed |", "|---|---|---|---|---|---|---|"]
+    for lp in loops:
+        pm = med("periodic", lp, 1000, pdur)
+        how = "call_every CRITICAL" if lp.startswith("aem-") else "sleep loop"
+        row = [how, f"{pm['p50']:.3f}", f"{pm['p99']:.3f}", f"{pm['max']:.3f}",
+               f"{pm['runs']:.0f}", f"{pm['missed']:.0f}"]
+        pt.add_row(lp, *row)
+        md.append(f"| {lp} | " + " | ".join(row) + " |")
+        data.setdefault("periodic_ms", {})[lp] = pm
+    console.print(pt)
+    st = Table(title="10k re-arming timers: loop wakeups/s that fired timers")
+    for c in ("loop", "timer_slack", "wakeups/s", "timers/s", "saved vs slack 0"):
+        st.add_column(c, justify="right")
+    md += ["", f"Slack: 10k timers re-armed on expiry after 50..150 ms, {pdur} s; wakeups per "
+           "second that fired timers, by loop option timer_slack.", "",
+           "| loop | timer_slack | wakeups/s | timers/s | wakeups/s saved vs slack 0 |",
+           "|---|---|---|---|---|"]
+    for lp in aem:
+        base = med("slack", lp, 10_000, pdur, 0.0)["wakeups_per_s"]
+        for s in slacks:
+            sm = med("slack", lp, 10_000, pdur, s)
+            row = [f"{s * 1000:g} ms", f"{sm['wakeups_per_s']:,.0f}",
+                   f"{sm['timers_per_s']:,.0f}", f"{base - sm['wakeups_per_s']:,.0f}"]
+            st.add_row(lp, *row)
+            md.append(f"| {lp} | " + " | ".join(row) + " |")
+            data.setdefault("slack", {}).setdefault(lp, {})[str(s)] = sm
+    console.print(st)
+    console.print(f"[dim]{machine()}[/dim]")
+    _save(out, "timers", data, "\n".join(md) + "\n")
+    return data

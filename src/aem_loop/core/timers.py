@@ -10,10 +10,14 @@ Layout (Varghese & Lauck's hashed wheel, with Linux's idea of finding the
 next occupied slot through a bitmap instead of ticking through empty ones):
 
 - Time is cut into ticks of 1 ms.  A *bucket* holds the timers whose firing
-  time falls in one tick: a dict from the timer's sequence number to the
-  handle, so removal is ``del bucket[key]`` and insertion order is kept.
-- The *ring* holds the buckets of the current and the next *epoch* (2**15
-  ticks, about 33 s each), indexed by ``tick & 0xFFFF``.  An occupancy bitmap
+  time falls in one tick: a list ``[tick, live, h1, h2, ...]`` in the order
+  they were scheduled.  Each handle knows its index; cancel puts None there
+  (O(1), touches no other timer) and the handle is freed at once; the bucket
+  is dropped when its last timer goes and compacted when holes outnumber
+  timers, so holes cost at most a pointer per live timer.
+- The *ring* (a list of 65536 buckets or None) holds the buckets of the
+  current and the next *epoch* (2**15 ticks, about 33 s each), indexed by
+  ``tick & 0xFFFF``.  An occupancy bitmap
   (1024 words of 64 bits plus one summary word of 1024 bits) finds the next
   non-empty tick in three steps, however far it is.
 - Timers beyond the ring go to a *far* bucket per epoch (a dict of dicts,
@@ -25,7 +29,8 @@ next occupied slot through a bitmap instead of ticking through empty ones):
 
 Guarantees (asyncio's): a timer never fires before its time (the bucket is
 only a hint: the exact time is compared); timers due at the same time fire
-in the order they were scheduled (a due batch is sorted by (time, sequence)).
+in the order they were scheduled (buckets keep that order and a due batch
+is sorted by time with a stable sort).
 
 Soft-timer slack: a timer created with slack ``s`` fires at the first point of
 a grid of step ``g`` (the largest power-of-two number of milliseconds not
@@ -40,6 +45,7 @@ import heapq
 import math
 from asyncio import events
 from collections.abc import Callable
+from itertools import islice
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +61,7 @@ _MIGRATE_CHUNK = 512
 # While an epoch migrates, an idle loop wakes up this often to move a chunk.
 _MIGRATE_WAKEUP = 0.010
 
-_fire_key = attrgetter("_aem_fire", "_aem_key")
+_fire_key = attrgetter("_aem_fire")
 
 
 class AEMTimerHandle(events.TimerHandle):
@@ -65,11 +71,10 @@ class AEMTimerHandle(events.TimerHandle):
     Equality and hashing stay asyncio's.
     """
 
-    __slots__ = ("_aem_bucket", "_aem_fire", "_aem_key", "_aem_tick", "_aem_wheel")
-    _aem_bucket: dict[int, AEMTimerHandle] | None
+    __slots__ = ("_aem_bucket", "_aem_fire", "_aem_idx", "_aem_wheel")
+    _aem_bucket: list[Any] | None  # [tick or ~epoch, live, handles or None...]
     _aem_fire: float  # when it fires: its time, or later by its slack
-    _aem_key: int  # sequence number: same-time order, key in its bucket
-    _aem_tick: int  # its bucket's tick; ~tick while in a far bucket
+    _aem_idx: int  # its index in its bucket
     _aem_wheel: TimerWheel
     if TYPE_CHECKING:  # asyncio's private slots, not in typeshed
         _when: float
@@ -87,12 +92,14 @@ class AEMTimerHandle(events.TimerHandle):
             self._cancelled = True
             b = self._aem_bucket
             if b is not None:
-                del b[self._aem_key]
+                b[self._aem_idx] = None
                 self._aem_bucket = None
+                live = b[1] - 1
+                b[1] = live
                 wheel = self._aem_wheel
                 wheel.n -= 1
-                if not b:
-                    wheel._emptied(self._aem_tick, b)
+                if not live or len(b) > 2 * live + 16:
+                    wheel._shrink(b)
             self._scheduled = False
             if self._source_traceback is not None:  # made in debug mode
                 self._repr = repr(self)
@@ -109,19 +116,29 @@ def slack_fire_time(when: float, slack: float) -> float:
     return fire if fire >= when else when
 
 
+def _compact(b: list[Any], start: int = 2) -> None:
+    """Drop the holes of bucket *b* from index *start* on; reindex, keep order."""
+    hs = [h for h in islice(b, start, None) if h is not None]
+    del b[start:]
+    for i, h in enumerate(hs, start):
+        h._aem_idx = i
+    b.extend(hs)
+
+
 class TimerWheel:
     """The core's pending timers (see the module docstring)."""
 
     __slots__ = (
         "_clock",
         "_cur",
+        "_direct",
         "_far",
         "_far_epochs",
         "_limit",
         "_mig_epoch",
+        "_mig_pos",
         "_migrating",
-        "_seq",
-        "_slots",
+        "_ring",
         "_summary",
         "_words",
         "fired",
@@ -133,18 +150,21 @@ class TimerWheel:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self.n = 0  # live pending timers
-        self._seq = 0
-        self._slots: dict[int, dict[int, AEMTimerHandle]] = {}
+        self._ring: list[list[Any] | None] = [None] * (_RING_MASK + 1)
         self._words = [0] * _NWORDS
         self._summary = 0
         # Every ring bucket's tick is >= _cur; ticks below it were processed.
         self._cur = int(clock() * TICKS_PER_SECOND)
         # Ring ticks are < _limit (end of the epoch after _cur's).
         self._limit = ((self._cur >> _EPOCH_BITS) + 2) << _EPOCH_BITS
-        self._far: dict[int, dict[int, AEMTimerHandle]] = {}
+        # push() puts ticks below _direct in the ring: _limit, or the start of
+        # the epoch migrating in (its new timers queue behind the old ones).
+        self._direct = self._limit
+        self._far: dict[int, list[Any]] = {}  # epoch -> [~epoch, live, handles...]
         self._far_epochs: list[int] = []  # heap; may hold epochs emptied since
-        self._migrating: list[AEMTimerHandle] | None = None
+        self._migrating: list[Any] | None = None  # a far bucket entering the ring
         self._mig_epoch = -1
+        self._mig_pos = 2  # its next handle to move
         self.fired = 0
         self.wakeups = 0  # pop_due calls that fired at least one timer
         self.wakeups_saved = 0
@@ -156,66 +176,73 @@ class TimerWheel:
 
     def push(self, h: AEMTimerHandle, fire: float) -> None:
         """Insert *h* to fire at *fire* (>= its ``_when``)."""
-        self._seq = key = self._seq + 1
-        h._aem_key = key
         h._aem_fire = fire
         h._aem_wheel = self
         self.n += 1
         tick = int(fire * TICKS_PER_SECOND)
-        if tick < self._cur:
-            tick = self._cur
-        if tick < self._limit:
+        if tick < self._direct:
             # (inlined _ring_insert: this is every call_later's path)
-            h._aem_tick = tick
-            b = self._slots.get(tick)
+            if tick < self._cur:
+                tick = self._cur
+            pos = tick & _RING_MASK
+            b = self._ring[pos]
             if b is None:
-                self._slots[tick] = b = {}
-                pos = tick & _RING_MASK
+                self._ring[pos] = b = [tick, 0]
                 i = pos >> 6
                 w = self._words[i]
                 if not w:
                     self._summary |= 1 << i
                 self._words[i] = w | (1 << (pos & 63))
-            b[key] = h
-            h._aem_bucket = b
         else:
             epoch = tick >> _EPOCH_BITS
-            h._aem_tick = ~tick  # negative: in a far bucket
-            b = self._far.get(epoch)
-            if b is None:
-                self._far[epoch] = b = {}
-                heapq.heappush(self._far_epochs, epoch)
-            b[key] = h
-            h._aem_bucket = b
+            if epoch == self._mig_epoch and self._migrating is not None:
+                b = self._migrating
+            else:
+                b = self._far.get(epoch)
+                if b is None:
+                    self._far[epoch] = b = [~epoch, 0]  # negative: a far bucket
+                    heapq.heappush(self._far_epochs, epoch)
+        b[1] += 1
+        h._aem_idx = len(b)
+        b.append(h)
+        h._aem_bucket = b
 
-    def _ring_insert(self, h: AEMTimerHandle, tick: int) -> None:
+    def _ring_insert(self, h: AEMTimerHandle) -> None:
+        tick = int(h._aem_fire * TICKS_PER_SECOND)
         if tick < self._cur:
             tick = self._cur
-        h._aem_tick = tick
-        b = self._slots.get(tick)
+        pos = tick & _RING_MASK
+        b = self._ring[pos]
         if b is None:
-            self._slots[tick] = b = {}
-            pos = tick & _RING_MASK
+            self._ring[pos] = b = [tick, 0]
             i = pos >> 6
             w = self._words[i]
             if not w:
                 self._summary |= 1 << i
             self._words[i] = w | (1 << (pos & 63))
-        b[h._aem_key] = h
+        b[1] += 1
+        h._aem_idx = len(b)
+        b.append(h)
         h._aem_bucket = b
 
-    def _emptied(self, tick: int, b: dict[int, AEMTimerHandle]) -> None:
-        """A cancel left bucket *b* (at *tick*) empty: drop it."""
+    def _shrink(self, b: list[Any]) -> None:
+        """A cancel left bucket *b* empty (drop it) or mostly holes (compact it)."""
+        if b is self._migrating:
+            return  # transient: its holes go when the migration ends
+        if b[1]:
+            _compact(b)
+            return
+        tick = b[0]
         if tick >= 0:
             self._drop_slot(tick)
-        else:
-            epoch = (~tick) >> _EPOCH_BITS
+        elif b is not self._migrating:
+            epoch = ~tick
             if self._far.get(epoch) is b:
                 del self._far[epoch]  # its number leaves the heap lazily
 
     def _drop_slot(self, tick: int) -> None:
-        del self._slots[tick]
         pos = tick & _RING_MASK
+        self._ring[pos] = None
         i = pos >> 6
         w = self._words[i] & ~(1 << (pos & 63))
         self._words[i] = w
@@ -259,7 +286,9 @@ class TimerWheel:
             if not epochs:
                 return None
             return max(self._limit, epochs[0] << _EPOCH_BITS) / TICKS_PER_SECOND
-        fire = min([h._aem_fire for h in self._slots[tick].values()])
+        b = self._ring[tick & _RING_MASK]
+        assert b is not None
+        fire = min([h._aem_fire for h in islice(b, 2, None) if h is not None])
         if self._migrating is not None:
             return min(fire, self._clock() + _MIGRATE_WAKEUP)
         return fire
@@ -278,27 +307,31 @@ class TimerWheel:
                 self._advance_far()
         out: list[AEMTimerHandle] = []
         ticks = 0
-        slots = self._slots
+        ring = self._ring
         while True:
             new_cur = end_tick
             while True:
                 tick = self._next_tick()
                 if tick is None or tick > end_tick:
                     break
-                b = slots[tick]
-                due = [h for h in b.values() if h._aem_fire < end]
-                if len(due) == len(b):
+                b = ring[tick & _RING_MASK]
+                assert b is not None
+                due = [h for h in islice(b, 2, None) if h is not None and h._aem_fire < end]
+                if len(due) == b[1]:
                     self._drop_slot(tick)
                 else:
+                    # the rest of this tick is not due yet: keep it, in order
                     for h in due:
-                        del b[h._aem_key]
-                    new_cur = tick  # the rest of this tick is not due yet
+                        b[h._aem_idx] = None
+                    b[1] -= len(due)
+                    _compact(b)
+                    new_cur = tick
                 if due:
                     for h in due:
                         h._aem_bucket = None
                         h._scheduled = False
                     if len(due) > 1:
-                        due.sort(key=_fire_key)
+                        due.sort(key=_fire_key)  # stable: same time, FIFO
                     out.extend(due)
                     ticks += 1
                 if new_cur == tick:
@@ -331,11 +364,16 @@ class TimerWheel:
             self._finish_migration()
         epoch = self._limit >> _EPOCH_BITS
         self._limit += 1 << _EPOCH_BITS
+        self._direct = self._limit
         b = self._far.pop(epoch, None)
-        if b:
-            # They stay cancellable in b (no longer indexed) while they wait.
-            self._migrating = list(b.values())
+        if b is not None and b[1]:
+            # Its timers stay cancellable in b while they wait and move in
+            # the order they were scheduled; new timers for that epoch queue
+            # behind them in b, so same-time order holds.
+            self._migrating = b
             self._mig_epoch = epoch
+            self._mig_pos = 2
+            self._direct = epoch << _EPOCH_BITS
             if (epoch << _EPOCH_BITS) - self._cur < (1 << _EPOCH_BITS) // 2:
                 self._finish_migration()  # due too soon to spread the work
 
@@ -348,44 +386,45 @@ class TimerWheel:
         if nxt is None or nxt >= self._mig_epoch << _EPOCH_BITS:
             self._finish_migration()
             return
-        chunk = mig[-_MIGRATE_CHUNK:]
-        del mig[-_MIGRATE_CHUNK:]
-        if not mig:
-            self._migrating = None
-        self._move(chunk)
+        pos = self._mig_pos
+        self._mig_pos = end = pos + _MIGRATE_CHUNK
+        self._move(mig, pos, end)
+        if end >= len(mig):
+            self._end_migration()
 
     def _finish_migration(self) -> None:
         mig = self._migrating
-        self._migrating = None
-        if mig:
-            self._move(mig)
+        if mig is not None:
+            self._move(mig, self._mig_pos, len(mig))
+            self._end_migration()
 
-    def _move(self, hs: list[AEMTimerHandle]) -> None:
+    def _end_migration(self) -> None:
+        self._migrating = None
+        self._mig_epoch = -1
+        self._direct = self._limit
+
+    def _move(self, mig: list[Any], start: int, end: int) -> None:
         insert = self._ring_insert
-        for h in hs:
-            b = h._aem_bucket
-            if b is None:  # cancelled while it waited
-                continue
-            del b[h._aem_key]
-            insert(h, ~h._aem_tick)
+        moved = 0
+        for i in range(start, min(end, len(mig))):
+            h = mig[i]
+            if h is not None:
+                mig[i] = None
+                insert(h)
+                moved += 1
+        mig[1] -= moved
 
     def clear(self) -> None:
-        for b in self._slots.values():
-            for h in b.values():
-                h._aem_bucket = None
-                h._scheduled = False
-        for b in self._far.values():
-            for h in b.values():
-                h._aem_bucket = None
-                h._scheduled = False
-        if self._migrating:
-            for h in self._migrating:
-                h._aem_bucket = None
-                h._scheduled = False
-        self._slots.clear()
+        for b in [*self._ring, *self._far.values(), self._migrating]:
+            if b is not None:
+                for h in islice(b, 2, None):
+                    if h is not None:
+                        h._aem_bucket = None
+                        h._scheduled = False
+        self._ring = [None] * (_RING_MASK + 1)
         self._far.clear()
         self._far_epochs.clear()
-        self._migrating = None
+        self._end_migration()
         self._words = [0] * _NWORDS
         self._summary = 0
         self.n = 0

@@ -1,0 +1,281 @@
+"""Timer benchmarks: schedule+cancel, churn, memory, periodic lateness, slack.
+
+Every measurement runs in a fresh interpreter (``python -m
+aem_loop.bench.timers_bench one SPEC``) so that heap size and garbage
+collector state left by one loop do not bill the next.  Workloads:
+
+- ``bulk``: schedule N timers (delays uniform in 10..70 s: request timeouts),
+  cancel them all, then run one loop iteration.  ns per timer; the pause of
+  that iteration (asyncio rebuilds its heap there).
+- ``churn``: N timers pending; then 2N times: cancel a random one, schedule a
+  new one (a server whose connections finish and start); every 1000 operations
+  the loop runs one iteration.  ns per operation; the longest iteration, also
+  without the garbage collector's pauses in it (those are not the timers'
+  housekeeping, and hit every loop alike).
+- ``memory``: bytes per pending timer (tracemalloc, N = 100k).
+- ``periodic``: a 2 ms periodic job under a flood of 1000 tasks burning
+  50 us per step.  aem: ``call_every(..., priority=CRITICAL)``; stock asyncio
+  and uvloop: ``while True: await asyncio.sleep(0.002)``; lateness of each run
+  from its due time (for the sleep loop: from when it asked to wake up).
+- ``slack``: 10k timers, each re-armed on expiry after 50..150 ms (keepalive
+  timers of 10k connections) for 2 s; loop wakeups per second that fired
+  timers, with the loop option timer_slack 0, 5 ms and 20 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import random
+import subprocess
+import sys
+import time
+import tracemalloc
+from typing import Any
+
+import numpy as np
+
+from .common import loop_factory
+
+
+def _noop() -> None:
+    pass
+
+
+def _pct(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs) * 1e3
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p99": float(np.percentile(a, 99)),
+        "max": float(a.max()),
+        "samples": len(xs),
+    }
+
+
+def bulk(loop_name: str, n: int) -> dict[str, float]:
+    loop = loop_factory(loop_name)()
+    try:
+        rng = random.Random(1)
+        delays = [rng.uniform(10, 70) for _ in range(n)]
+        cb = _noop
+        gc.collect()
+        t0 = time.perf_counter()
+        hs = [loop.call_later(d, cb) for d in delays]
+        t1 = time.perf_counter()
+        for h in hs:
+            h.cancel()
+        t2 = time.perf_counter()
+        loop.run_until_complete(asyncio.sleep(0))
+        t3 = time.perf_counter()
+        return {
+            "schedule_ns": (t1 - t0) / n * 1e9,
+            "cancel_ns": (t2 - t1) / n * 1e9,
+            "total_ns": (t3 - t0) / n * 1e9,
+            "pause_ms": (t3 - t2) * 1e3,
+        }
+    finally:
+        loop.close()
+
+
+class _GCClock:
+    """Time spent in the garbage collector (to tell its pauses from the loop's)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._t
+
+
+async def _churn(n: int) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    gcc = _GCClock()
+    rng = random.Random(2)
+    cb = _noop
+    hs = [loop.call_later(rng.uniform(10, 70), cb) for _ in range(n)]
+    await asyncio.sleep(0)
+    gc.collect()
+    ops = 2 * n  # asyncio compacts its heap once garbage passes half of it
+    idx = [rng.randrange(n) for _ in range(ops)]
+    delays = [rng.uniform(10, 70) for _ in range(ops)]
+    worst = worst_nogc = 0.0
+    perf = time.perf_counter
+    gc.callbacks.append(gcc)
+    try:
+        t0 = perf()
+        for i in range(ops):
+            j = idx[i]
+            hs[j].cancel()
+            hs[j] = loop.call_later(delays[i], cb)
+            if i % 1000 == 999:
+                g = gcc.total
+                s = perf()
+                await asyncio.sleep(0)
+                d = perf() - s
+                worst = max(worst, d)
+                worst_nogc = max(worst_nogc, d - (gcc.total - g))
+        t1 = perf()
+    finally:
+        gc.callbacks.remove(gcc)
+    for h in hs:
+        h.cancel()
+    return {"op_ns": (t1 - t0) / ops * 1e9, "max_iteration_ms": worst * 1e3,
+            "max_iteration_ms_excl_gc": worst_nogc * 1e3, "gc_s": gcc.total}
+
+
+def churn(loop_name: str, n: int) -> dict[str, float]:
+    loop = loop_factory(loop_name)()
+    try:
+        return loop.run_until_complete(_churn(n))
+    finally:
+        loop.close()
+
+
+def memory(loop_name: str, n: int) -> dict[str, float]:
+    loop = loop_factory(loop_name)()
+    try:
+        rng = random.Random(3)
+        delays = [rng.uniform(10, 70) for _ in range(n)]
+        cb = _noop
+        hs: list[Any] = [None] * n
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            hs[i] = loop.call_later(delays[i], cb)
+        used = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        for h in hs:
+            h.cancel()
+        # uvloop's handles live partly in C (libuv timers): tracemalloc sees
+        # only Python's allocator, so uvloop's figure is a lower bound.
+        return {"bytes_per_timer": used / n}
+    finally:
+        loop.close()
+
+
+PERIOD = 0.002
+WORK = 50e-6
+
+
+async def _periodic(tasks: int, duration: float, aem: bool) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    stop = False
+
+    async def low() -> None:
+        while not stop:
+            end = time.perf_counter() + WORK
+            while time.perf_counter() < end:
+                pass
+            await asyncio.sleep(0)
+
+    lows = [loop.create_task(low()) for _ in range(tasks)]
+    await asyncio.sleep(0.05)  # the backlog builds up
+    late: list[float] = []
+    if aem:
+        import aem_loop
+
+        done = loop.create_future()
+        t_end = loop.time() + duration
+
+        def probe() -> None:
+            if loop.time() >= t_end and not done.done():
+                done.set_result(None)
+
+        job = loop.call_every(PERIOD, probe, priority=aem_loop.Priority.CRITICAL)  # type: ignore[attr-defined]
+        await done
+        job.cancel()
+        late = list(job._lateness._samples)
+        missed = job.statistics().missed
+        runs = job.statistics().runs
+    else:
+        t_end = loop.time() + duration
+        runs = 0
+        while True:
+            want = loop.time() + PERIOD
+            await asyncio.sleep(PERIOD)
+            now = loop.time()
+            late.append(now - want)
+            runs += 1
+            if now >= t_end:
+                break
+        missed = 0
+    stop = True
+    await asyncio.gather(*lows)
+    out = _pct(late)
+    out["runs"] = runs
+    out["missed"] = missed
+    return out
+
+
+def periodic(loop_name: str, tasks: int, duration: float) -> dict[str, float]:
+    loop = loop_factory(loop_name)()
+    try:
+        return loop.run_until_complete(
+            _periodic(tasks, duration, loop_name.startswith("aem-"))
+        )
+    finally:
+        loop.close()
+
+
+async def _slack(n: int, duration: float) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    rng = random.Random(4)
+    t_end = loop.time() + duration
+    fired = 0
+
+    def keepalive() -> None:
+        nonlocal fired
+        fired += 1
+        if loop.time() < t_end:
+            loop.call_later(rng.uniform(0.05, 0.15), keepalive)
+
+    for _ in range(n):
+        loop.call_later(rng.uniform(0.05, 0.15), keepalive)
+    s0 = loop.statistics()  # type: ignore[attr-defined]
+    await asyncio.sleep(duration)
+    s1 = loop.statistics()  # type: ignore[attr-defined]
+    await asyncio.sleep(0.2)  # let the last ones fire
+    return {
+        "timers_per_s": (s1.timers_fired - s0.timers_fired) / duration,
+        "wakeups_per_s": (s1.timer_wakeups - s0.timer_wakeups) / duration,
+        "saved_per_s": (s1.timer_wakeups_saved - s0.timer_wakeups_saved) / duration,
+        "polls_per_s": (s1.polls - s0.polls) / duration,
+    }
+
+
+def slack(loop_name: str, n: int, duration: float, timer_slack: float) -> dict[str, float]:
+    import aem_loop
+
+    loop = aem_loop.new_event_loop(backend=loop_name[4:], timer_slack=timer_slack)
+    try:
+        return loop.run_until_complete(_slack(n, duration))
+    finally:
+        loop.close()
+
+
+WORKLOADS: dict[str, Any] = {"bulk": bulk, "churn": churn, "memory": memory, "periodic": periodic,
+             "slack": slack}
+
+
+def run_one(workload: str, *args: Any) -> dict[str, float]:
+    """Run one measurement in a fresh interpreter and return its figures."""
+    spec = json.dumps([workload, *args])
+    out = subprocess.run(
+        [sys.executable, "-m", "aem_loop.bench.timers_bench", "one", spec],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "one":
+        name, *a = json.loads(sys.argv[2])
+        print(json.dumps(WORKLOADS[name](*a)))
+    else:
+        sys.exit("usage: python -m aem_loop.bench.timers_bench one JSON-SPEC")
