@@ -7,12 +7,23 @@ See README.md and docs/.
 
 from .api import (
     EventLoopPolicy,
+    cloner,
     create_task,
     every,
     install,
     loop_factory,
     new_event_loop,
     run,
+)
+from .capsules import (
+    BrokenCapsulePool,
+    CapsuleDied,
+    CapsuleError,
+    CapsulePool,
+    ChildProcess,
+    ClonerEvent,
+    EventFlags,
+    current_events,
 )
 from .core.periodic import PeriodicJob, PeriodicStatistics, Tick, Ticker
 from .core.priority import (
@@ -36,6 +47,13 @@ __all__ = [
     "MIN_PRIORITY",
     "Block",
     "BlockProtocol",
+    "BrokenCapsulePool",
+    "CapsuleDied",
+    "CapsuleError",
+    "CapsulePool",
+    "ChildProcess",
+    "ClonerEvent",
+    "EventFlags",
     "EventLoopPolicy",
     "LatencySummary",
     "Lock",
@@ -50,7 +68,9 @@ __all__ = [
     "VMTableExhausted",
     "VMTableStatistics",
     "__version__",
+    "cloner",
     "create_task",
+    "current_events",
     "current_priority",
     "effective_priority",
     "every",

@@ -143,3 +143,17 @@ def every(
         loop, interval, callback, args,
         priority=priority, missed=missed, stop_on_error=stop_on_error,
     )
+
+
+def cloner(handler: Callable[..., Any], **kwargs: Any) -> Any:
+    """``loop.cloner(handler, ...)`` on the running loop (a :class:`ClonerEvent`).
+
+    Works on any asyncio loop: aem loops have the method, others get the same
+    object built here.
+    """
+    from .capsules.cloner import ClonerEvent
+
+    loop = asyncio.get_running_loop()
+    if hasattr(loop, "cloner"):
+        return loop.cloner(handler, **kwargs)
+    return ClonerEvent(loop, handler, **kwargs)

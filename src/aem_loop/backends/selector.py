@@ -21,6 +21,7 @@ from asyncio import events
 from collections.abc import Callable
 from typing import Any
 
+from ..capsules.cloner import CapsuleLoopMixin
 from ..core.loopbase import AEMLoopMixin, make_scheduler
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
 from ..core.scheduler import Scheduler
@@ -60,7 +61,7 @@ class _ReadyView:
         self._sched.clear()
 
 
-class SelectorLoop(AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[misc]
+class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[misc]
     """An asyncio loop on ``selectors`` (epoll) with priority-ordered dispatch."""
 
     _aem_backend = "selector"

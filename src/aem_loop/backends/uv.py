@@ -42,6 +42,7 @@ from typing import Any
 
 import uvloop
 
+from ..capsules.cloner import CapsuleLoopMixin
 from ..core.loopbase import AEMLoopMixin, make_scheduler
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
 from .uvproto import PriorityServerMixin
@@ -60,7 +61,7 @@ _uv_call_soon_threadsafe = uvloop.Loop.call_soon_threadsafe
 _INF = math.inf
 
 
-class UVLoop(PriorityServerMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[misc]
+class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[misc]
     """A uvloop loop whose callbacks, tasks and timers run in priority order."""
 
     _aem_backend = "uvloop"

@@ -1,0 +1,308 @@
+"""Framing and process bodies shared by the pool, its zygote and its capsules.
+
+Wire format on a capsule's socketpair (SOCK_STREAM): a 4-byte big-endian
+length, then a pickle.  Requests are ``(call_id, fn, args, kwargs, event)``;
+replies ``(call_id, status, payload)`` with status OK, ERR (payload: the
+exception or None, its traceback text, its repr) or HELLO (payload: pid),
+sent once when the capsule starts.
+
+The zygote talks to the pool over a SOCK_SEQPACKET socketpair (message
+boundaries, SCM_RIGHTS): ``b"S"`` + 8-byte capsule id with one fd attached
+asks for a capsule on that fd; the zygote answers ``b"X"`` + pid + wait
+status for every child that exits.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+import traceback
+from typing import Any, NamedTuple
+
+HDR = struct.Struct("!I")
+EXIT = struct.Struct("!cii")  # b"X", pid, raw wait status
+SPAWN = struct.Struct("!cQ")  # b"S", capsule id
+
+OK, ERR, HELLO = 0, 1, 2
+
+class EventInfo(NamedTuple):
+    """What a child knows of a cloner event that activated it."""
+
+    id: int
+    name: str
+    flags: int
+
+
+# Capsule-side record of the cloner events this process has served
+# (aem_loop.capsules.current_events()).
+SERVED_EVENTS: list[Any] = []
+
+
+def dumps(obj: Any) -> bytes:
+    return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+
+
+def frame(payload: bytes) -> bytes:
+    return HDR.pack(len(payload)) + payload
+
+
+class Reader:
+    """Incremental decoder of length-prefixed frames."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Complete frames so far (bytes or memoryviews, for pickle.loads)."""
+        buf = self.buf
+        if not buf and len(data) >= 4:
+            # the usual case: exactly one whole frame in one read, no copy
+            (n,) = HDR.unpack_from(data)
+            if len(data) == 4 + n:
+                return [memoryview(data)[4:]]
+        buf += data
+        out = []
+        while len(buf) >= 4:
+            (n,) = HDR.unpack_from(buf)
+            if len(buf) < 4 + n:
+                break
+            out.append(bytes(buf[4 : 4 + n]))
+            del buf[: 4 + n]
+        return out
+
+
+def recv_frame_blocking(sock: socket.socket, reader: Reader, timeout: float | None) -> Any:
+    """One frame from the blocking socket *sock*, waiting up to *timeout* seconds.
+
+    Returns None at EOF; raises TimeoutError.
+    """
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                raise TimeoutError
+        try:
+            data = sock.recv(262144)
+        except (ConnectionResetError, OSError):
+            return None
+        if not data:
+            return None
+        frames = reader.feed(data)
+        if frames:
+            return frames[0]  # the capsule sends one reply per request
+
+
+def describe_status(status: int) -> str:
+    """Human words for a raw wait status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"killed by signal {sig} ({name})"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"wait status {status}"
+
+
+# -- the zygote ------------------------------------------------------------------
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    try:
+        fds = [int(f) for f in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _forget_parent_state() -> None:
+    """In a fork of the parent: no running loop, no policy, default signals."""
+    import asyncio.events as ev
+
+    ev._set_running_loop(None)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ev.set_event_loop_policy(None)
+    except Exception:
+        pass
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGHUP):
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    # Ctrl-C goes to the whole process group: the parent decides, not capsules.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
+
+
+def zygote_main(
+    zsock: socket.socket,
+    preload: tuple[str, ...],
+    initializer: Any = None,
+    initargs: tuple[Any, ...] = (),
+) -> None:
+    """Body of the template process: fork capsules on request, report exits."""
+    _close_fds_except({zsock.fileno()})
+    _forget_parent_state()
+    for mod in preload:
+        __import__(mod)
+    import gc
+
+    gc.freeze()  # the inherited heap stays shared with the parent (no GC writes)
+    rfd, wfd = os.pipe()
+    os.set_blocking(wfd, False)
+    os.set_blocking(rfd, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wfd)
+    children: set[int] = set()
+    zfd = zsock.fileno()
+    while True:
+        try:
+            ready, _, _ = select.select([zfd, rfd], [], [])
+        except InterruptedError:
+            ready = [rfd]
+        if rfd in ready:
+            try:
+                os.read(rfd, 512)
+            except BlockingIOError:
+                pass
+        # reap every exited child (also after a missed wakeup)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            children.discard(pid)
+            try:
+                zsock.send(EXIT.pack(b"X", pid, status))
+            except OSError:
+                pass
+        if zfd in ready:
+            try:
+                msg, fds, _, _ = socket.recv_fds(zsock, 64, 1)
+            except OSError:
+                msg, fds = b"", []
+            if not msg:  # the parent is gone or shut us down
+                break
+            if msg[:1] == b"S" and fds:
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        os.close(rfd)
+                        os.close(wfd)
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                        zsock.close()
+                        capsule_main(fds[0], initializer, initargs)
+                    finally:
+                        os._exit(0)
+                os.close(fds[0])
+                children.add(pid)
+            else:
+                for fd in fds:
+                    os.close(fd)
+    # Shutdown: the capsules notice EOF on their own sockets; those still
+    # busy are told to stop, then every child is reaped before we go.
+    for pid in list(children):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for pid in list(children):
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+# -- a capsule ----------------------------------------------------------------------
+
+
+_capsule_loop: Any = None
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Run a coroutine handler on this capsule's own loop (kept between calls)."""
+    global _capsule_loop
+    if _capsule_loop is None:
+        import aem_loop
+
+        _capsule_loop = aem_loop.new_event_loop()
+    return _capsule_loop.run_until_complete(coro)
+
+
+def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = ()) -> None:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            tb = "".join(traceback.format_exception(exc))
+            sock.sendall(frame(dumps((0, ERR, (None, tb, repr(exc))))))
+            return
+    sock.sendall(frame(dumps((0, HELLO, os.getpid()))))
+    reader = Reader()
+    while True:
+        try:
+            data = sock.recv(262144)
+        except OSError:
+            return
+        if not data:
+            return  # the pool closed our socket or died: leave
+        for raw in reader.feed(data):
+            call_id = 0
+            fn: Any = None
+            try:
+                call_id, fn, args, kwargs, event = pickle.loads(raw)
+                if event is not None and event not in SERVED_EVENTS:
+                    SERVED_EVENTS.append(event)
+                result = fn(*args, **kwargs)
+                if hasattr(result, "__await__") and hasattr(result, "send"):
+                    result = _run_coroutine(result)
+                try:
+                    out = dumps((call_id, OK, result))
+                except Exception as exc:
+                    raise TypeError(
+                        f"the result of {getattr(fn, '__qualname__', fn)!r} cannot be "
+                        f"pickled: {exc}"
+                    ) from exc
+            except SystemExit:
+                sock.close()
+                raise
+            except BaseException as exc:
+                tb = "".join(traceback.format_exception(exc))
+                try:
+                    out = dumps((call_id, ERR, (exc, tb, repr(exc))))
+                except Exception:
+                    out = dumps((call_id, ERR, (None, tb, repr(exc))))
+            sock.sendall(frame(out))
+
+
+def _main_guard() -> None:  # pragma: no cover - not an entry point
+    sys.exit("aem_loop.capsules._wire is not a program")

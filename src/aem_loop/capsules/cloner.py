@@ -1,0 +1,377 @@
+"""Cloner events: a handler that runs in another process when activated.
+
+AEM's cloner events (EVF_FORK, EVF_CAPSULE, EVF_NOCLDWAIT, EVF_KEEPALIVE,
+EVF_ONESHOT) as ``loop.cloner(handler, flags=...)`` until the event API
+lands (then an event registered with these flags does the same).
+
+- ``FORK``: fork now; the child sees the parent's state at that moment
+  (fork() semantics), runs ``handler(*args)`` and exits; its result comes
+  back pickled over a pipe.
+- ``CAPSULE``: run in a capsule taken from a :class:`CapsulePool` (a clean,
+  pre-started process: microseconds instead of a fork).
+- ``NOCLDWAIT``: fire and forget: ``activate()`` returns the
+  :class:`ChildProcess` at once; the child is reaped for you (a forked one
+  through a pidfd on the loop, a capsule goes back to its pool); a failure
+  goes to the loop's exception handler.
+- ``KEEPALIVE`` (with CAPSULE): the first activation takes a capsule out of
+  the pool and keeps it dedicated: every further activation of this
+  registration runs there, in order (e.g. a worker with its own loop and
+  state); ``close()`` lets it go.
+- ``ONESHOT``: the registration ends after one activation.
+
+``event.children`` lists the processes an event created or used, and in a
+child, :func:`aem_loop.capsules.current_events` lists the events it served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import os
+import pickle
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ..core.priority import check_priority, current_priority, priority
+from . import _wire as w
+from .pool import CapsuleDied, CapsulePool, _remote_error
+
+__all__ = ["ChildProcess", "ClonerEvent", "EventFlags", "EventInfo"]
+
+
+class EventFlags(enum.IntFlag):
+    """Flags of a cloner event (AEM's EVF_*)."""
+
+    ONESHOT = 1
+    FORK = 2
+    CAPSULE = 4
+    NOCLDWAIT = 8
+    KEEPALIVE = 16
+
+
+EventInfo = w.EventInfo
+
+_event_ids = itertools.count(1)
+
+
+class ChildProcess:
+    """A process an event activation created (FORK) or ran in (CAPSULE)."""
+
+    def __init__(self, event: ClonerEvent, pid: int, kind: str) -> None:
+        self.event = event.info
+        self.pid = pid
+        self.kind = kind  # "fork", "capsule" or "keepalive"
+        self.started = time.monotonic()
+        self.status: int | None = None  # raw wait status once reaped (fork)
+        self._done: asyncio.Future[int | None] = event._loop.create_future()
+        if kind != "fork":
+            self._done.set_result(None)  # capsules stay with their pool
+
+    @property
+    def exitcode(self) -> int | None:
+        s = self.status
+        if s is None:
+            return None
+        return os.WEXITSTATUS(s) if os.WIFEXITED(s) else -os.WTERMSIG(s)
+
+    def done(self) -> bool:
+        return self._done.done()
+
+    async def wait(self) -> int | None:
+        """Wait until a forked child has exited and been reaped; its wait status."""
+        return await asyncio.shield(self._done)
+
+    def __repr__(self) -> str:
+        state = "running" if not self.done() else (
+            "in its pool" if self.kind != "fork" else w.describe_status(self.status or 0))
+        return f"<ChildProcess {self.kind} pid={self.pid} {state}>"
+
+
+class ClonerEvent:
+    """A registration whose handler runs in another process (``loop.cloner``)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        handler: Callable[..., Any],
+        *,
+        flags: EventFlags = EventFlags.CAPSULE,
+        pool: CapsulePool | None = None,
+        priority: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(flags, EventFlags):
+            raise TypeError(f"flags must be aem_loop.EventFlags, not {flags!r}")
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        fork = bool(flags & EventFlags.FORK)
+        capsule = bool(flags & EventFlags.CAPSULE)
+        if fork == capsule:
+            raise ValueError("flags need exactly one of EventFlags.FORK and EventFlags.CAPSULE")
+        if flags & EventFlags.KEEPALIVE and not capsule:
+            raise ValueError("EventFlags.KEEPALIVE needs EventFlags.CAPSULE")
+        if flags & EventFlags.KEEPALIVE and flags & EventFlags.ONESHOT:
+            raise ValueError("EventFlags.KEEPALIVE and EventFlags.ONESHOT contradict each other")
+        if capsule:
+            if pool is None:
+                default = getattr(loop, "_aem_capsule_pool", None)
+                if isinstance(default, CapsulePool):
+                    pool = default
+                else:
+                    raise ValueError(
+                        "EventFlags.CAPSULE needs pool= (or a CapsulePool as the "
+                        "loop's default executor)"
+                    )
+            elif not isinstance(pool, CapsulePool):
+                raise TypeError(f"pool must be a CapsulePool, not {pool!r}")
+        elif pool is not None:
+            raise ValueError("pool= is for EventFlags.CAPSULE; FORK forks the caller")
+        self._loop = loop
+        self._handler = handler
+        self.flags = flags
+        self._pool = pool
+        self._priority = None if priority is None else check_priority(priority)
+        eid = next(_event_ids)
+        label = name or getattr(handler, "__qualname__", None) or repr(handler)
+        self.info = EventInfo(eid, str(label), int(flags))
+        self.children: list[ChildProcess] = []
+        self.activations = 0
+        self._closed = False
+        self._keep: Any = None  # the dedicated capsule (KEEPALIVE)
+        self._keep_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return (f"<ClonerEvent {self.info.name!r} {self.flags!r} activations={self.activations}"
+                f"{' closed' if self._closed else ''}>")
+
+    async def activate(self, *args: Any, timeout: float | None = None) -> Any:
+        """Run the handler in another process with *args*.
+
+        Returns its result, or with NOCLDWAIT the :class:`ChildProcess` at once.
+        """
+        if self._closed:
+            what = "ONESHOT registration was already activated" if (
+                self.flags & EventFlags.ONESHOT and self.activations) else "registration is closed"
+            raise RuntimeError(f"cloner event {self.info.name!r}: its {what}")
+        self.activations += 1
+        if self.flags & EventFlags.ONESHOT:
+            self._closed = True
+        prio = current_priority() if self._priority is None else self._priority
+        with priority(prio):  # the replies are dispatched at the event's priority
+            if self.flags & EventFlags.FORK:
+                return await self._fork(args, prio, timeout)
+            return await self._capsule(args, prio, timeout)
+
+    async def close(self) -> None:
+        """End the registration; a KEEPALIVE capsule leaves (it exits)."""
+        self._closed = True
+        async with self._keep_lock:
+            if self._keep is not None:
+                assert self._pool is not None
+                self._pool._retire(self._keep)
+                self._keep = None
+
+    # -- capsules ------------------------------------------------------------------
+
+    async def _capsule(self, args: tuple[Any, ...], prio: int, timeout: float | None) -> Any:
+        pool = self._pool
+        assert pool is not None
+        if self.flags & EventFlags.KEEPALIVE:
+            async with self._keep_lock:
+                if self._keep is None or self._keep.state == "dead":
+                    self._keep = await pool._dedicate(prio)
+                    self.children.append(ChildProcess(self, self._keep.pid, "keepalive"))
+                coro = pool.run(self._handler, *args, timeout=timeout, priority=prio,
+                                _event=self.info, _capsule=self._keep)
+                if self.flags & EventFlags.NOCLDWAIT:
+                    self._spawn_background(coro)
+                    return self.children[-1]
+                return await coro
+
+        got: asyncio.Future[ChildProcess] = self._loop.create_future()
+
+        def on_capsule(cap: Any) -> None:
+            child = ChildProcess(self, cap.pid, "capsule")
+            self.children.append(child)
+            if not got.done():
+                got.set_result(child)
+
+        coro = pool.run(self._handler, *args, timeout=timeout, priority=prio,
+                        _event=self.info, _on_capsule=on_capsule)
+        if self.flags & EventFlags.NOCLDWAIT:
+            task = self._spawn_background(coro)
+            task.add_done_callback(lambda t: got.cancel())
+            try:
+                return await asyncio.shield(got)
+            except asyncio.CancelledError:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception() from None  # type: ignore[misc]
+                raise
+        return await coro
+
+    def _spawn_background(self, coro: Any) -> asyncio.Task[Any]:
+        task = self._loop.create_task(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self._loop.call_exception_handler({
+                    "message": f"cloner event {self.info.name!r}: fire-and-forget "
+                               f"activation failed",
+                    "exception": t.exception(),
+                    "event": self,
+                })
+
+        task.add_done_callback(done)
+        return task
+
+    # -- fork --------------------------------------------------------------------------
+
+    async def _fork(self, args: tuple[Any, ...], prio: int, timeout: float | None) -> Any:
+        loop = self._loop
+        nocldwait = bool(self.flags & EventFlags.NOCLDWAIT)
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.close(rfd)
+                _child_body(self._handler, args, self.info, wfd, nocldwait)
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        child = ChildProcess(self, pid, "fork")
+        self.children.append(child)
+        pidfd = os.pidfd_open(pid)
+
+        def reaped() -> None:
+            if child._done.done():
+                return
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                status = 0
+            child.status = status
+            child._done.set_result(status)
+
+        loop.add_reader(pidfd, reaped)
+        if nocldwait:
+            os.close(rfd)
+            return child
+        os.set_blocking(rfd, False)
+        reader = w.Reader()
+        got: asyncio.Future[bytes | None] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = os.read(rfd, 262144)
+            except BlockingIOError:
+                return
+            frames = reader.feed(data) if data else []
+            if not data or frames:
+                loop.remove_reader(rfd)
+                if not got.done():
+                    got.set_result(frames[0] if frames else None)
+
+        loop.add_reader(rfd, readable)
+        try:
+            raw = await (got if timeout is None else asyncio.wait_for(got, timeout))
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            loop.remove_reader(rfd)
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+            reaped()  # killed: reap it now (immediate), no zombie, no fd left
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(
+                    f"forked {self.info.name!r} did not finish in {timeout} s") from None
+            raise
+        finally:
+            os.close(rfd)
+        status = await child.wait()
+        if raw is None:
+            raise CapsuleDied(pid, status, f"forked {self.info.name!r}")
+        _, ok, payload = pickle.loads(raw)
+        if ok == w.OK:
+            return payload
+        raise _remote_error(payload, self.info.name)
+
+
+def _child_body(handler: Callable[..., Any], args: tuple[Any, ...], info: Any, wfd: int,
+                nocldwait: bool) -> None:  # pragma: no cover - runs in the child
+    """A FORK child: the parent's state as it was, no running loop; run, answer, exit."""
+    import asyncio.events as ev
+
+    ev._set_running_loop(None)
+    w.SERVED_EVENTS.append(info)
+    try:
+        result = handler(*args)
+        if hasattr(result, "__await__") and hasattr(result, "send"):
+            import aem_loop
+
+            loop = aem_loop.new_event_loop()
+            try:
+                result = loop.run_until_complete(result)
+            finally:
+                loop.close()
+        out = w.dumps((0, w.OK, None if nocldwait else result))
+    except BaseException as exc:
+        tb = "".join(traceback.format_exception(exc))
+        try:
+            out = w.dumps((0, w.ERR, (exc, tb, repr(exc))))
+        except Exception:
+            out = w.dumps((0, w.ERR, (None, tb, repr(exc))))
+        if nocldwait:
+            os.write(2, tb.encode(errors="replace"))
+            os._exit(1)
+    if not nocldwait:
+        data = w.frame(out)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(wfd, view):]
+    os._exit(0)
+
+
+class CapsuleLoopMixin:
+    """What the loops of both backends get from this module.
+
+    - ``loop.cloner(handler, flags=..., pool=..., priority=..., name=...)``;
+    - ``loop.set_default_executor(pool)`` accepts a :class:`CapsulePool`
+      (stock asyncio 3.11 insists on a ThreadPoolExecutor).
+    """
+
+    def cloner(
+        self,
+        handler: Callable[..., Any],
+        *,
+        flags: EventFlags = EventFlags.CAPSULE,
+        pool: CapsulePool | None = None,
+        priority: int | None = None,
+        name: str | None = None,
+    ) -> ClonerEvent:
+        return ClonerEvent(self, handler, flags=flags, pool=pool,  # type: ignore[arg-type]
+                           priority=priority, name=name)
+
+    _aem_capsule_pool: CapsulePool | None = None
+
+    def set_default_executor(self, executor: Any) -> None:
+        if isinstance(executor, CapsulePool):
+            self._aem_capsule_pool = executor
+            try:
+                super().set_default_executor(executor)  # type: ignore[misc]
+            except TypeError:  # asyncio >= 3.11 wants a ThreadPoolExecutor
+                self._default_executor = executor
+            return
+        self._aem_capsule_pool = None
+        super().set_default_executor(executor)  # type: ignore[misc]

@@ -1,0 +1,913 @@
+"""CapsulePool: pre-started worker processes (AEM's capsules).
+
+Processes: the pool forks a *zygote* when it is created (before it starts
+its own thread); the zygote closes every inherited fd but its control
+socket, forgets the parent's running loop and signal handlers, imports
+``preload`` and then only forks capsules on request and reaps them.  A
+capsule is a fork of that clean template: it starts in well under a
+millisecond and holds nothing of the parent's loop, sockets or threads.
+
+Calls travel over one socketpair per capsule (never a port): the caller
+writes the request itself, in its own thread; who reads the reply depends on
+the entry point, so that no call needs a helper thread:
+
+- ``await pool.run(fn, *args)``: the event loop reads it (``add_reader``);
+- ``pool.call(fn, *args)``: the calling thread reads it (blocking);
+- ``pool.submit(fn, *args)`` (the Executor API, ``run_in_executor``,
+  ``map``): the pool's one manager thread reads it.
+
+The manager thread also hears the zygote report every exit status, starts
+replacements, and notices capsules that die while idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures as cf
+import itertools
+import os
+import pickle
+import select
+import signal
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..core.priority import Priority, check_priority, current_priority
+from . import _wire as w
+
+__all__ = [
+    "BrokenCapsulePool",
+    "CapsuleDied",
+    "CapsuleError",
+    "CapsuleFuture",
+    "CapsulePool",
+    "RemoteTraceback",
+]
+
+_CRITICAL = int(Priority.CRITICAL)
+_STATUS_WAIT = 5.0  # seconds to wait for the zygote's report of a death
+
+
+class CapsuleError(Exception):
+    """Base class of the pool's errors."""
+
+
+class CapsuleDied(CapsuleError):
+    """The capsule running a call died before it answered.
+
+    ``pid``: the capsule's process id; ``status``: its raw wait status (None
+    if the zygote could not report it); ``exitcode`` / ``signal``: decoded.
+    """
+
+    def __init__(self, pid: int, status: int | None, what: str) -> None:
+        self.pid = pid
+        self.status = status
+        self.exitcode: int | None = None
+        self.signal: int | None = None
+        if status is not None:
+            if os.WIFEXITED(status):
+                self.exitcode = os.WEXITSTATUS(status)
+            elif os.WIFSIGNALED(status):
+                self.signal = os.WTERMSIG(status)
+        how = w.describe_status(status) if status is not None else "died (status unknown)"
+        super().__init__(f"capsule {pid} {how} while running {what}")
+
+
+class BrokenCapsulePool(CapsuleError, cf.BrokenExecutor):
+    """The pool cannot run calls: shut down, its zygote died, or its initializer failed."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised in a capsule (its ``__cause__``)."""
+
+    def __init__(self, tb: str) -> None:
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def _remote_error(payload: tuple[Any, str, str], what: str) -> BaseException:
+    exc, tb, text = payload
+    if exc is None:  # the exception itself could not be pickled
+        exc = CapsuleError(f"{what} raised {text} (not picklable)")
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc  # type: ignore[no-any-return]
+
+
+def _describe(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+class CapsuleFuture(cf.Future):  # type: ignore[type-arg]
+    """A submit() future; ``cancel()`` also stops a running call (the capsule is killed)."""
+
+    _aem_call: _Call | None = None
+
+    def cancel(self) -> bool:
+        call = self._aem_call
+        with self._condition:
+            running = self._state == "RUNNING"
+            if running:
+                self._state = "PENDING"  # so that Future.cancel() accepts it
+        if running and call is not None:
+            call.pool._abort(call)
+        return super().cancel()
+
+
+class _Capsule:
+    __slots__ = ("call", "dedicated", "fd", "id", "pid", "reader", "reserve", "sock", "state")
+
+    def __init__(self, cid: int, sock: socket.socket, reserve: bool) -> None:
+        self.id = cid
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pid = 0
+        self.reader = w.Reader()
+        self.state = "starting"  # idle, busy, dead
+        self.call: _Call | None = None
+        self.reserve = reserve
+        self.dedicated = False
+
+
+class _Call:
+    __slots__ = ("capsule", "event", "fn", "fut", "kind", "loop", "payload", "pool", "priority")
+
+    def __init__(self, pool: CapsulePool, kind: str, fn: Any, payload: bytes, priority: int,
+                 fut: Any = None, loop: Any = None, event: Any = None) -> None:
+        self.pool = pool
+        self.kind = kind  # "thread" (submit), "loop" (run), "sync" (call)
+        self.fn = fn
+        self.payload = payload
+        self.priority = priority
+        self.fut = fut
+        self.loop = loop
+        self.capsule: _Capsule | None = None
+        self.event = event
+
+
+_ids = itertools.count(1)
+
+
+class CapsulePool(cf.Executor):
+    """A pool of pre-started worker processes; a :class:`concurrent.futures.Executor`.
+
+    - *size*: capsules available to any call (default: CPU count).
+    - *reserve*: further capsules only calls at CRITICAL priority may take,
+      so that emergency handlers still get a process when the pool is busy.
+    - *preload*: module names the zygote imports once, so capsules start warm.
+    - *initializer(\\*initargs)*: run in each capsule when it starts; if it
+      raises, the pool is broken (:class:`BrokenCapsulePool`).
+
+    Arguments and results are pickled.  A capsule that dies mid-call fails
+    that call with :class:`CapsuleDied` and is replaced.
+    """
+
+    def __init__(
+        self,
+        size: int | None = None,
+        *,
+        reserve: int = 1,
+        preload: Iterable[str] = (),
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        if size is None:
+            size = os.cpu_count() or 1
+        for name, v, low in (("size", size, 1), ("reserve", reserve, 0)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, not {v!r}")
+            if v < low:
+                raise ValueError(f"{name} must be >= {low}, got {v}")
+        if isinstance(preload, str):
+            raise TypeError("preload must be an iterable of module names, not a str")
+        preload = tuple(preload)
+        for mod in preload:
+            if not isinstance(mod, str):
+                raise TypeError(f"preload must hold module names, got {mod!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {initializer!r}")
+        self.size = size
+        self.reserve = reserve
+        self._lock = threading.RLock()
+        self._idle: collections.deque[_Capsule] = collections.deque()
+        self._idle_reserve: collections.deque[_Capsule] = collections.deque()
+        self._backlog: collections.deque[_Call] = collections.deque()
+        self._capsules: dict[int, _Capsule] = {}  # id -> capsule
+        self._by_pid: dict[int, _Capsule] = {}
+        self._by_fd: dict[int, _Capsule] = {}
+        self._exits: dict[int, int] = {}  # pid -> wait status (reported, not yet used)
+        self._exit_waiters: dict[int, list[Callable[[int | None], None]]] = {}
+        self._inflight = 0
+        self._closing = False
+        self._broken: str | None = None
+        self._idle_cond = threading.Condition(self._lock)
+        self.started = 0  # capsules started so far (statistics)
+        self.died = 0
+        # The zygote: forked now, before this pool starts its thread.
+        zp, zc = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the zygote
+            try:
+                zp.close()
+                w.zygote_main(zc, preload, initializer, initargs)
+            finally:
+                os._exit(0)
+        zc.close()
+        zp.setblocking(False)
+        self._zsock = zp
+        self._zpid = pid
+        self._zlock = threading.Lock()
+        self._ep = select.epoll()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._ep.register(zp.fileno(), select.EPOLLIN)
+        self._ep.register(self._wake_r, select.EPOLLIN)
+        self._manager = threading.Thread(
+            target=self._manage, name=f"aem-capsules-{pid}", daemon=True
+        )
+        self._finalizer = weakref.finalize(
+            self, _emergency_teardown, self._zsock, self._zpid, self._capsules
+        )
+        for i in range(size + reserve):
+            self._spawn(reserve=i >= size)
+        self._manager.start()
+
+    # -- public API ---------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> CapsuleFuture:
+        """Run ``fn(*args, **kwargs)`` in a capsule; a :class:`CapsuleFuture`."""
+        fut = CapsuleFuture()
+        call = _Call(self, "thread", fn, b"", current_priority(), fut=fut)
+        fut._aem_call = call
+        try:
+            call.payload = self._payload(fn, args, kwargs, None)
+        except Exception as exc:
+            fut.set_exception(exc)
+            return fut
+        with self._lock:
+            self._check_open()
+            self._inflight += 1
+            cap = self._take(call.priority)
+            if cap is None:
+                self._backlog.append(call)
+                return fut
+        self._dispatch(cap, call)
+        return fut
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
+             priority: int | None = None) -> Any:
+        """Run ``fn(*args)`` in a capsule and wait here for the result.
+
+        The calling thread reads the reply itself (the fastest path).  On
+        *timeout* the capsule is killed and replaced and TimeoutError raised.
+        """
+        prio = current_priority() if priority is None else check_priority(priority)
+        payload = self._payload(fn, args, {}, None)
+        with self._lock:
+            self._check_open()
+            cap = self._take(prio)
+            if cap is None:
+                self._inflight += 1
+                fut = CapsuleFuture()
+                call = _Call(self, "thread", fn, payload, prio, fut=fut)
+                fut._aem_call = call
+                self._backlog.append(call)
+            else:
+                self._inflight += 1
+                call = _Call(self, "sync", fn, payload, prio)
+                call.capsule = cap
+                cap.call = call
+                cap.state = "busy"
+        if cap is None:  # none idle: queued like submit()
+            try:
+                return fut.result(timeout)
+            except cf.TimeoutError:
+                fut.cancel()
+                raise TimeoutError(f"{_describe(fn)} did not finish in {timeout} s") from None
+        try:
+            cap.sock.sendall(payload)
+            raw = w.recv_frame_blocking(cap.sock, cap.reader, timeout)
+        except TimeoutError:
+            self._kill(cap)
+            self._lost(cap, call)
+            raise TimeoutError(f"{_describe(fn)} did not finish in {timeout} s") from None
+        except OSError:
+            raw = None
+        if raw is None:
+            self._lost(cap, call)
+            raise CapsuleDied(cap.pid, self._wait_status(cap.pid), _describe(fn))
+        return self._finish(cap, call, raw)
+
+    async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
+                  priority: int | None = None, _event: Any = None,
+                  _capsule: _Capsule | None = None,
+                  _on_capsule: Callable[[_Capsule], None] | None = None) -> Any:
+        """``await pool.run(fn, *args)``: run ``fn(*args)`` in a capsule.
+
+        The running loop reads the reply (no helper thread).  Cancelling the
+        awaiting task, or *timeout*, kills the capsule and replaces it.
+        """
+        loop = asyncio.get_running_loop()
+        prio = current_priority() if priority is None else check_priority(priority)
+        payload = self._payload(fn, args, {}, _event)
+        call = _Call(self, "loop", fn, payload, prio, loop=loop, event=_event)
+        cap = _capsule
+        if cap is None:
+            with self._lock:
+                self._check_open()
+                self._inflight += 1
+                cap = self._take(prio)
+                if cap is None:
+                    call.fut = loop.create_future()
+                    self._backlog.append(call)
+            if cap is None:
+                try:
+                    cap = await call.fut
+                except asyncio.CancelledError:
+                    self._abort_waiting(call)
+                    raise
+        else:
+            with self._lock:
+                self._inflight += 1
+        assert cap is not None
+        call.capsule = cap
+        cap.call = call
+        cap.state = "busy"
+        if _on_capsule is not None:
+            _on_capsule(cap)
+        got: asyncio.Future[bytes | None] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = cap.sock.recv(262144)  # readable: does not block
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(cap.fd)
+                if not got.done():
+                    got.set_result(None)
+                return
+            frames = cap.reader.feed(data)
+            if frames:
+                loop.remove_reader(cap.fd)
+                if not got.done():
+                    got.set_result(frames[0])
+
+        try:
+            if len(payload) <= 65536:
+                cap.sock.sendall(payload)  # a blocking socket, and room for it
+            else:
+                cap.sock.setblocking(False)
+                try:
+                    await loop.sock_sendall(cap.sock, payload)
+                finally:
+                    cap.sock.setblocking(True)
+            loop.add_reader(cap.fd, readable)
+            if timeout is None:
+                raw = await got
+            else:
+                raw = await asyncio.wait_for(got, timeout)
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            loop.remove_reader(cap.fd)
+            self._kill(cap)
+            self._lost(cap, call)
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(f"{_describe(fn)} did not finish in {timeout} s") from None
+            raise
+        except OSError:
+            raw = None
+        if raw is None:
+            self._lost(cap, call)
+            status = await self._await_status(loop, cap.pid)
+            raise CapsuleDied(cap.pid, status, _describe(fn))
+        return self._finish(cap, call, raw)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking calls; when the running ones are done, every process exits.
+
+        With *wait*, return only when the zygote and every capsule are gone
+        (reaped: no zombie).  *cancel_futures* cancels calls not started yet.
+        """
+        with self._lock:
+            self._closing = True
+            if cancel_futures:
+                for call in list(self._backlog):
+                    if call.kind == "thread" and call.fut.cancel():
+                        self._backlog.remove(call)
+                        self._inflight -= 1
+            self._idle_cond.notify_all()
+        self._wake()
+        if wait and self._manager.is_alive() and threading.current_thread() is not self._manager:
+            self._manager.join()
+
+    async def _dedicate(self, prio: int) -> _Capsule:
+        """Take a capsule out of circulation for a KEEPALIVE event; replace it."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._check_open()
+            cap = self._take(prio)
+            if cap is None:
+                self._inflight += 1
+                call = _Call(self, "loop", None, b"", prio, fut=loop.create_future(), loop=loop)
+                self._backlog.append(call)
+        if cap is None:
+            try:
+                cap = await call.fut
+            except asyncio.CancelledError:
+                self._abort_waiting(call)
+                raise
+            with self._lock:
+                self._inflight -= 1
+        with self._lock:
+            cap.dedicated = True
+            cap.state = "idle"
+            reserve = cap.reserve
+            cap.reserve = False
+        self._spawn(reserve=reserve)  # the pool keeps its size
+        return cap
+
+    def _retire(self, cap: _Capsule) -> None:
+        """A dedicated capsule is let go: it exits (EOF) and the zygote reaps it."""
+        with self._lock:
+            if cap.state == "dead":
+                return
+            cap.state = "dead"
+            self._forget(cap)
+            if cap.pid:
+                self._on_exit(cap.pid, _ignore)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every capsule has started (none starting); False on timeout."""
+        with self._idle_cond:
+            return self._idle_cond.wait_for(
+                lambda: self._broken is not None or not any(
+                    c.state == "starting" for c in self._capsules.values()),
+                timeout,
+            )
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "size": self.size,
+                "reserve": self.reserve,
+                "idle": len(self._idle),
+                "idle_reserve": len(self._idle_reserve),
+                "busy": sum(1 for c in self._capsules.values()
+                            if c.state == "busy" and not c.dedicated),
+                "dedicated": sum(1 for c in self._capsules.values() if c.dedicated),
+                "starting": sum(1 for c in self._capsules.values() if c.state == "starting"),
+                "queued": len(self._backlog),
+                "started": self.started,
+                "died": self.died,
+            }
+
+    def pids(self) -> list[int]:
+        """Process ids of the live capsules (not the zygote)."""
+        with self._lock:
+            return [c.pid for c in self._capsules.values() if c.pid and c.state != "dead"]
+
+    @property
+    def zygote_pid(self) -> int:
+        return self._zpid
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "open"
+        return f"<CapsulePool size={self.size} reserve={self.reserve} {state}>"
+
+    # -- taking and giving back capsules ----------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise RuntimeError("cannot schedule new calls after shutdown()")
+        if self._broken:
+            raise BrokenCapsulePool(self._broken)
+
+    def _take(self, prio: int) -> _Capsule | None:
+        """An idle capsule for a call at *prio* (lock held), or None."""
+        if self._idle:
+            return self._idle.popleft()
+        if prio >= _CRITICAL and self._idle_reserve:
+            return self._idle_reserve.popleft()
+        return None
+
+    def _release(self, cap: _Capsule) -> None:
+        """*cap* is free again: the next waiting call that may use it gets it."""
+        nxt = None
+        with self._lock:
+            cap.call = None
+            self._idle_cond.notify_all()
+            if cap.dedicated:
+                cap.state = "idle"
+                return
+            for call in self._backlog:
+                if not cap.reserve or call.priority >= _CRITICAL:
+                    nxt = call
+                    self._backlog.remove(call)
+                    break
+            if nxt is None:
+                cap.state = "idle"
+                (self._idle_reserve if cap.reserve else self._idle).append(cap)
+                return
+            cap.state = "busy"
+        self._dispatch(cap, nxt)
+
+    def _dispatch(self, cap: _Capsule, call: _Call) -> None:
+        if call.kind == "loop":  # the waiting coroutine sends it itself
+            loop = call.loop
+
+            def hand() -> None:
+                if call.fut.done():  # cancelled meanwhile
+                    with self._lock:
+                        self._inflight -= 1
+                    self._release(cap)
+                else:
+                    call.fut.set_result(cap)
+
+            cap.state = "busy"
+            try:
+                loop.call_soon_threadsafe(hand)
+            except RuntimeError:  # its loop is closed
+                with self._lock:
+                    self._inflight -= 1
+                self._release(cap)
+            return
+        fut = call.fut
+        if not fut.set_running_or_notify_cancel():
+            with self._lock:
+                self._inflight -= 1
+            self._release(cap)
+            return
+        call.capsule = cap
+        cap.call = call
+        cap.state = "busy"
+        self._ep.register(cap.fd, select.EPOLLIN)  # the manager reads the reply
+        try:
+            cap.sock.sendall(call.payload)
+        except OSError:
+            pass  # it died: the manager sees EOF
+
+    def _finish(self, cap: _Capsule, call: _Call, raw: bytes) -> Any:
+        """Decode a reply, give the capsule back, return or raise the result."""
+        _, status, payload = pickle.loads(raw)
+        with self._lock:
+            self._inflight -= 1
+        self._release(cap)
+        if status == w.OK:
+            return payload
+        raise _remote_error(payload, _describe(call.fn))
+
+    def _payload(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event: Any) -> bytes:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        try:
+            return w.frame(w.dumps((0, fn, args, kwargs, event)))
+        except Exception as exc:
+            raise TypeError(
+                f"cannot send {_describe(fn)} and its arguments to a capsule: {exc}"
+            ) from exc
+
+    def _abort_waiting(self, call: _Call) -> None:
+        """A run() call was cancelled while it waited for a capsule."""
+        with self._lock:
+            try:
+                self._backlog.remove(call)
+            except ValueError:
+                return  # a capsule was handed over meanwhile: hand() gives it back
+            self._inflight -= 1
+
+    def _abort(self, call: _Call) -> None:
+        """Stop a running submit() call: kill its capsule (CapsuleFuture.cancel)."""
+        cap = call.capsule
+        if cap is not None and cap.call is call:
+            self._kill(cap)
+            self._lost(cap, call)
+
+    # -- deaths and replacements --------------------------------------------------------
+
+    def _kill(self, cap: _Capsule) -> None:
+        if cap.pid:
+            try:
+                os.kill(cap.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._on_exit(cap.pid, _ignore)  # nobody needs its status
+
+    def _lost(self, cap: _Capsule, call: _Call | None) -> None:
+        """*cap* died or was killed while running *call*: forget it, replace it."""
+        with self._lock:
+            if cap.state == "dead":
+                return
+            cap.state = "dead"
+            cap.call = None
+            self.died += 1
+            if call is not None:
+                self._inflight -= 1
+            self._forget(cap)
+            replace = not self._closing and not cap.dedicated and not self._broken
+            self._idle_cond.notify_all()
+        if replace:
+            self._spawn(reserve=cap.reserve)
+        self._wake()
+
+    def _forget(self, cap: _Capsule) -> None:
+        self._capsules.pop(cap.id, None)
+        self._by_fd.pop(cap.fd, None)
+        try:
+            self._idle.remove(cap)
+        except ValueError:
+            pass
+        try:
+            self._idle_reserve.remove(cap)
+        except ValueError:
+            pass
+        try:
+            self._ep.unregister(cap.fd)
+        except (OSError, ValueError):
+            pass
+        cap.sock.close()
+
+    def _wait_status(self, pid: int) -> int | None:
+        """The zygote's report of *pid*'s exit (blocking, bounded)."""
+        done = threading.Event()
+        box: list[int | None] = [None]
+
+        def got(status: int | None) -> None:
+            box[0] = status
+            done.set()
+
+        self._on_exit(pid, got)
+        done.wait(_STATUS_WAIT)
+        return box[0]
+
+    async def _await_status(self, loop: asyncio.AbstractEventLoop, pid: int) -> int | None:
+        fut: asyncio.Future[int | None] = loop.create_future()
+
+        def got(status: int | None) -> None:
+            def put() -> None:
+                if not fut.done():
+                    fut.set_result(status)
+
+            try:
+                loop.call_soon_threadsafe(put)
+            except RuntimeError:
+                pass
+
+        self._on_exit(pid, got)
+        try:
+            return await asyncio.wait_for(fut, _STATUS_WAIT)
+        except TimeoutError:
+            return None
+
+    def _on_exit(self, pid: int, cb: Callable[[int | None], None]) -> None:
+        with self._lock:
+            if pid in self._exits:
+                status: int | None = self._exits.pop(pid)
+            elif self._broken and not self._manager.is_alive():
+                status = None
+            else:
+                self._exit_waiters.setdefault(pid, []).append(cb)
+                return
+        cb(status)
+
+    def _spawn(self, *, reserve: bool) -> None:
+        a, b = socket.socketpair()
+        cap = _Capsule(next(_ids), a, reserve)
+        with self._lock:
+            self._capsules[cap.id] = cap
+            self._by_fd[cap.fd] = cap
+            self.started += 1
+        try:
+            with self._zlock:
+                socket.send_fds(self._zsock, [w.SPAWN.pack(b"S", cap.id)], [b.fileno()])
+        except OSError as exc:
+            self._set_broken(f"the pool's zygote is gone ({exc})")
+        finally:
+            b.close()
+        self._ep.register(cap.fd, select.EPOLLIN)  # the manager reads HELLO
+
+    def _set_broken(self, why: str) -> None:
+        with self._lock:
+            if self._broken:
+                return
+            self._broken = why
+            backlog = list(self._backlog)
+            self._backlog.clear()
+            self._idle_cond.notify_all()
+        for call in backlog:
+            self._fail(call, BrokenCapsulePool(why))
+
+    def _fail(self, call: _Call, exc: BaseException) -> None:
+        with self._lock:
+            self._inflight -= 1
+        if call.kind == "loop":
+            def put() -> None:
+                if not call.fut.done():
+                    call.fut.set_exception(exc)
+
+            try:
+                call.loop.call_soon_threadsafe(put)
+            except RuntimeError:
+                pass
+        elif call.fut is not None:
+            try:
+                if call.fut.set_running_or_notify_cancel() or call.fut.running():
+                    call.fut.set_exception(exc)
+            except (cf.InvalidStateError, RuntimeError):
+                pass
+
+    # -- the manager thread ------------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _manage(self) -> None:
+        zfd = self._zsock.fileno()
+        try:
+            while True:
+                with self._lock:
+                    if self._closing and self._inflight <= 0:
+                        break
+                try:
+                    events = self._ep.poll(1.0)
+                except InterruptedError:
+                    continue
+                for fd, _ in events:
+                    if fd == zfd:
+                        self._zygote_readable()
+                    elif fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        cap = self._by_fd.get(fd)
+                        if cap is not None:
+                            self._capsule_readable(cap)
+        finally:
+            self._teardown()
+
+    def _zygote_readable(self) -> None:
+        while True:
+            try:
+                msg = self._zsock.recv(64)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg = b""
+            if not msg:
+                try:
+                    self._ep.unregister(self._zsock.fileno())
+                except (OSError, ValueError):
+                    pass
+                self._set_broken("the pool's zygote died")
+                self._flush_exit_waiters()
+                return
+            _, pid, status = w.EXIT.unpack(msg)
+            with self._lock:
+                waiters = self._exit_waiters.pop(pid, None)
+                if waiters is None:
+                    self._exits[pid] = status
+                cap = self._by_pid.pop(pid, None)
+            for cb in waiters or ():
+                cb(status)
+            if cap is not None and cap.state in ("idle", "starting"):
+                # died with no call in it: forget and replace it
+                with self._lock:
+                    self._exits.pop(pid, None)
+                self._lost(cap, None)
+
+    def _capsule_readable(self, cap: _Capsule) -> None:
+        try:
+            data = cap.sock.recv(262144)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            call = cap.call
+            self._ep_unregister(cap)
+            if cap.state == "starting":
+                self._lost(cap, None)
+                return
+            self._lost(cap, call)
+            if call is not None and call.kind == "thread":
+                pid, fn, fut = cap.pid, call.fn, call.fut
+
+                def report(status: int | None) -> None:
+                    if not fut.done():
+                        try:
+                            fut.set_exception(CapsuleDied(pid, status, _describe(fn)))
+                        except cf.InvalidStateError:
+                            pass
+
+                self._on_exit(pid, report)
+            return
+        for raw in cap.reader.feed(data):
+            if cap.state == "starting":
+                _, status, payload = pickle.loads(raw)
+                if status == w.HELLO:
+                    with self._lock:
+                        cap.pid = payload
+                        self._by_pid[payload] = cap
+                        gone = self._exits.pop(payload, None) is not None
+                    self._ep_unregister(cap)
+                    if gone:
+                        self._lost(cap, None)
+                    else:
+                        self._release(cap)
+                else:  # the initializer raised
+                    self._ep_unregister(cap)
+                    self._set_broken(
+                        "a capsule's initializer raised:\n" + payload[1]
+                    )
+                    self._lost(cap, None)
+                continue
+            call = cap.call
+            self._ep_unregister(cap)
+            if call is None or call.kind != "thread":
+                continue
+            fut = call.fut
+            try:
+                result = self._finish(cap, call, raw)
+            except BaseException as exc:
+                if not fut.done():
+                    try:
+                        fut.set_exception(exc)
+                    except cf.InvalidStateError:
+                        pass
+            else:
+                if not fut.done():
+                    try:
+                        fut.set_result(result)
+                    except cf.InvalidStateError:
+                        pass
+
+    def _ep_unregister(self, cap: _Capsule) -> None:
+        try:
+            self._ep.unregister(cap.fd)
+        except (OSError, ValueError):
+            pass
+
+    def _flush_exit_waiters(self) -> None:
+        with self._lock:
+            waiters = self._exit_waiters
+            self._exit_waiters = {}
+        for cbs in waiters.values():
+            for cb in cbs:
+                cb(None)
+
+    def _teardown(self) -> None:
+        """Close every capsule and the zygote; reap the zygote (it reaps the rest)."""
+        with self._lock:
+            caps = list(self._capsules.values())
+            self._capsules.clear()
+            self._idle.clear()
+            self._idle_reserve.clear()
+            self._broken = self._broken or "the pool was shut down"
+            backlog = list(self._backlog)
+            self._backlog.clear()
+        for call in backlog:
+            self._fail(call, BrokenCapsulePool("the pool was shut down"))
+        for cap in caps:
+            cap.state = "dead"
+            cap.sock.close()
+        self._zsock.close()  # EOF: the zygote stops its children and exits
+        try:
+            os.waitpid(self._zpid, 0)
+        except ChildProcessError:
+            pass
+        self._flush_exit_waiters()
+        self._ep.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._finalizer.detach()
+
+
+def _ignore(status: int | None) -> None:
+    pass
+
+
+def _emergency_teardown(zsock: socket.socket, zpid: int, capsules: dict[int, _Capsule]) -> None:
+    """The pool was garbage collected or the interpreter exits unshut: no orphans."""
+    for cap in list(capsules.values()):
+        try:
+            cap.sock.close()
+        except OSError:
+            pass
+    try:
+        zsock.close()
+    except OSError:
+        pass
+    try:
+        os.waitpid(zpid, 0)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,496 @@
+"""CapsulePool and cloner events on real processes.
+
+Every test checks that no process is left: the pool fixture shuts the pool
+down and asserts that the zygote and every capsule it saw are gone (not
+zombies either: /proc has no entry); conftest checks fds, children, threads.
+Waiting for a process to end uses a pidfd (an event), never a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import aem_loop
+from aem_loop import CapsuleDied, CapsulePool, EventFlags
+
+F = EventFlags
+
+# -- functions the capsules run (module level: pickled by reference) ----------------
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def fail(msg: str) -> None:
+    raise ValueError(msg)
+
+
+def exit_with(code: int) -> None:
+    os._exit(code)
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def sleep_for(t: float) -> float:
+    time.sleep(t)
+    return t
+
+
+def block_until(path: str) -> str:
+    while not os.path.exists(path):
+        time.sleep(0.001)
+    return "released"
+
+
+def return_lock() -> object:
+    return threading.Lock()
+
+
+def modules_loaded(name: str) -> bool:
+    return name in sys.modules
+
+
+STATE = {"value": 0}
+
+
+def read_state() -> int:
+    return STATE["value"]
+
+
+def set_state(v: int) -> None:
+    STATE["value"] = v
+
+
+def bump(n: int) -> tuple[int, int]:
+    STATE["value"] += n
+    return STATE["value"], os.getpid()
+
+
+def served() -> list[str]:
+    return [e.name for e in aem_loop.current_events()]
+
+
+def init_fail() -> None:
+    raise RuntimeError("no init for you")
+
+
+def big(n: int) -> bytes:
+    return bytes(range(256)) * (n // 256)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def gone(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_gone(pid: int, timeout: float = 10.0, reaped_elsewhere: bool = False) -> bool:
+    """Wait for *pid* (any process) to end, through a pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    # an exited child of another process may linger a moment as a zombie
+    # until that parent reaps it; the zygote reaps at once.
+    for _ in range(1000):
+        if gone(pid) or (reaped_elsewhere and _zombie(pid)):
+            return True
+        select.select([], [], [], 0.001)
+    return gone(pid)
+
+
+@pytest.fixture
+def pool():  # type: ignore[no-untyped-def]
+    p = CapsulePool(2, reserve=1)
+    assert p.wait_ready(10)
+    seen = set(p.pids())
+    yield p
+    seen |= set(p.pids())
+    zpid = p.zygote_pid
+    p.shutdown(wait=True)
+    assert gone(zpid), "the zygote is left"
+    left = [x for x in seen if not wait_gone(x)]
+    assert not left, f"capsules left behind: {left}"
+
+
+# -- round trips -------------------------------------------------------------------
+
+
+def test_call_submit_map(pool: CapsulePool) -> None:
+    assert pool.call(add, 2, 3) == 5
+    assert pool.submit(add, 4, 5).result(10) == 9
+    assert pool.submit(add, a=1, b=1).result(10) == 2
+    here = os.getpid()
+    assert pool.call(pid) != here and pool.call(pid) in pool.pids()
+    # map keeps the input order even when later calls finish first
+    durations = [0.05, 0.0, 0.03, 0.0, 0.01]
+    assert list(pool.map(sleep_for, durations)) == durations
+
+
+def test_large_arguments_and_results(pool: CapsulePool) -> None:
+    payload = os.urandom(1 << 20)
+    assert pool.call(len, payload) == 1 << 20
+    assert pool.call(big, 1 << 20) == bytes(range(256)) * 4096
+
+
+@pytest.mark.asyncio
+async def test_run_and_run_in_executor(pool: CapsulePool) -> None:
+    loop = asyncio.get_running_loop()
+    assert await pool.run(add, 1, 2) == 3
+    assert await loop.run_in_executor(pool, add, 3, 4) == 7
+    results = await asyncio.gather(*(pool.run(add, i, i) for i in range(20)))
+    assert results == [2 * i for i in range(20)]
+    big_arg = os.urandom(300_000)
+    assert await pool.run(len, big_arg) == 300_000
+
+
+@pytest.mark.asyncio
+async def test_default_executor(pool: CapsulePool) -> None:
+    loop = asyncio.get_running_loop()
+    if not hasattr(loop, "cloner"):
+        pytest.skip("stock asyncio accepts only a ThreadPoolExecutor")
+    loop.set_default_executor(pool)
+    try:
+        assert await loop.run_in_executor(None, pid) in pool.pids()
+    finally:
+        loop._default_executor = None  # type: ignore[attr-defined]
+        loop._aem_capsule_pool = None  # type: ignore[attr-defined]
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def test_exception_with_remote_traceback(pool: CapsulePool) -> None:
+    with pytest.raises(ValueError, match="bad input") as info:
+        pool.call(fail, "bad input")
+    tb = str(info.value.__cause__)
+    assert "in fail" in tb and 'raise ValueError(msg)' in tb
+    with pytest.raises(ValueError, match="again"):
+        pool.submit(fail, "again").result(10)
+
+
+@pytest.mark.parametrize(
+    "fn, code, sig",
+    [(exit_with, 3, None), (kill_self, None, signal.SIGKILL), (segfault, None, signal.SIGSEGV)],
+)
+def test_crash_fails_only_its_call(pool: CapsulePool, fn: object, code: int | None,
+                                   sig: int | None) -> None:
+    others = [pool.submit(sleep_for, 0.05) for _ in range(3)]
+    args = (3,) if fn is exit_with else ()
+    bad = pool.submit(fn, *args)  # type: ignore[arg-type]
+    more = [pool.submit(add, i, 1) for i in range(5)]
+    with pytest.raises(CapsuleDied) as info:
+        bad.result(10)
+    e = info.value
+    assert e.exitcode == code and e.signal == sig
+    assert str(e.pid) in str(e)
+    assert ("status 3" if code else signal.Signals(sig).name) in str(e)
+    assert gone(e.pid) or wait_gone(e.pid)
+    assert [f.result(10) for f in others] == [0.05] * 3
+    assert [f.result(10) for f in more] == [i + 1 for i in range(5)]
+    # replenished: back to its size, the dead one not among them
+    assert pool.wait_ready(10)
+    assert len(pool.pids()) == 3 and e.pid not in pool.pids()
+    assert pool.statistics()["died"] >= 1
+
+
+def test_sync_call_crash(pool: CapsulePool) -> None:
+    with pytest.raises(CapsuleDied, match="exited with status 7"):
+        pool.call(exit_with, 7)
+    assert pool.call(add, 1, 1) == 2
+
+
+@pytest.mark.asyncio
+async def test_run_crash_and_concurrent_calls(pool: CapsulePool) -> None:
+    tasks = [asyncio.ensure_future(pool.run(sleep_for, 0.02)) for _ in range(3)]
+    with pytest.raises(CapsuleDied, match="SIGKILL"):
+        await pool.run(kill_self)
+    assert await asyncio.gather(*tasks) == [0.02] * 3
+    assert await pool.run(add, 2, 2) == 4
+
+
+def test_timeout_kills_and_replaces(pool: CapsulePool) -> None:
+    before = set(pool.pids())
+    with pytest.raises(TimeoutError, match="sleep_for"):
+        pool.call(sleep_for, 30, timeout=0.2)
+    assert pool.wait_ready(10)
+    killed = before - set(pool.pids())
+    assert len(killed) == 1 and all(wait_gone(p) for p in killed)
+    assert pool.call(add, 1, 2) == 3
+
+
+@pytest.mark.asyncio
+async def test_run_timeout_and_cancel(pool: CapsulePool) -> None:
+    with pytest.raises(TimeoutError):
+        await pool.run(sleep_for, 30, timeout=0.2)
+    task = asyncio.ensure_future(pool.run(block_until, "/nonexistent/never"))
+    while pool.statistics()["busy"] == 0:
+        await asyncio.sleep(0)
+    busy = set(pool.pids())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await pool.run(add, 5, 5) == 10
+    assert pool.statistics()["died"] == 2
+    assert any(wait_gone(p) for p in busy if p not in pool.pids())
+
+
+def test_future_cancel_kills_running_call(pool: CapsulePool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fut = pool.submit(block_until, str(tmp_path / "never"))
+    while not fut.running():
+        select.select([], [], [], 0.001)
+    busy = set(pool.pids())
+    assert fut.cancel() and fut.cancelled()
+    assert pool.statistics()["died"] == 1
+    assert pool.call(add, 1, 1) == 2
+    assert pool.wait_ready(10)
+    killed = busy - set(pool.pids())
+    assert len(killed) == 1 and all(wait_gone(p) for p in killed)
+
+
+def test_unpicklable_input_and_result(pool: CapsulePool) -> None:
+    with pytest.raises(TypeError, match="cannot send"):
+        pool.call(lambda: 1)
+    with pytest.raises(TypeError, match="cannot send"):
+        pool.call(add, threading.Lock(), 1)
+    fut = pool.submit(add, threading.Lock(), 1)
+    with pytest.raises(TypeError, match="cannot send"):
+        fut.result(10)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pool.call(return_lock)
+    assert pool.call(add, 1, 2) == 3  # unharmed
+    assert pool.statistics()["died"] == 0
+
+
+def test_reserve_for_critical(pool: CapsulePool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    gate = tmp_path / "gate"
+    blockers = [pool.submit(block_until, str(gate)) for _ in range(2)]  # both normal capsules
+    queued = pool.submit(add, 1, 1)  # NORMAL: must wait, the reserve is not for it
+    with aem_loop.priority(aem_loop.Priority.CRITICAL):
+        urgent = pool.submit(add, 40, 2)
+    assert urgent.result(10) == 42  # ran on the reserve capsule
+    assert pool.call(add, 1, 2, priority=aem_loop.Priority.CRITICAL) == 3
+    assert not queued.done() and not any(b.done() for b in blockers)
+    gate.write_text("go")
+    assert queued.result(10) == 2
+    assert [b.result(10) for b in blockers] == ["released"] * 2
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="size"):
+        CapsulePool(0)
+    with pytest.raises(TypeError, match="size"):
+        CapsulePool("2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reserve"):
+        CapsulePool(1, reserve=-1)
+    with pytest.raises(TypeError, match="preload"):
+        CapsulePool(1, preload="json")
+    with pytest.raises(TypeError, match="initializer"):
+        CapsulePool(1, initializer=3)  # type: ignore[arg-type]
+
+
+def test_preload_and_initializer() -> None:
+    p = CapsulePool(1, reserve=0, preload=["colorsys"], initializer=set_state, initargs=(41,))
+    try:
+        assert p.call(modules_loaded, "colorsys")
+        assert p.call(read_state) == 41
+    finally:
+        p.shutdown()
+    assert gone(p.zygote_pid)
+
+
+def test_failing_initializer_breaks_the_pool() -> None:
+    p = CapsulePool(1, reserve=0, initializer=init_fail)
+    try:
+        assert p.wait_ready(10)
+        with pytest.raises(aem_loop.BrokenCapsulePool, match="no init for you"):
+            p.submit(add, 1, 1).result(10)
+    finally:
+        p.shutdown()
+    assert gone(p.zygote_pid)
+
+
+def test_shutdown_then_submit_and_cancel_futures() -> None:
+    p = CapsulePool(1, reserve=0)
+    assert p.wait_ready(10)
+    running = p.submit(sleep_for, 0.1)
+    assert running.running()
+    waiting = [p.submit(add, i, i) for i in range(3)]
+    p.shutdown(wait=True, cancel_futures=True)
+    assert running.result(1) == 0.1
+    assert all(f.cancelled() for f in waiting)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        p.submit(add, 1, 1)
+    assert gone(p.zygote_pid)
+
+
+def test_parent_killed_workers_exit() -> None:
+    code = (
+        "import os, sys, aem_loop\n"
+        "p = aem_loop.CapsulePool(2, reserve=1)\n"
+        "p.wait_ready(10)\n"
+        "print(p.zygote_pid, *p.pids(), flush=True)\n"
+        "sys.stdin.readline()\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 4
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.wait(10) == -9
+    proc.stdin.close()
+    proc.stdout.close()
+    # The capsules are reaped by the zygote.  The zygote itself, orphaned,
+    # is reaped by init; where PID 1 does not reap (some containers) it stays
+    # a zombie: dead, holding nothing.
+    zygote, capsules = pids[0], pids[1:]
+    assert all(wait_gone(p) for p in capsules), "orphaned capsules"
+    assert wait_gone(zygote, reaped_elsewhere=True)
+
+
+# -- cloner events -----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_fork_sees_parent_state_at_that_moment() -> None:
+    loop = asyncio.get_running_loop()
+    ev = aem_loop.cloner(read_state, flags=F.FORK, name="snap")
+    STATE["value"] = 123
+    try:
+        assert await ev.activate() == 123
+        STATE["value"] = 7
+        assert await ev.activate() == 7
+    finally:
+        STATE["value"] = 0
+    assert len(ev.children) == 2
+    for ch in ev.children:
+        assert ch.kind == "fork" and ch.done() and ch.exitcode == 0 and gone(ch.pid)
+    assert await aem_loop.cloner(served, flags=F.FORK, name="who").activate() == ["who"]
+    del loop
+
+
+@pytest.mark.asyncio
+async def test_fork_errors_and_death() -> None:
+    with pytest.raises(ValueError, match="boom"):
+        await aem_loop.cloner(fail, flags=F.FORK).activate("boom")
+    with pytest.raises(CapsuleDied, match="status 5"):
+        await aem_loop.cloner(exit_with, flags=F.FORK).activate(5)
+    with pytest.raises(TimeoutError):
+        await aem_loop.cloner(sleep_for, flags=F.FORK).activate(30, timeout=0.2)
+
+
+@pytest.mark.asyncio
+async def test_fork_nocldwait_is_reaped() -> None:
+    ev = aem_loop.cloner(sleep_for, flags=F.FORK | F.NOCLDWAIT)
+    child = await ev.activate(0.01)
+    assert (isinstance(child, aem_loop.ChildProcess) and not child.done()) or child.done()
+    assert await child.wait() == 0
+    assert gone(child.pid)  # reaped by the loop, no zombie
+
+
+@pytest.mark.asyncio
+async def test_capsule_event_and_children(pool: CapsulePool) -> None:
+    ev = aem_loop.cloner(served, flags=F.CAPSULE, pool=pool, name="svc")
+    assert "svc" in await ev.activate()
+    assert len(ev.children) == 1 and ev.children[0].pid in pool.pids()
+    assert ev.children[0].kind == "capsule"
+
+
+@pytest.mark.asyncio
+async def test_capsule_nocldwait_errors_reach_the_handler(pool: CapsulePool) -> None:
+    loop = asyncio.get_running_loop()
+    seen = loop.create_future()
+    loop.set_exception_handler(lambda lp, ctx: seen.done() or seen.set_result(ctx))
+    try:
+        child = await aem_loop.cloner(fail, flags=F.CAPSULE | F.NOCLDWAIT,
+                                      pool=pool).activate("later")
+        assert child.pid in pool.pids()
+        ctx = await seen
+    finally:
+        loop.set_exception_handler(None)
+    assert isinstance(ctx["exception"], ValueError)
+    assert "fire-and-forget" in ctx["message"]
+
+
+@pytest.mark.asyncio
+async def test_keepalive_dedicated_capsule(pool: CapsulePool) -> None:
+    ev = aem_loop.cloner(bump, flags=F.CAPSULE | F.KEEPALIVE, pool=pool)
+    got = [await ev.activate(i) for i in (1, 2, 3)]
+    assert [v for v, _ in got] == [1, 3, 6]  # its state stays between activations
+    pids = {p for _, p in got}
+    assert len(pids) == 1
+    (kept,) = pids
+    assert pool.wait_ready(10)
+    # dedicated: out of circulation, and the pool refilled to its size
+    st = pool.statistics()
+    assert st["dedicated"] == 1 and st["idle"] + st["idle_reserve"] == 3
+    assert len(pool.pids()) == 4
+    await ev.close()
+    assert wait_gone(kept)
+    assert pool.statistics()["dedicated"] == 0 and kept not in pool.pids()
+    with pytest.raises(RuntimeError, match="closed"):
+        await ev.activate(1)
+
+
+@pytest.mark.asyncio
+async def test_oneshot(pool: CapsulePool) -> None:
+    ev = aem_loop.cloner(add, flags=F.CAPSULE | F.ONESHOT, pool=pool)
+    assert await ev.activate(1, 2) == 3
+    assert ev.closed
+    with pytest.raises(RuntimeError, match="ONESHOT"):
+        await ev.activate(1, 2)
+
+
+@pytest.mark.asyncio
+async def test_bad_flags(pool: CapsulePool) -> None:
+    with pytest.raises(TypeError, match="EventFlags"):
+        aem_loop.cloner(add, flags=4)
+    with pytest.raises(ValueError, match="exactly one"):
+        aem_loop.cloner(add, flags=F.FORK | F.CAPSULE, pool=pool)
+    with pytest.raises(ValueError, match="exactly one"):
+        aem_loop.cloner(add, flags=F.NOCLDWAIT)
+    with pytest.raises(ValueError, match="KEEPALIVE needs"):
+        aem_loop.cloner(add, flags=F.FORK | F.KEEPALIVE)
+    with pytest.raises(ValueError, match="contradict"):
+        aem_loop.cloner(add, flags=F.CAPSULE | F.KEEPALIVE | F.ONESHOT, pool=pool)
+    with pytest.raises(ValueError, match="needs pool"):
+        aem_loop.cloner(add, flags=F.CAPSULE)
+    with pytest.raises(TypeError, match="callable"):
+        aem_loop.cloner(3, flags=F.FORK)  # type: ignore[arg-type]
