@@ -1,16 +1,13 @@
 """Timer benchmarks (see aem_loop.bench.timers_bench for the workloads).
 
     python benchmarks/timers.py [--quick] [--runs 3] [--out benchmarks/results]
+
+Same as ``aem-loop bench --only timers ...``.
 """
 
-import argparse
+import sys
 
-from aem_loop.bench.report import run_timers
+from aem_loop.cli import main
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
-    run_timers(quick=a.quick, runs=a.runs, out=a.out)
+    sys.exit(main(["bench", "--only", "timers", *sys.argv[1:]]))

@@ -12,13 +12,13 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="echo and priority-latency benchmarks vs asyncio and uvloop")
     b.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     b.add_argument("--runs", type=int, default=3, help="repetitions per cell (median)")
-    b.add_argument("--only", choices=("echo", "latency", "timers"), default=None,
-                   help="one benchmark (timers runs only when asked: several minutes)")
+    b.add_argument("--only", choices=("echo", "latency", "timers", "capsules"), default=None,
+                   help="one benchmark (timers and capsules run only when asked)")
     b.add_argument("--out", default=None, help="directory for JSON and Markdown results")
     a = ap.parse_args(argv)
     if a.runs < 1:
         ap.error("--runs must be >= 1")
-    from .bench.report import run_echo, run_latency, run_timers
+    from .bench.report import run_capsules, run_echo, run_latency, run_timers
 
     if a.only in (None, "echo"):
         run_echo(quick=a.quick, runs=a.runs, duration=None, out=a.out)
@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         run_latency(quick=a.quick, runs=a.runs, duration=None, out=a.out)
     if a.only == "timers":
         run_timers(quick=a.quick, runs=a.runs, out=a.out)
+    if a.only == "capsules":
+        run_capsules(quick=a.quick, runs=a.runs, out=a.out)
     return 0
 
 

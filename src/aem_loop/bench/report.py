@@ -144,7 +144,7 @@ def run_timers(*, quick: bool, runs: int, out: str | None,
           f"{machine()}", ""]
     data: dict[str, Any] = {"machine": machine(), "date": datetime.datetime.now().isoformat(),
                             "runs": runs, "raw": res}
-    t = Table(title="schedule + cancel (delays 10..70 s), ns per timer; pause in ms")
+    t = Table(title="schedule + cancel (delays 100..400 s), ns per timer; pause in ms")
     for c in ("workload", "N", *loops, "asyncio/aem-sel", "uvloop/aem-uv"):
         t.add_column(c, justify="right")
     md += ["Schedule N timers then cancel them all (bulk: ns per timer, schedule + cancel + "
@@ -215,4 +215,81 @@ def run_timers(*, quick: bool, runs: int, out: str | None,
     console.print(st)
     console.print(f"[dim]{machine()}[/dim]")
     _save(out, "timers", data, "\n".join(md) + "\n")
+    return data
+
+
+def run_capsules(*, quick: bool, runs: int, out: str | None) -> dict[str, Any]:
+    """Capsules vs ProcessPoolExecutor, multiprocessing.Pool, fork per call."""
+    from . import capsules_bench as cb
+
+    n, n_big = (1000, 200) if quick else (5000, 1000)
+    res: dict[str, list[dict[str, Any]]] = {}
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task("capsules", total=len(cb.KINDS) * runs)
+        for _ in range(runs):  # interleaved: drift hits every way alike
+            for kind in cb.KINDS:
+                res.setdefault(kind, []).append(cb.run_one(kind, n, n_big))
+                prog.advance(task)
+
+    def med(kind: str, *path: str) -> float:
+        vals = []
+        for r in res[kind]:
+            v: Any = r
+            for p in path:
+                v = v[p]
+            vals.append(v)
+        return median(vals)
+
+    cols = ("trivial p50 us", "trivial p99 us", "64KiB p50 us", "64KiB p99 us",
+            "calls/s", "64KiB calls/s", "first result ms", "cold first result ms")
+    t = Table(title=f"run a function in another process (2 workers; median of {runs})")
+    t.add_column("way")
+    for c in cols:
+        t.add_column(c, justify="right")
+    md = [f"Capsules, medians of {runs} runs ({n} trivial and {n_big} 64 KiB calls each, "
+          f"every way in a fresh interpreter, 2 workers). First result: from creating "
+          f"the pool to the first answer; for capsules with the zygote forked early "
+          f"(capsules.prestart(), as designed), cold: forked by the pool itself; "
+          f"{machine()}", "",
+          "| way | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    summary: dict[str, dict[str, float]] = {}
+    for kind in cb.KINDS:
+        m = {
+            "trivial_p50": med(kind, "trivial", "p50"), "trivial_p99": med(kind, "trivial", "p99"),
+            "big_p50": med(kind, "64KiB", "p50"), "big_p99": med(kind, "64KiB", "p99"),
+            "throughput": med(kind, "throughput"),
+            "throughput_64KiB": med(kind, "throughput_64KiB"),
+            "first_result_ms": med(kind, "first_result_ms"),
+            "first_result_cold_ms": (med(kind, "first_result_cold_ms")
+                                     if "first_result_cold_ms" in res[kind][0]
+                                     else med(kind, "first_result_ms")),
+        }
+        summary[kind] = m
+        row = [f"{m['trivial_p50']:.1f}", f"{m['trivial_p99']:.1f}", f"{m['big_p50']:.1f}",
+               f"{m['big_p99']:.1f}", f"{m['throughput']:,.0f}", f"{m['throughput_64KiB']:,.0f}",
+               "-" if kind == "raw socketpair" else f"{m['first_result_ms']:.2f}",
+               "-" if kind == "raw socketpair" else f"{m['first_result_cold_ms']:.2f}"]
+        t.add_row(kind, *row)
+        md.append(f"| {kind} | " + " | ".join(row) + " |")
+    cap = summary["capsule call"]["trivial_p50"]
+    ratios = {
+        "warm ProcessPool fork / capsule call": summary["ProcessPool fork"]["trivial_p50"] / cap,
+        "warm ProcessPool forkserver / capsule call":
+            summary["ProcessPool forkserver"]["trivial_p50"] / cap,
+        "fork per call / capsule call": summary["fork per call"]["trivial_p50"] / cap,
+        "capsule call / raw socketpair": cap / summary["raw socketpair"]["trivial_p50"],
+        "ProcessPool fork / capsule run":
+            summary["ProcessPool fork"]["trivial_p50"] / summary["capsule run"]["trivial_p50"],
+        "ProcessPool fork / capsule submit":
+            summary["ProcessPool fork"]["trivial_p50"] / summary["capsule submit"]["trivial_p50"],
+    }
+    md += ["", "Ratios of trivial-call p50 latency:", ""]
+    md += [f"- {k}: {v:.2f}x" for k, v in ratios.items()]
+    console.print(t)
+    for k, v in ratios.items():
+        console.print(f"{k}: {v:.2f}x")
+    console.print(f"[dim]{machine()}[/dim]")
+    data = {"machine": machine(), "date": datetime.datetime.now().isoformat(), "runs": runs,
+            "median": summary, "ratios": ratios, "raw": res}
+    _save(out, "capsules", data, "\n".join(md) + "\n")
     return data

@@ -9,6 +9,7 @@ from .pool import (
     CapsuleFuture,
     CapsulePool,
     RemoteTraceback,
+    prestart,
 )
 
 
@@ -29,4 +30,5 @@ __all__ = [
     "EventInfo",
     "RemoteTraceback",
     "current_events",
+    "prestart",
 ]

@@ -1,8 +1,9 @@
 """Framing and process bodies shared by the pool, its zygote and its capsules.
 
 Wire format on a capsule's socketpair (SOCK_STREAM): a 4-byte big-endian
-length, then a pickle.  Requests are ``(call_id, fn, args, kwargs, event)``;
-replies ``(call_id, status, payload)`` with status OK, ERR (payload: the
+length, then a pickle.  Requests are ``(fn_pickle, args, kwargs or None,
+event)`` (the function pickled apart, so that both sides cache it);
+replies ``(0, status, payload)`` with status OK, ERR (payload: the
 exception or None, its traceback text, its repr) or HELLO (payload: pid),
 sent once when the capsule starts.
 
@@ -158,13 +159,39 @@ def _forget_parent_state() -> None:
         pass
 
 
+SPARES = 1  # capsules the zygote keeps forked ahead, waiting for a socket
+
+
+def _warm_up() -> None:
+    """Run a capsule's code path once while waiting, so that the pages it
+    writes (reference counts, allocator arenas) are copied now, not on the
+    first call (each copy-on-write fault is microseconds in a VM)."""
+    x, y = socket.socketpair()
+    try:
+        x.sendall(frame(dumps((dumps(len), (b"warm",), None, None))))
+        data = y.recv(4096)
+        fnb, args, _, _ = pickle.loads(memoryview(data)[4:])
+        y.sendall(frame(dumps((0, OK, pickle.loads(fnb)(*args)))))
+        pickle.loads(memoryview(x.recv(4096))[4:])
+        Reader().feed(b"")
+    finally:
+        x.close()
+        y.close()
+
+
 def zygote_main(
     zsock: socket.socket,
     preload: tuple[str, ...],
     initializer: Any = None,
     initargs: tuple[Any, ...] = (),
 ) -> None:
-    """Body of the template process: fork capsules on request, report exits."""
+    """Body of the template process: hand out capsules on request, report exits.
+
+    It keeps SPARES capsules forked ahead of demand (each blocked on a
+    control socket until it is given its socketpair end), so that a request
+    costs one message instead of a fork; it forks the next spare when no
+    request is waiting.
+    """
     _close_fds_except({zsock.fileno()})
     _forget_parent_state()
     for mod in preload:
@@ -178,12 +205,45 @@ def zygote_main(
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wfd)
     children: set[int] = set()
+    spares: dict[int, socket.socket] = {}  # pid -> its control socket
     zfd = zsock.fileno()
+
+    def fork_spare() -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - a spare capsule
+            try:
+                _close_fds_except({b.fileno()})
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _warm_up()
+                try:
+                    _, fds, _, _ = socket.recv_fds(b, 16, 1)
+                except OSError:
+                    fds = []
+                b.close()
+                if fds:
+                    capsule_main(fds[0], initializer, initargs)
+            finally:
+                os._exit(0)
+        b.close()
+        children.add(pid)
+        spares[pid] = a
+
+    def drop_spares() -> None:
+        for a in spares.values():
+            a.close()  # EOF: it exits
+        spares.clear()
+
     while True:
+        want_spare = len(spares) < SPARES
         try:
-            ready, _, _ = select.select([zfd, rfd], [], [])
+            ready, _, _ = select.select([zfd, rfd], [], [], 0 if want_spare else None)
         except InterruptedError:
             ready = [rfd]
+        if not ready and want_spare:
+            fork_spare()  # nothing asked: use the idle moment
+            continue
         if rfd in ready:
             try:
                 os.read(rfd, 512)
@@ -198,36 +258,52 @@ def zygote_main(
             if pid == 0:
                 break
             children.discard(pid)
+            spare = spares.pop(pid, None)
+            if spare is not None:
+                spare.close()
+                continue  # no pool ever knew it
             try:
                 zsock.send(EXIT.pack(b"X", pid, status))
             except OSError:
                 pass
         if zfd in ready:
             try:
-                msg, fds, _, _ = socket.recv_fds(zsock, 64, 1)
+                msg, fds, _, _ = socket.recv_fds(zsock, 65536, 1)
             except OSError:
                 msg, fds = b"", []
             if not msg:  # the parent is gone or shut us down
                 break
-            if msg[:1] == b"S" and fds:
-                pid = os.fork()
-                if pid == 0:
+            if msg[:1] == b"I":  # a prestarted zygote learns its pool's initializer
+                initializer, initargs = pickle.loads(msg[1:])
+                drop_spares()  # they were forked without it
+            elif msg[:1] == b"S" and fds:
+                handed = False
+                while spares and not handed:
+                    pid, a = spares.popitem()
                     try:
-                        os.close(rfd)
-                        os.close(wfd)
-                        signal.set_wakeup_fd(-1)
-                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                        zsock.close()
-                        capsule_main(fds[0], initializer, initargs)
-                    finally:
-                        os._exit(0)
+                        socket.send_fds(a, [b"S"], fds)
+                        handed = True
+                    except OSError:
+                        pass  # that spare died: try the next, or fork
+                    a.close()
+                if not handed:
+                    pid = os.fork()
+                    if pid == 0:  # pragma: no cover - a capsule
+                        try:
+                            _close_fds_except({fds[0]})
+                            signal.set_wakeup_fd(-1)
+                            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                            capsule_main(fds[0], initializer, initargs)
+                        finally:
+                            os._exit(0)
+                    children.add(pid)
                 os.close(fds[0])
-                children.add(pid)
             else:
                 for fd in fds:
                     os.close(fd)
     # Shutdown: the capsules notice EOF on their own sockets; those still
     # busy are told to stop, then every child is reaped before we go.
+    drop_spares()
     for pid in list(children):
         try:
             os.kill(pid, signal.SIGTERM)
@@ -268,6 +344,10 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
             return
     sock.sendall(frame(dumps((0, HELLO, os.getpid()))))
     reader = Reader()
+    rbuf = reader.buf
+    fns: dict[bytes, Any] = {}  # function pickles seen -> functions
+    loads = pickle.loads
+    unpack = HDR.unpack_from
     while True:
         try:
             data = sock.recv(262144)
@@ -275,14 +355,23 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
             return
         if not data:
             return  # the pool closed our socket or died: leave
-        for raw in reader.feed(data):
+        if not rbuf and len(data) > 4 and unpack(data)[0] == len(data) - 4:
+            frames: list[Any] = [memoryview(data)[4:]]  # one whole request
+        else:
+            frames = reader.feed(data)
+        for raw in frames:
             call_id = 0
             fn: Any = None
             try:
-                call_id, fn, args, kwargs, event = pickle.loads(raw)
+                fnb, args, kwargs, event = loads(raw)
+                fn = fns.get(fnb)
+                if fn is None:
+                    if len(fns) > 256:
+                        fns.clear()
+                    fn = fns[fnb] = loads(fnb)
                 if event is not None and event not in SERVED_EVENTS:
                     SERVED_EVENTS.append(event)
-                result = fn(*args, **kwargs)
+                result = fn(*args, **kwargs) if kwargs else fn(*args)
                 if hasattr(result, "__await__") and hasattr(result, "send"):
                     result = _run_coroutine(result)
                 try:
@@ -301,7 +390,7 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
                     out = dumps((call_id, ERR, (exc, tb, repr(exc))))
                 except Exception:
                     out = dumps((call_id, ERR, (None, tb, repr(exc))))
-            sock.sendall(frame(out))
+            sock.sendall(HDR.pack(len(out)) + out)
 
 
 def _main_guard() -> None:  # pragma: no cover - not an entry point

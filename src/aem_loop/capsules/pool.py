@@ -22,7 +22,9 @@ replacements, and notices capsules that die while idle.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
+import atexit
 import collections
 import concurrent.futures as cf
 import itertools
@@ -32,11 +34,13 @@ import select
 import signal
 import socket
 import threading
+import time
+import types
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..core.priority import Priority, check_priority, current_priority
+from ..core.priority import PRIORITY_VAR, Priority, check_priority, current_priority
 from . import _wire as w
 
 __all__ = [
@@ -46,9 +50,16 @@ __all__ = [
     "CapsuleFuture",
     "CapsulePool",
     "RemoteTraceback",
+    "prestart",
 ]
 
 _CRITICAL = int(Priority.CRITICAL)
+_NORMAL = int(Priority.NORMAL)
+_PRIO = PRIORITY_VAR
+_BY_REFERENCE = (types.FunctionType, types.BuiltinFunctionType)
+_dumps = pickle.dumps
+_HDR_PACK = w.HDR.pack
+_HDR_UNPACK = w.HDR.unpack_from
 _STATUS_WAIT = 5.0  # seconds to wait for the zygote's report of a death
 
 
@@ -129,7 +140,7 @@ class _Capsule:
         self.pid = 0
         self.reader = w.Reader()
         self.state = "starting"  # idle, busy, dead
-        self.call: _Call | None = None
+        self.call: Any = None  # a _Call, _SYNC, or None
         self.reserve = reserve
         self.dedicated = False
 
@@ -151,6 +162,7 @@ class _Call:
 
 
 _ids = itertools.count(1)
+_SYNC = object()  # cap.call while pool.call() runs on it (the caller reads)
 
 
 class CapsulePool(cf.Executor):
@@ -203,22 +215,26 @@ class CapsulePool(cf.Executor):
         self._exits: dict[int, int] = {}  # pid -> wait status (reported, not yet used)
         self._exit_waiters: dict[int, list[Callable[[int | None], None]]] = {}
         self._inflight = 0
+        self._fn_cache: dict[Any, bytes] = {}
+        self._ready_waiters = 0
         self._closing = False
         self._broken: str | None = None
         self._idle_cond = threading.Condition(self._lock)
         self.started = 0  # capsules started so far (statistics)
         self.died = 0
-        # The zygote: forked now, before this pool starts its thread.
-        zp, zc = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the zygote
+        # The zygote: one forked early by prestart() with the same preload,
+        # or forked now, before this pool starts its thread.
+        zp, pid = _adopt_prestarted(preload)
+        if zp is not None and initializer is not None:
             try:
-                zp.close()
-                w.zygote_main(zc, preload, initializer, initargs)
-            finally:
-                os._exit(0)
-        zc.close()
-        zp.setblocking(False)
+                zp.send(b"I" + w.dumps((initializer, initargs)))
+            except Exception as exc:
+                _close_zygote(zp, pid)
+                raise TypeError(
+                    f"initializer must be picklable to reach a prestarted zygote: {exc}"
+                ) from exc
+        if zp is None:
+            zp, pid = _fork_zygote(preload, initializer, initargs)
         self._zsock = zp
         self._zpid = pid
         self._zlock = threading.Lock()
@@ -228,15 +244,17 @@ class CapsulePool(cf.Executor):
         os.set_blocking(self._wake_w, False)
         self._ep.register(zp.fileno(), select.EPOLLIN)
         self._ep.register(self._wake_r, select.EPOLLIN)
-        self._manager = threading.Thread(
-            target=self._manage, name=f"aem-capsules-{pid}", daemon=True
-        )
+        # The manager thread is started with _thread, which does not wait
+        # for it to be scheduled (threading.Thread.start() does: ~1 ms here);
+        # shutdown() joins it through _manager_done.
+        self._manager_done = threading.Event()
+        self._manager_ident = 0
         self._finalizer = weakref.finalize(
             self, _emergency_teardown, self._zsock, self._zpid, self._capsules
         )
         for i in range(size + reserve):
             self._spawn(reserve=i >= size)
-        self._manager.start()
+        self._manager_ident = _thread.start_new_thread(self._manage, ())
 
     # -- public API ---------------------------------------------------------------
 
@@ -267,42 +285,68 @@ class CapsulePool(cf.Executor):
         The calling thread reads the reply itself (the fastest path).  On
         *timeout* the capsule is killed and replaced and TimeoutError raised.
         """
-        prio = current_priority() if priority is None else check_priority(priority)
-        payload = self._payload(fn, args, {}, None)
+        prio = _PRIO.get(_NORMAL) if priority is None else check_priority(priority)
+        fnb = self._fn_cache.get(fn) if type(fn) in _BY_REFERENCE else None
+        if fnb is None:
+            payload = self._payload(fn, args, None, None)
+        else:  # the usual case, inlined: a known function
+            try:
+                body = _dumps((fnb, args, None, None), 5)
+            except Exception:
+                payload = self._payload(fn, args, None, None)  # raises the clear error
+            else:
+                payload = _HDR_PACK(len(body)) + body
         with self._lock:
-            self._check_open()
+            if self._closing or self._broken:
+                self._check_open()
             cap = self._take(prio)
             if cap is None:
-                self._inflight += 1
-                fut = CapsuleFuture()
-                call = _Call(self, "thread", fn, payload, prio, fut=fut)
-                fut._aem_call = call
-                self._backlog.append(call)
-            else:
-                self._inflight += 1
-                call = _Call(self, "sync", fn, payload, prio)
-                call.capsule = cap
-                cap.call = call
-                cap.state = "busy"
-        if cap is None:  # none idle: queued like submit()
-            try:
-                return fut.result(timeout)
-            except cf.TimeoutError:
-                fut.cancel()
-                raise TimeoutError(f"{_describe(fn)} did not finish in {timeout} s") from None
+                # None idle: wait here for one (this thread then reads the
+                # reply itself; no hand-off through the manager thread).
+                deadline = None if timeout is None else time.monotonic() + timeout
+                self._ready_waiters += 1
+                try:
+                    while cap is None:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            raise TimeoutError(
+                                f"{_describe(fn)} did not get a capsule in {timeout} s")
+                        self._idle_cond.wait(left)
+                        self._check_open()
+                        if not self._backlog:
+                            cap = self._take(prio)
+                finally:
+                    self._ready_waiters -= 1
+                if deadline is not None:
+                    timeout = max(0.0, deadline - time.monotonic())
+            self._inflight += 1
+            cap.call = _SYNC
+            cap.state = "busy"
+        sock = cap.sock
+        raw: Any
         try:
-            cap.sock.sendall(payload)
-            raw = w.recv_frame_blocking(cap.sock, cap.reader, timeout)
+            sock.sendall(payload)
+            if timeout is None:
+                data = sock.recv(262144)
+                # one whole reply in one read (the usual case), else reassemble
+                if len(data) > 4 and _HDR_UNPACK(data)[0] == len(data) - 4 and not cap.reader.buf:
+                    raw = memoryview(data)[4:]
+                else:
+                    frames = cap.reader.feed(data) if data else None
+                    raw = frames[0] if frames else (
+                        w.recv_frame_blocking(sock, cap.reader, None) if data else None)
+            else:
+                raw = w.recv_frame_blocking(sock, cap.reader, timeout)
         except TimeoutError:
             self._kill(cap)
-            self._lost(cap, call)
+            self._lost(cap, _SYNC)
             raise TimeoutError(f"{_describe(fn)} did not finish in {timeout} s") from None
         except OSError:
             raw = None
         if raw is None:
-            self._lost(cap, call)
+            self._lost(cap, _SYNC)
             raise CapsuleDied(cap.pid, self._wait_status(cap.pid), _describe(fn))
-        return self._finish(cap, call, raw)
+        return self._finish(cap, fn, raw)
 
     async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
                   priority: int | None = None, _event: Any = None,
@@ -315,7 +359,7 @@ class CapsulePool(cf.Executor):
         """
         loop = asyncio.get_running_loop()
         prio = current_priority() if priority is None else check_priority(priority)
-        payload = self._payload(fn, args, {}, _event)
+        payload = self._payload(fn, args, None, _event)
         call = _Call(self, "loop", fn, payload, prio, loop=loop, event=_event)
         cap = _capsule
         if cap is None:
@@ -386,7 +430,7 @@ class CapsulePool(cf.Executor):
             self._lost(cap, call)
             status = await self._await_status(loop, cap.pid)
             raise CapsuleDied(cap.pid, status, _describe(fn))
-        return self._finish(cap, call, raw)
+        return self._finish(cap, fn, raw)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking calls; when the running ones are done, every process exits.
@@ -403,8 +447,8 @@ class CapsulePool(cf.Executor):
                         self._inflight -= 1
             self._idle_cond.notify_all()
         self._wake()
-        if wait and self._manager.is_alive() and threading.current_thread() is not self._manager:
-            self._manager.join()
+        if wait and threading.get_ident() != self._manager_ident:
+            self._manager_done.wait()
 
     async def _dedicate(self, prio: int) -> _Capsule:
         """Take a capsule out of circulation for a KEEPALIVE event; replace it."""
@@ -445,11 +489,15 @@ class CapsulePool(cf.Executor):
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until every capsule has started (none starting); False on timeout."""
         with self._idle_cond:
-            return self._idle_cond.wait_for(
-                lambda: self._broken is not None or not any(
-                    c.state == "starting" for c in self._capsules.values()),
-                timeout,
-            )
+            self._ready_waiters += 1
+            try:
+                return self._idle_cond.wait_for(
+                    lambda: self._broken is not None or not any(
+                        c.state == "starting" for c in self._capsules.values()),
+                    timeout,
+                )
+            finally:
+                self._ready_waiters -= 1
 
     def statistics(self) -> dict[str, int]:
         with self._lock:
@@ -552,24 +600,50 @@ class CapsulePool(cf.Executor):
         except OSError:
             pass  # it died: the manager sees EOF
 
-    def _finish(self, cap: _Capsule, call: _Call, raw: bytes) -> Any:
+    def _finish(self, cap: _Capsule, fn: Any, raw: Any) -> Any:
         """Decode a reply, give the capsule back, return or raise the result."""
         _, status, payload = pickle.loads(raw)
         with self._lock:
             self._inflight -= 1
-        self._release(cap)
+            fast = not self._backlog and not cap.dedicated
+            if fast:  # nobody waits for a capsule: straight back to idle
+                cap.call = None
+                cap.state = "idle"
+                (self._idle_reserve if cap.reserve else self._idle).append(cap)
+                if self._ready_waiters:
+                    self._idle_cond.notify_all()
+        if not fast:
+            self._release(cap)
         if status == w.OK:
             return payload
-        raise _remote_error(payload, _describe(call.fn))
+        raise _remote_error(payload, _describe(fn))
 
-    def _payload(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event: Any) -> bytes:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
+    def _payload(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
+                 event: Any) -> bytes:
+        """The request frame.  The function goes as its own pickle, cached on
+        both sides (a by-reference pickle of a function costs a module and
+        attribute lookup at each end)."""
         try:
-            return w.frame(w.dumps((0, fn, args, kwargs, event)))
+            fnb = self._fn_cache[fn]
+        except (KeyError, TypeError):
+            if not callable(fn):
+                raise TypeError(f"fn must be callable, got {fn!r}") from None
+            try:
+                fnb = w.dumps(fn)
+            except Exception as exc:
+                raise TypeError(
+                    f"cannot send {_describe(fn)} to a capsule: {exc}") from exc
+            # Only plain functions pickle by reference (a callable object
+            # pickles its state, which may change between calls).
+            if isinstance(fn, _BY_REFERENCE):
+                if len(self._fn_cache) > 256:
+                    self._fn_cache.clear()
+                self._fn_cache[fn] = fnb
+        try:
+            return w.frame(w.dumps((fnb, args, kwargs, event)))
         except Exception as exc:
             raise TypeError(
-                f"cannot send {_describe(fn)} and its arguments to a capsule: {exc}"
+                f"cannot send the arguments of {_describe(fn)} to a capsule: {exc}"
             ) from exc
 
     def _abort_waiting(self, call: _Call) -> None:
@@ -598,7 +672,7 @@ class CapsulePool(cf.Executor):
                 pass
             self._on_exit(cap.pid, _ignore)  # nobody needs its status
 
-    def _lost(self, cap: _Capsule, call: _Call | None) -> None:
+    def _lost(self, cap: _Capsule, call: object) -> None:
         """*cap* died or was killed while running *call*: forget it, replace it."""
         with self._lock:
             if cap.state == "dead":
@@ -668,7 +742,7 @@ class CapsulePool(cf.Executor):
         with self._lock:
             if pid in self._exits:
                 status: int | None = self._exits.pop(pid)
-            elif self._broken and not self._manager.is_alive():
+            elif self._broken and self._manager_done.is_set():
                 status = None
             else:
                 self._exit_waiters.setdefault(pid, []).append(cb)
@@ -753,7 +827,10 @@ class CapsulePool(cf.Executor):
                         if cap is not None:
                             self._capsule_readable(cap)
         finally:
-            self._teardown()
+            try:
+                self._teardown()
+            finally:
+                self._manager_done.set()
 
     def _zygote_readable(self) -> None:
         while True:
@@ -799,7 +876,7 @@ class CapsulePool(cf.Executor):
                 self._lost(cap, None)
                 return
             self._lost(cap, call)
-            if call is not None and call.kind == "thread":
+            if isinstance(call, _Call) and call.kind == "thread":
                 pid, fn, fut = cap.pid, call.fn, call.fut
 
                 def report(status: int | None) -> None:
@@ -833,11 +910,11 @@ class CapsulePool(cf.Executor):
                 continue
             call = cap.call
             self._ep_unregister(cap)
-            if call is None or call.kind != "thread":
+            if not isinstance(call, _Call) or call.kind != "thread":
                 continue
             fut = call.fut
             try:
-                result = self._finish(cap, call, raw)
+                result = self._finish(cap, call.fn, raw)
             except BaseException as exc:
                 if not fut.done():
                     try:
@@ -894,6 +971,70 @@ class CapsulePool(cf.Executor):
 
 def _ignore(status: int | None) -> None:
     pass
+
+
+def _fork_zygote(preload: tuple[str, ...], initializer: Any,
+                 initargs: tuple[Any, ...]) -> tuple[socket.socket, int]:
+    zp, zc = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the zygote
+        try:
+            zp.close()
+            w.zygote_main(zc, preload, initializer, initargs)
+        finally:
+            os._exit(0)
+    zc.close()
+    zp.setblocking(False)
+    return zp, pid
+
+
+def _close_zygote(zp: socket.socket, pid: int) -> None:
+    zp.close()
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+_prestarted: list[tuple[socket.socket, int, tuple[str, ...]]] = []
+_prestart_lock = threading.Lock()
+
+
+def prestart(*, preload: Iterable[str] = ()) -> int:
+    """Fork a capsule zygote now, for the next :class:`CapsulePool` to adopt.
+
+    Call it early (at program start: before threads exist and before a loop
+    runs), so that the template is small and clean, and so that creating the
+    pool later costs no fork of the (by then larger) parent.  A pool adopts a
+    prestarted zygote whose *preload* is the same.  Returns its pid; one not
+    adopted is shut down at interpreter exit.
+    """
+    if isinstance(preload, str):
+        raise TypeError("preload must be an iterable of module names, not a str")
+    mods = tuple(preload)
+    zp, pid = _fork_zygote(mods, None, ())
+    with _prestart_lock:
+        if not _prestarted:
+            atexit.register(_close_prestarted)
+        _prestarted.append((zp, pid, mods))
+    return pid
+
+
+def _adopt_prestarted(preload: tuple[str, ...]) -> tuple[Any, int]:
+    with _prestart_lock:
+        for i, (zp, pid, mods) in enumerate(_prestarted):
+            if mods == preload:
+                del _prestarted[i]
+                return zp, pid
+    return None, 0
+
+
+def _close_prestarted() -> None:
+    with _prestart_lock:
+        left = list(_prestarted)
+        _prestarted.clear()
+    for zp, pid, _ in left:
+        _close_zygote(zp, pid)
 
 
 def _emergency_teardown(zsock: socket.socket, zpid: int, capsules: dict[int, _Capsule]) -> None:

@@ -20,12 +20,12 @@ next occupied slot through a bitmap instead of ticking through empty ones):
   ``tick & 0xFFFF``.  An occupancy bitmap
   (1024 words of 64 bits plus one summary word of 1024 bits) finds the next
   non-empty tick in three steps, however far it is.
-- Timers beyond the ring go to a *far* bucket per epoch (a dict of dicts,
-  with a heap of epoch numbers to find the nearest).  When the wheel enters
-  epoch e, far epoch e+1 moves into the ring, a bounded chunk per call, so
-  that no single call pauses the loop; at least one epoch (33 s) is left for
-  it, and it is finished at once only when it is needed (the loop sleeps
-  until it, or it is about to become due).
+- Timers beyond the ring go to *far* buckets of 64 ticks each (a dict, with
+  a heap of their keys to find the nearest).  When the wheel enters an
+  epoch, the far buckets of the next one move into the ring in time order,
+  about 512 timers per call, so that no single call pauses the loop; they
+  have at least 16 s, and a bucket is moved at once only when it holds
+  timers that are due.
 
 Guarantees (asyncio's): a timer never fires before its time (the bucket is
 only a hint: the exact time is compared); timers due at the same time fire
@@ -53,6 +53,8 @@ __all__ = ["TICKS_PER_SECOND", "AEMTimerHandle", "TimerWheel", "slack_fire_time"
 
 TICKS_PER_SECOND = 1000.0
 _EPOCH_BITS = 15  # ticks per epoch: 32768 (32.8 s)
+_FAR_BITS = 6  # a far bucket spans 64 ticks: compacting one is a short pause
+_FAR_PER_EPOCH = 1 << (_EPOCH_BITS - _FAR_BITS)
 _RING_BITS = _EPOCH_BITS + 1  # the ring holds two epochs
 _RING_MASK = (1 << _RING_BITS) - 1
 _NWORDS = (1 << _RING_BITS) >> 6  # 64-bit occupancy words
@@ -72,7 +74,7 @@ class AEMTimerHandle(events.TimerHandle):
     """
 
     __slots__ = ("_aem_bucket", "_aem_fire", "_aem_idx", "_aem_wheel")
-    _aem_bucket: list[Any] | None  # [tick or ~epoch, live, handles or None...]
+    _aem_bucket: list[Any] | None  # [tick or ~far key, live, handles or None...]
     _aem_fire: float  # when it fires: its time, or later by its slack
     _aem_idx: int  # its index in its bucket
     _aem_wheel: TimerWheel
@@ -133,11 +135,10 @@ class TimerWheel:
         "_cur",
         "_direct",
         "_far",
-        "_far_epochs",
+        "_far_keys",
         "_limit",
-        "_mig_epoch",
-        "_mig_pos",
-        "_migrating",
+        "_mig_end",
+        "_mig_key",
         "_ring",
         "_summary",
         "_words",
@@ -157,14 +158,15 @@ class TimerWheel:
         self._cur = int(clock() * TICKS_PER_SECOND)
         # Ring ticks are < _limit (end of the epoch after _cur's).
         self._limit = ((self._cur >> _EPOCH_BITS) + 2) << _EPOCH_BITS
-        # push() puts ticks below _direct in the ring: _limit, or the start of
-        # the epoch migrating in (its new timers queue behind the old ones).
+        # push() puts ticks below _direct in the ring: _limit, or, while an
+        # epoch migrates in, the start of its first far bucket not moved yet
+        # (new timers there queue behind the old ones).
         self._direct = self._limit
-        self._far: dict[int, list[Any]] = {}  # epoch -> [~epoch, live, handles...]
-        self._far_epochs: list[int] = []  # heap; may hold epochs emptied since
-        self._migrating: list[Any] | None = None  # a far bucket entering the ring
-        self._mig_epoch = -1
-        self._mig_pos = 2  # its next handle to move
+        # far buckets: tick >> _FAR_BITS -> [~key, live, handles...]
+        self._far: dict[int, list[Any]] = {}
+        self._far_keys: list[int] = []  # heap; may hold keys emptied since
+        self._mig_key = -1  # next far key of the migrating epoch, or -1
+        self._mig_end = -1
         self.fired = 0
         self.wakeups = 0  # pop_due calls that fired at least one timer
         self.wakeups_saved = 0
@@ -194,14 +196,11 @@ class TimerWheel:
                     self._summary |= 1 << i
                 self._words[i] = w | (1 << (pos & 63))
         else:
-            epoch = tick >> _EPOCH_BITS
-            if epoch == self._mig_epoch and self._migrating is not None:
-                b = self._migrating
-            else:
-                b = self._far.get(epoch)
-                if b is None:
-                    self._far[epoch] = b = [~epoch, 0]  # negative: a far bucket
-                    heapq.heappush(self._far_epochs, epoch)
+            key = tick >> _FAR_BITS
+            b = self._far.get(key)
+            if b is None:
+                self._far[key] = b = [~key, 0]  # negative: a far bucket
+                heapq.heappush(self._far_keys, key)
         b[1] += 1
         h._aem_idx = len(b)
         b.append(h)
@@ -227,18 +226,16 @@ class TimerWheel:
 
     def _shrink(self, b: list[Any]) -> None:
         """A cancel left bucket *b* empty (drop it) or mostly holes (compact it)."""
-        if b is self._migrating:
-            return  # transient: its holes go when the migration ends
         if b[1]:
             _compact(b)
             return
         tick = b[0]
         if tick >= 0:
             self._drop_slot(tick)
-        elif b is not self._migrating:
-            epoch = ~tick
-            if self._far.get(epoch) is b:
-                del self._far[epoch]  # its number leaves the heap lazily
+        else:
+            key = ~tick
+            if self._far.get(key) is b:
+                del self._far[key]  # its key leaves the heap lazily
 
     def _drop_slot(self, tick: int) -> None:
         pos = tick & _RING_MASK
@@ -273,24 +270,30 @@ class TimerWheel:
         """When the loop must wake up next for its timers, or None."""
         if not self.n:
             return None
-        if self._migrating is not None:
+        if self._mig_key >= 0:
             self._advance_far()
         tick = self._next_tick()
         if tick is None:
-            # Only far timers: wake up when the nearest far epoch begins
+            fire = math.inf
+        else:
+            b = self._ring[tick & _RING_MASK]
+            assert b is not None
+            fire = min([h._aem_fire for h in islice(b, 2, None) if h is not None])
+        if self._mig_key >= 0:
+            # far timers not moved yet are all at or after _direct; an idle
+            # loop also wakes up now and then to move them
+            return min(fire, self._direct / TICKS_PER_SECOND,
+                       self._clock() + _MIGRATE_WAKEUP)
+        if tick is None:
+            # Only far timers: wake up when the nearest far bucket begins
             # (O(1); the exact time is found once it is in the ring).
-            epochs = self._far_epochs
+            keys = self._far_keys
             far = self._far
-            while epochs and epochs[0] not in far:
-                heapq.heappop(epochs)
-            if not epochs:
+            while keys and keys[0] not in far:
+                heapq.heappop(keys)
+            if not keys:
                 return None
-            return max(self._limit, epochs[0] << _EPOCH_BITS) / TICKS_PER_SECOND
-        b = self._ring[tick & _RING_MASK]
-        assert b is not None
-        fire = min([h._aem_fire for h in islice(b, 2, None) if h is not None])
-        if self._migrating is not None:
-            return min(fire, self._clock() + _MIGRATE_WAKEUP)
+            return max(self._limit, keys[0] << _FAR_BITS) / TICKS_PER_SECOND
         return fire
 
     # -- firing ---------------------------------------------------------------------
@@ -300,11 +303,8 @@ class TimerWheel:
         if not self.n:
             return []
         end_tick = int(end * TICKS_PER_SECOND)
-        if self._migrating is not None:
-            if end_tick >= self._mig_epoch << _EPOCH_BITS:
-                self._finish_migration()
-            else:
-                self._advance_far()
+        if self._mig_key >= 0:
+            self._advance_far(end_tick)
         out: list[AEMTimerHandle] = []
         ticks = 0
         ring = self._ring
@@ -359,63 +359,56 @@ class TimerWheel:
     # -- epochs: far buckets enter the ring ----------------------------------------
 
     def _extend(self) -> None:
-        """Add the next epoch to the ring; its far timers start migrating."""
-        if self._migrating is not None:
-            self._finish_migration()
+        """Add the next epoch to the ring; its far buckets start migrating."""
+        if self._mig_key >= 0:
+            self._advance_far(None)  # finish the previous one
         epoch = self._limit >> _EPOCH_BITS
         self._limit += 1 << _EPOCH_BITS
-        self._direct = self._limit
-        b = self._far.pop(epoch, None)
-        if b is not None and b[1]:
-            # Its timers stay cancellable in b while they wait and move in
-            # the order they were scheduled; new timers for that epoch queue
-            # behind them in b, so same-time order holds.
-            self._migrating = b
-            self._mig_epoch = epoch
-            self._mig_pos = 2
-            self._direct = epoch << _EPOCH_BITS
-            if (epoch << _EPOCH_BITS) - self._cur < (1 << _EPOCH_BITS) // 2:
-                self._finish_migration()  # due too soon to spread the work
-
-    def _advance_far(self) -> None:
-        """Move one chunk of the migrating epoch into the ring."""
-        mig = self._migrating
-        assert mig is not None
-        # The ring's next timer must not be later than a waiting far one.
-        nxt = self._next_tick()
-        if nxt is None or nxt >= self._mig_epoch << _EPOCH_BITS:
-            self._finish_migration()
+        # Its far buckets move in time order, a chunk per loop iteration;
+        # until one has moved, new timers for its ticks still go into it.
+        first = epoch * _FAR_PER_EPOCH
+        keys = self._far_keys
+        while keys and keys[0] not in self._far:
+            heapq.heappop(keys)
+        if not keys or keys[0] >= first + _FAR_PER_EPOCH:
+            self._direct = self._limit  # nothing far in that epoch
             return
-        pos = self._mig_pos
-        self._mig_pos = end = pos + _MIGRATE_CHUNK
-        self._move(mig, pos, end)
-        if end >= len(mig):
-            self._end_migration()
+        self._mig_key = max(first, keys[0])
+        self._mig_end = first + _FAR_PER_EPOCH
+        self._direct = self._mig_key << _FAR_BITS
+        if (epoch << _EPOCH_BITS) - self._cur < (1 << _EPOCH_BITS) // 2:
+            self._advance_far(None)  # due too soon to spread the work
 
-    def _finish_migration(self) -> None:
-        mig = self._migrating
-        if mig is not None:
-            self._move(mig, self._mig_pos, len(mig))
-            self._end_migration()
+    def _advance_far(self, end_tick: int | None = -1) -> None:
+        """Move far buckets of the migrating epoch into the ring.
 
-    def _end_migration(self) -> None:
-        self._migrating = None
-        self._mig_epoch = -1
-        self._direct = self._limit
-
-    def _move(self, mig: list[Any], start: int, end: int) -> None:
+        *end_tick* -1: one chunk; a tick: at least every bucket that can hold
+        a timer due by then, then a chunk; None: all of them.
+        """
+        far = self._far
         insert = self._ring_insert
         moved = 0
-        for i in range(start, min(end, len(mig))):
-            h = mig[i]
-            if h is not None:
-                mig[i] = None
-                insert(h)
-                moved += 1
-        mig[1] -= moved
+        key = self._mig_key
+        while key < self._mig_end:
+            start = key << _FAR_BITS
+            if moved >= _MIGRATE_CHUNK and (end_tick is not None and start > end_tick):
+                break
+            b = far.pop(key, None)
+            key += 1
+            if b is not None:
+                for h in islice(b, 2, None):
+                    if h is not None:
+                        insert(h)
+                moved += b[1]
+        if key >= self._mig_end:
+            self._mig_key = self._mig_end = -1
+            self._direct = self._limit
+        else:
+            self._mig_key = key
+            self._direct = key << _FAR_BITS
 
     def clear(self) -> None:
-        for b in [*self._ring, *self._far.values(), self._migrating]:
+        for b in [*self._ring, *self._far.values()]:
             if b is not None:
                 for h in islice(b, 2, None):
                     if h is not None:
@@ -423,8 +416,9 @@ class TimerWheel:
                         h._scheduled = False
         self._ring = [None] * (_RING_MASK + 1)
         self._far.clear()
-        self._far_epochs.clear()
-        self._end_migration()
+        self._far_keys.clear()
+        self._mig_key = self._mig_end = -1
+        self._direct = self._limit
         self._words = [0] * _NWORDS
         self._summary = 0
         self.n = 0
