@@ -390,3 +390,23 @@ async def test_debug_mode_timer_records_source() -> None:
         h.cancel()
     finally:
         loop.set_debug(False)
+
+
+@pytest.mark.conformance
+@pytest.mark.asyncio
+async def test_infinite_deadlines() -> None:
+    """sleep(inf) sleeps until cancelled; call_at(-inf) is due at once."""
+    loop = asyncio.get_running_loop()
+    forever = loop.create_task(asyncio.sleep(math.inf))
+    never = loop.call_later(math.inf, lambda: None)
+    ran = loop.create_future()
+    loop.call_at(-math.inf, ran.set_result, "now")
+    assert await ran == "now"
+    await asyncio.sleep(0.002)
+    assert not forever.done() and not never.cancelled()
+    forever.cancel()
+    never.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await forever
+    if backend_of(loop) != "asyncio":
+        assert loop.statistics().timers_pending == 0

@@ -55,6 +55,7 @@ TICKS_PER_SECOND = 1000.0
 _EPOCH_BITS = 15  # ticks per epoch: 32768 (32.8 s)
 _FAR_BITS = 6  # a far bucket spans 64 ticks: compacting one is a short pause
 _FAR_PER_EPOCH = 1 << (_EPOCH_BITS - _FAR_BITS)
+_NEVER = 1 << 62  # the tick of an infinite deadline
 _RING_BITS = _EPOCH_BITS + 1  # the ring holds two epochs
 _RING_MASK = (1 << _RING_BITS) - 1
 _NWORDS = (1 << _RING_BITS) >> 6  # 64-bit occupancy words
@@ -111,7 +112,7 @@ class AEMTimerHandle(events.TimerHandle):
 
 def slack_fire_time(when: float, slack: float) -> float:
     """When a timer due at *when* with *slack* seconds of slack fires."""
-    if slack < 0.001:
+    if slack < 0.001 or not -math.inf < when < math.inf:
         return when
     g = float(1 << int(math.log2(slack * TICKS_PER_SECOND))) / TICKS_PER_SECOND
     fire = math.ceil(when / g) * g
@@ -181,7 +182,10 @@ class TimerWheel:
         h._aem_fire = fire
         h._aem_wheel = self
         self.n += 1
-        tick = int(fire * TICKS_PER_SECOND)
+        try:
+            tick = int(fire * TICKS_PER_SECOND)
+        except OverflowError:  # call_later(math.inf): sleep forever (or -inf: now)
+            tick = _NEVER if fire > 0 else 0
         if tick < self._direct:
             # (inlined _ring_insert: this is every call_later's path)
             if tick < self._cur:
