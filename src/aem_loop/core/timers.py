@@ -13,8 +13,10 @@ next occupied slot through a bitmap instead of ticking through empty ones):
   time falls in one tick: a list ``[tick, live, h1, h2, ...]`` in the order
   they were scheduled.  Each handle knows its index; cancel puts None there
   (O(1), touches no other timer) and the handle is freed at once; the bucket
-  is dropped when its last timer goes and compacted when holes outnumber
-  timers, so holes cost at most a pointer per live timer.
+  is dropped when its last timer goes, and compacted when a timer is added
+  to it while holes outnumber timers, so holes cost at most a pointer per
+  live timer (plus the holes of a bucket nobody adds to any more: at most
+  one pointer per timer it held).
 - The *ring* (a list of 65536 buckets or None) holds the buckets of the
   current and the next *epoch* (2**15 ticks, about 33 s each), indexed by
   ``tick & 0xFFFF``.  An occupancy bitmap
@@ -101,7 +103,7 @@ class AEMTimerHandle(events.TimerHandle):
                 b[1] = live
                 wheel = self._aem_wheel
                 wheel.n -= 1
-                if not live or len(b) > 2 * live + 16:
+                if not live:
                     wheel._shrink(b)
             self._scheduled = False
             if self._source_traceback is not None:  # made in debug mode
@@ -205,7 +207,13 @@ class TimerWheel:
             if b is None:
                 self._far[key] = b = [~key, 0]  # negative: a far bucket
                 heapq.heappush(self._far_keys, key)
-        b[1] += 1
+        live = b[1] + 1
+        b[1] = live
+        if len(b) > 2 * live + 16:
+            # Holes (cancelled timers) outnumber timers in a bucket that is
+            # still filling: squeeze them out now.  Done on insert, not on
+            # cancel, so cancelling a whole batch never rewrites buckets.
+            _compact(b)
         h._aem_idx = len(b)
         b.append(h)
         h._aem_bucket = b
@@ -229,10 +237,7 @@ class TimerWheel:
         h._aem_bucket = b
 
     def _shrink(self, b: list[Any]) -> None:
-        """A cancel left bucket *b* empty (drop it) or mostly holes (compact it)."""
-        if b[1]:
-            _compact(b)
-            return
+        """A cancel left bucket *b* empty: drop it."""
         tick = b[0]
         if tick >= 0:
             self._drop_slot(tick)
