@@ -24,3 +24,15 @@ def test_vmtable_handoff_example_runs():
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert "read 1048576 bytes in place" in out
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_capsule_workers_example_runs(backend):
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "capsule_workers.py"), backend],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert "8 checksums from capsules" in out
+    assert "accumulated 6" in out
+    assert "exited with status 7" in out
+    assert "no process left" in out

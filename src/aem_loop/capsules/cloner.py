@@ -85,8 +85,10 @@ class ChildProcess:
         return await asyncio.shield(self._done)
 
     def __repr__(self) -> str:
-        state = "running" if not self.done() else (
-            "in its pool" if self.kind != "fork" else w.describe_status(self.status or 0))
+        if self.kind == "fork":
+            state = "running" if not self.done() else w.describe_status(self.status or 0)
+        else:
+            state = "dedicated" if self.kind == "keepalive" else "in its pool"
         return f"<ChildProcess {self.kind} pid={self.pid} {state}>"
 
 
