@@ -210,13 +210,22 @@ async def test_exception_goes_to_handler_and_job_goes_on(coro: bool) -> None:
 async def test_stop_on_error() -> None:
     loop = asyncio.get_running_loop()
     seen: list[dict] = []
-    loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+    reported = loop.create_future()
+
+    def handler(lp: object, ctx: dict) -> None:
+        seen.append(ctx)
+        if not reported.done():
+            reported.set_result(None)
+
+    loop.set_exception_handler(handler)
     try:
         job = _call_every(loop, 0.001, _raise, stop_on_error=True)
-        while not job.cancelled():
-            await asyncio.sleep(0.001)
+        await reported
+        # a later tick would have run by now if the job had not stopped
+        await asyncio.sleep(0.005)
     finally:
         loop.set_exception_handler(None)
+    assert job.cancelled()
     assert job.statistics().runs == 1 and len(seen) == 1
 
 
