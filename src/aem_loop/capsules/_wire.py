@@ -31,6 +31,13 @@ SPAWN = struct.Struct("!cQ")  # b"S", capsule id
 
 OK, ERR, HELLO = 0, 1, 2
 
+# Bytes asked of one recv().  Python allocates that much for every call:
+# above glibc's mmap threshold (128 KiB) each read would map and unmap
+# memory (syscalls and page faults: ~2x the whole round trip of a small call
+# on this VM), so stay below it; big frames take a few reads.
+RECV = 65536
+_RECV = RECV
+
 class EventInfo(NamedTuple):
     """What a child knows of a cloner event that activated it."""
 
@@ -93,7 +100,7 @@ def recv_frame_blocking(sock: socket.socket, reader: Reader, timeout: float | No
             if left <= 0 or not select.select([sock], [], [], left)[0]:
                 raise TimeoutError
         try:
-            data = sock.recv(262144)
+            data = sock.recv(_RECV)
         except (ConnectionResetError, OSError):
             return None
         if not data:
@@ -350,7 +357,7 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
     unpack = HDR.unpack_from
     while True:
         try:
-            data = sock.recv(262144)
+            data = sock.recv(_RECV)
         except OSError:
             return
         if not data:

@@ -276,7 +276,7 @@ class ClonerEvent:
 
         def readable() -> None:
             try:
-                data = os.read(rfd, 262144)
+                data = os.read(rfd, w.RECV)
             except BlockingIOError:
                 return
             frames = reader.feed(data) if data else []

@@ -60,6 +60,7 @@ _BY_REFERENCE = (types.FunctionType, types.BuiltinFunctionType)
 _dumps = pickle.dumps
 _HDR_PACK = w.HDR.pack
 _HDR_UNPACK = w.HDR.unpack_from
+_RECV = w.RECV
 _STATUS_WAIT = 5.0  # seconds to wait for the zygote's report of a death
 
 
@@ -327,7 +328,7 @@ class CapsulePool(cf.Executor):
         try:
             sock.sendall(payload)
             if timeout is None:
-                data = sock.recv(262144)
+                data = sock.recv(_RECV)
                 # one whole reply in one read (the usual case), else reassemble
                 if len(data) > 4 and _HDR_UNPACK(data)[0] == len(data) - 4 and not cap.reader.buf:
                     raw = memoryview(data)[4:]
@@ -389,7 +390,7 @@ class CapsulePool(cf.Executor):
 
         def readable() -> None:
             try:
-                data = cap.sock.recv(262144)  # readable: does not block
+                data = cap.sock.recv(_RECV)  # readable: does not block
             except OSError:
                 data = b""
             if not data:
@@ -864,7 +865,7 @@ class CapsulePool(cf.Executor):
 
     def _capsule_readable(self, cap: _Capsule) -> None:
         try:
-            data = cap.sock.recv(262144)
+            data = cap.sock.recv(_RECV)
         except BlockingIOError:
             return
         except OSError:
