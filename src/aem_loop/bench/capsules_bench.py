@@ -16,7 +16,9 @@ Ways compared:
 - ``fork per call``: ``os.fork()``, the child answers through a pipe and
   exits, the parent reads and reaps it;
 - ``raw socketpair``: the floor, not a pool: 60 bytes (the size of a trivial
-  call's pickle) to a pre-forked process that echoes them, no pickling.
+  call's pickle) to a pre-forked process that echoes them, no pickling
+  (reads of 64 KiB, as the capsules do: Python allocates the whole size per
+  recv, and above glibc's mmap threshold that costs more than the trip).
   This VM's wakeup latency drifts 2-5x over minutes; this row, measured in
   the same run, tells what the machine could do at that moment.
 """
@@ -142,7 +144,7 @@ def measure(kind: str, n: int, n_big: int) -> dict[str, Any]:
         if pid == 0:  # pragma: no cover - child
             a.close()
             while True:
-                d = b.recv(1 << 20)
+                d = b.recv(65536)
                 if not d:
                     os._exit(0)
                 b.sendall(d)
@@ -154,7 +156,7 @@ def measure(kind: str, n: int, n_big: int) -> dict[str, Any]:
                 a.sendall(msg)
                 got = 0
                 while got < len(msg):
-                    got += len(a.recv(1 << 20))
+                    got += len(a.recv(65536))
 
             out["first_result_ms"] = 0.0
             out["trivial"] = _latency(rt, small, n)
