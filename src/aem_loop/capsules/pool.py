@@ -364,23 +364,10 @@ class CapsulePool(cf.Executor):
         call = _Call(self, "loop", fn, payload, prio, loop=loop, event=_event)
         cap = _capsule
         if cap is None:
-            with self._lock:
-                self._check_open()
-                self._inflight += 1
-                cap = self._take(prio)
-                if cap is None:
-                    call.fut = loop.create_future()
-                    self._backlog.append(call)
-            if cap is None:
-                try:
-                    cap = await call.fut
-                except asyncio.CancelledError:
-                    self._abort_waiting(call)
-                    raise
+            cap = await self._acquire(call)
         else:
             with self._lock:
                 self._inflight += 1
-        assert cap is not None
         call.capsule = cap
         cap.call = call
         cap.state = "busy"
@@ -454,22 +441,9 @@ class CapsulePool(cf.Executor):
     async def _dedicate(self, prio: int) -> _Capsule:
         """Take a capsule out of circulation for a KEEPALIVE event; replace it."""
         loop = asyncio.get_running_loop()
+        cap = await self._acquire(_Call(self, "loop", None, b"", prio, loop=loop))
         with self._lock:
-            self._check_open()
-            cap = self._take(prio)
-            if cap is None:
-                self._inflight += 1
-                call = _Call(self, "loop", None, b"", prio, fut=loop.create_future(), loop=loop)
-                self._backlog.append(call)
-        if cap is None:
-            try:
-                cap = await call.fut
-            except asyncio.CancelledError:
-                self._abort_waiting(call)
-                raise
-            with self._lock:
-                self._inflight -= 1
-        with self._lock:
+            self._inflight -= 1  # dedicated: no call of the pool's in flight
             cap.dedicated = True
             cap.state = "idle"
             reserve = cap.reserve
@@ -536,6 +510,24 @@ class CapsulePool(cf.Executor):
             raise RuntimeError("cannot schedule new calls after shutdown()")
         if self._broken:
             raise BrokenCapsulePool(self._broken)
+
+    async def _acquire(self, call: _Call) -> _Capsule:
+        """A capsule for a loop-path *call* (run, KEEPALIVE): an idle one, or
+        the next one given back.  Counted in flight from here on."""
+        with self._lock:
+            self._check_open()
+            self._inflight += 1
+            cap = self._take(call.priority)
+            if cap is None:
+                call.fut = call.loop.create_future()
+                self._backlog.append(call)
+        if cap is None:
+            try:
+                cap = await call.fut
+            except asyncio.CancelledError:
+                self._abort_waiting(call)
+                raise
+        return cap
 
     def _take(self, prio: int) -> _Capsule | None:
         """An idle capsule for a call at *prio* (lock held), or None."""
