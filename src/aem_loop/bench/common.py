@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Callable
 
 # The loops every benchmark compares, in table order.
@@ -61,3 +62,25 @@ def pin(cpu: int) -> None:
     n = os.cpu_count() or 1
     if n >= 2 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu % n})
+
+
+class Flood:
+    """*tasks* tasks that each burn *work* seconds of CPU per step and yield:
+    the low-priority backlog the latency and periodic benchmarks run against."""
+
+    def __init__(self, tasks: int, work: float) -> None:
+        self._stop = False
+        self._work = work
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._burn()) for _ in range(tasks)]
+
+    async def _burn(self) -> None:
+        while not self._stop:
+            end = time.perf_counter() + self._work
+            while time.perf_counter() < end:
+                pass
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        self._stop = True
+        await asyncio.gather(*self._tasks)

@@ -16,13 +16,12 @@ backlog already queued in uvloop runs once (docs/design.md).
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 
 import aem_loop
 
-from .common import loop_factory
+from .common import Flood, loop_factory
 
 PERIOD = 0.002
 WORK = 50e-6
@@ -31,16 +30,7 @@ WARMUP = 0.2
 
 async def _measure(tasks: int, duration: float) -> list[float]:
     loop = asyncio.get_running_loop()
-    stop = False
-
-    async def low() -> None:
-        while not stop:
-            end = time.perf_counter() + WORK
-            while time.perf_counter() < end:
-                pass
-            await asyncio.sleep(0)
-
-    lows = [loop.create_task(low()) for _ in range(tasks)]
+    flood = Flood(tasks, WORK)
     await asyncio.sleep(0.02)  # let the backlog build up
     lateness: list[float] = []
     done = loop.create_future()
@@ -62,8 +52,7 @@ async def _measure(tasks: int, duration: float) -> list[float]:
     with aem_loop.priority(aem_loop.Priority.CRITICAL):
         loop.call_at(start, probe)
     await done
-    stop = True
-    await asyncio.gather(*lows)
+    await flood.stop()
     return lateness
 
 

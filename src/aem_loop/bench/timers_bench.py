@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import loop_factory
+from .common import Flood, loop_factory
 
 
 def _noop() -> None:
@@ -166,16 +166,7 @@ WORK = 50e-6
 
 async def _periodic(tasks: int, duration: float, aem: bool) -> dict[str, float]:
     loop = asyncio.get_running_loop()
-    stop = False
-
-    async def low() -> None:
-        while not stop:
-            end = time.perf_counter() + WORK
-            while time.perf_counter() < end:
-                pass
-            await asyncio.sleep(0)
-
-    lows = [loop.create_task(low()) for _ in range(tasks)]
+    flood = Flood(tasks, WORK)
     await asyncio.sleep(0.05)  # the backlog builds up
     late: list[float] = []
     if aem:
@@ -206,8 +197,7 @@ async def _periodic(tasks: int, duration: float, aem: bool) -> dict[str, float]:
             if now >= t_end:
                 break
         missed = 0
-    stop = True
-    await asyncio.gather(*lows)
+    await flood.stop()
     out = _pct(late)
     out["runs"] = runs
     out["missed"] = missed
