@@ -2,15 +2,9 @@
 
 from ._wire import SERVED_EVENTS
 from .cloner import ChildProcess, ClonerEvent, EventFlags, EventInfo
-from .pool import (
-    BrokenCapsulePool,
-    CapsuleDied,
-    CapsuleError,
-    CapsuleFuture,
-    CapsulePool,
-    RemoteTraceback,
-    prestart,
-)
+from .errors import BrokenCapsulePool, CapsuleDied, CapsuleError, RemoteTraceback
+from .pool import CapsuleFuture, CapsulePool
+from .zygote import prestart
 
 
 def current_events() -> list[object]:

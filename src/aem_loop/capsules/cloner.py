@@ -37,7 +37,8 @@ from typing import Any
 
 from ..core.priority import check_priority, current_priority, priority
 from . import _wire as w
-from .pool import CapsuleDied, CapsulePool, _remote_error
+from .errors import CapsuleDied, remote_error
+from .pool import CapsulePool
 
 __all__ = ["ChildProcess", "ClonerEvent", "EventFlags", "EventInfo"]
 
@@ -307,7 +308,7 @@ class ClonerEvent:
         _, ok, payload = pickle.loads(raw)
         if ok == w.OK:
             return payload
-        raise _remote_error(payload, self.info.name)
+        raise remote_error(payload, self.info.name)
 
 
 def _child_body(handler: Callable[..., Any], args: tuple[Any, ...], info: Any, wfd: int,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import atexit
 import collections
 import concurrent.futures as cf
 import itertools
@@ -42,16 +41,11 @@ from typing import Any
 
 from ..core.priority import PRIORITY_VAR, Priority, check_priority, current_priority
 from . import _wire as w
+from .errors import BrokenCapsulePool, CapsuleDied, describe, remote_error
+from .manager import SYNC, Call, Capsule, ManagerThread
+from .zygote import adopt_prestarted, close_zygote, fork_zygote
 
-__all__ = [
-    "BrokenCapsulePool",
-    "CapsuleDied",
-    "CapsuleError",
-    "CapsuleFuture",
-    "CapsulePool",
-    "RemoteTraceback",
-    "prestart",
-]
+__all__ = ["CapsuleFuture", "CapsulePool"]
 
 _CRITICAL = int(Priority.CRITICAL)
 _NORMAL = int(Priority.NORMAL)
@@ -64,61 +58,10 @@ _RECV = w.RECV
 _STATUS_WAIT = 5.0  # seconds to wait for the zygote's report of a death
 
 
-class CapsuleError(Exception):
-    """Base class of the pool's errors."""
-
-
-class CapsuleDied(CapsuleError):
-    """The capsule running a call died before it answered.
-
-    ``pid``: the capsule's process id; ``status``: its raw wait status (None
-    if the zygote could not report it); ``exitcode`` / ``signal``: decoded.
-    """
-
-    def __init__(self, pid: int, status: int | None, what: str) -> None:
-        self.pid = pid
-        self.status = status
-        self.exitcode: int | None = None
-        self.signal: int | None = None
-        if status is not None:
-            if os.WIFEXITED(status):
-                self.exitcode = os.WEXITSTATUS(status)
-            elif os.WIFSIGNALED(status):
-                self.signal = os.WTERMSIG(status)
-        how = w.describe_status(status) if status is not None else "died (status unknown)"
-        super().__init__(f"capsule {pid} {how} while running {what}")
-
-
-class BrokenCapsulePool(CapsuleError, cf.BrokenExecutor):
-    """The pool cannot run calls: shut down, its zygote died, or its initializer failed."""
-
-
-class RemoteTraceback(Exception):
-    """The traceback text of an exception raised in a capsule (its ``__cause__``)."""
-
-    def __init__(self, tb: str) -> None:
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
-def _remote_error(payload: tuple[Any, str, str], what: str) -> BaseException:
-    exc, tb, text = payload
-    if exc is None:  # the exception itself could not be pickled
-        exc = CapsuleError(f"{what} raised {text} (not picklable)")
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
-    return exc  # type: ignore[no-any-return]
-
-
-def _describe(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
-
-
 class CapsuleFuture(cf.Future):  # type: ignore[type-arg]
     """A submit() future; ``cancel()`` also stops a running call (the capsule is killed)."""
 
-    _aem_call: _Call | None = None
+    _aem_call: Call | None = None
 
     def cancel(self) -> bool:
         call = self._aem_call
@@ -131,42 +74,10 @@ class CapsuleFuture(cf.Future):  # type: ignore[type-arg]
         return super().cancel()
 
 
-class _Capsule:
-    __slots__ = ("call", "dedicated", "fd", "id", "pid", "reader", "reserve", "sock", "state")
-
-    def __init__(self, cid: int, sock: socket.socket, reserve: bool) -> None:
-        self.id = cid
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.pid = 0
-        self.reader = w.Reader()
-        self.state = "starting"  # idle, busy, dead
-        self.call: Any = None  # a _Call, _SYNC, or None
-        self.reserve = reserve
-        self.dedicated = False
-
-
-class _Call:
-    __slots__ = ("capsule", "event", "fn", "fut", "kind", "loop", "payload", "pool", "priority")
-
-    def __init__(self, pool: CapsulePool, kind: str, fn: Any, payload: bytes, priority: int,
-                 fut: Any = None, loop: Any = None, event: Any = None) -> None:
-        self.pool = pool
-        self.kind = kind  # "thread" (submit), "loop" (run), "sync" (call)
-        self.fn = fn
-        self.payload = payload
-        self.priority = priority
-        self.fut = fut
-        self.loop = loop
-        self.capsule: _Capsule | None = None
-        self.event = event
-
-
 _ids = itertools.count(1)
-_SYNC = object()  # cap.call while pool.call() runs on it (the caller reads)
 
 
-class CapsulePool(cf.Executor):
+class CapsulePool(ManagerThread, cf.Executor):
     """A pool of pre-started worker processes; a :class:`concurrent.futures.Executor`.
 
     - *size*: capsules available to any call (default: CPU count).
@@ -207,12 +118,12 @@ class CapsulePool(cf.Executor):
         self.size = size
         self.reserve = reserve
         self._lock = threading.RLock()
-        self._idle: collections.deque[_Capsule] = collections.deque()
-        self._idle_reserve: collections.deque[_Capsule] = collections.deque()
-        self._backlog: collections.deque[_Call] = collections.deque()
-        self._capsules: dict[int, _Capsule] = {}  # id -> capsule
-        self._by_pid: dict[int, _Capsule] = {}
-        self._by_fd: dict[int, _Capsule] = {}
+        self._idle: collections.deque[Capsule] = collections.deque()
+        self._idle_reserve: collections.deque[Capsule] = collections.deque()
+        self._backlog: collections.deque[Call] = collections.deque()
+        self._capsules: dict[int, Capsule] = {}  # id -> capsule
+        self._by_pid: dict[int, Capsule] = {}
+        self._by_fd: dict[int, Capsule] = {}
         self._exits: dict[int, int] = {}  # pid -> wait status (reported, not yet used)
         self._exit_waiters: dict[int, list[Callable[[int | None], None]]] = {}
         self._inflight = 0
@@ -225,17 +136,17 @@ class CapsulePool(cf.Executor):
         self.died = 0
         # The zygote: one forked early by prestart() with the same preload,
         # or forked now, before this pool starts its thread.
-        zp, pid = _adopt_prestarted(preload)
+        zp, pid = adopt_prestarted(preload)
         if zp is not None and initializer is not None:
             try:
                 zp.send(b"I" + w.dumps((initializer, initargs)))
             except Exception as exc:
-                _close_zygote(zp, pid)
+                close_zygote(zp, pid)
                 raise TypeError(
                     f"initializer must be picklable to reach a prestarted zygote: {exc}"
                 ) from exc
         if zp is None:
-            zp, pid = _fork_zygote(preload, initializer, initargs)
+            zp, pid = fork_zygote(preload, initializer, initargs)
         self._zsock = zp
         self._zpid = pid
         self._zlock = threading.Lock()
@@ -262,7 +173,7 @@ class CapsulePool(cf.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> CapsuleFuture:
         """Run ``fn(*args, **kwargs)`` in a capsule; a :class:`CapsuleFuture`."""
         fut = CapsuleFuture()
-        call = _Call(self, "thread", fn, b"", current_priority(), fut=fut)
+        call = Call(self, "thread", fn, b"", current_priority(), fut=fut)
         fut._aem_call = call
         try:
             call.payload = self._payload(fn, args, kwargs, None)
@@ -311,7 +222,7 @@ class CapsulePool(cf.Executor):
                         left = None if deadline is None else deadline - time.monotonic()
                         if left is not None and left <= 0:
                             raise TimeoutError(
-                                f"{_describe(fn)} did not get a capsule in {timeout} s")
+                                f"{describe(fn)} did not get a capsule in {timeout} s")
                         self._idle_cond.wait(left)
                         self._check_open()
                         if not self._backlog:
@@ -321,7 +232,7 @@ class CapsulePool(cf.Executor):
                 if deadline is not None:
                     timeout = max(0.0, deadline - time.monotonic())
             self._inflight += 1
-            cap.call = _SYNC
+            cap.call = SYNC
             cap.state = "busy"
         sock = cap.sock
         raw: Any
@@ -340,19 +251,19 @@ class CapsulePool(cf.Executor):
                 raw = w.recv_frame_blocking(sock, cap.reader, timeout)
         except TimeoutError:
             self._kill(cap)
-            self._lost(cap, _SYNC)
-            raise TimeoutError(f"{_describe(fn)} did not finish in {timeout} s") from None
+            self._lost(cap, SYNC)
+            raise TimeoutError(f"{describe(fn)} did not finish in {timeout} s") from None
         except OSError:
             raw = None
         if raw is None:
-            self._lost(cap, _SYNC)
-            raise CapsuleDied(cap.pid, self._wait_status(cap.pid), _describe(fn))
+            self._lost(cap, SYNC)
+            raise CapsuleDied(cap.pid, self._wait_status(cap.pid), describe(fn))
         return self._finish(cap, fn, raw)
 
     async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
                   priority: int | None = None, _event: Any = None,
-                  _capsule: _Capsule | None = None,
-                  _on_capsule: Callable[[_Capsule], None] | None = None) -> Any:
+                  _capsule: Capsule | None = None,
+                  _on_capsule: Callable[[Capsule], None] | None = None) -> Any:
         """``await pool.run(fn, *args)``: run ``fn(*args)`` in a capsule.
 
         The running loop reads the reply (no helper thread).  Cancelling the
@@ -361,7 +272,7 @@ class CapsulePool(cf.Executor):
         loop = asyncio.get_running_loop()
         prio = current_priority() if priority is None else check_priority(priority)
         payload = self._payload(fn, args, None, _event)
-        call = _Call(self, "loop", fn, payload, prio, loop=loop, event=_event)
+        call = Call(self, "loop", fn, payload, prio, loop=loop, event=_event)
         cap = _capsule
         if cap is None:
             cap = await self._acquire(call)
@@ -410,14 +321,14 @@ class CapsulePool(cf.Executor):
             self._kill(cap)
             self._lost(cap, call)
             if isinstance(exc, TimeoutError):
-                raise TimeoutError(f"{_describe(fn)} did not finish in {timeout} s") from None
+                raise TimeoutError(f"{describe(fn)} did not finish in {timeout} s") from None
             raise
         except OSError:
             raw = None
         if raw is None:
             self._lost(cap, call)
             status = await self._await_status(loop, cap.pid)
-            raise CapsuleDied(cap.pid, status, _describe(fn))
+            raise CapsuleDied(cap.pid, status, describe(fn))
         return self._finish(cap, fn, raw)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -438,10 +349,10 @@ class CapsulePool(cf.Executor):
         if wait and threading.get_ident() != self._manager_ident:
             self._manager_done.wait()
 
-    async def _dedicate(self, prio: int) -> _Capsule:
+    async def _dedicate(self, prio: int) -> Capsule:
         """Take a capsule out of circulation for a KEEPALIVE event; replace it."""
         loop = asyncio.get_running_loop()
-        cap = await self._acquire(_Call(self, "loop", None, b"", prio, loop=loop))
+        cap = await self._acquire(Call(self, "loop", None, b"", prio, loop=loop))
         with self._lock:
             self._inflight -= 1  # dedicated: no call of the pool's in flight
             cap.dedicated = True
@@ -451,7 +362,7 @@ class CapsulePool(cf.Executor):
         self._spawn(reserve=reserve)  # the pool keeps its size
         return cap
 
-    def _retire(self, cap: _Capsule) -> None:
+    def _retire(self, cap: Capsule) -> None:
         """A dedicated capsule is let go: it exits (EOF) and the zygote reaps it."""
         with self._lock:
             if cap.state == "dead":
@@ -511,7 +422,7 @@ class CapsulePool(cf.Executor):
         if self._broken:
             raise BrokenCapsulePool(self._broken)
 
-    async def _acquire(self, call: _Call) -> _Capsule:
+    async def _acquire(self, call: Call) -> Capsule:
         """A capsule for a loop-path *call* (run, KEEPALIVE): an idle one, or
         the next one given back.  Counted in flight from here on."""
         with self._lock:
@@ -529,7 +440,7 @@ class CapsulePool(cf.Executor):
                 raise
         return cap
 
-    def _take(self, prio: int) -> _Capsule | None:
+    def _take(self, prio: int) -> Capsule | None:
         """An idle capsule for a call at *prio* (lock held), or None."""
         if self._idle:
             return self._idle.popleft()
@@ -537,7 +448,7 @@ class CapsulePool(cf.Executor):
             return self._idle_reserve.popleft()
         return None
 
-    def _release(self, cap: _Capsule) -> None:
+    def _release(self, cap: Capsule) -> None:
         """*cap* is free again: the next waiting call that may use it gets it."""
         nxt = None
         with self._lock:
@@ -558,7 +469,7 @@ class CapsulePool(cf.Executor):
             cap.state = "busy"
         self._dispatch(cap, nxt)
 
-    def _dispatch(self, cap: _Capsule, call: _Call) -> None:
+    def _dispatch(self, cap: Capsule, call: Call) -> None:
         if call.kind == "loop":  # the waiting coroutine sends it itself
             loop = call.loop
 
@@ -593,7 +504,7 @@ class CapsulePool(cf.Executor):
         except OSError:
             pass  # it died: the manager sees EOF
 
-    def _finish(self, cap: _Capsule, fn: Any, raw: Any) -> Any:
+    def _finish(self, cap: Capsule, fn: Any, raw: Any) -> Any:
         """Decode a reply, give the capsule back, return or raise the result."""
         _, status, payload = pickle.loads(raw)
         with self._lock:
@@ -609,7 +520,7 @@ class CapsulePool(cf.Executor):
             self._release(cap)
         if status == w.OK:
             return payload
-        raise _remote_error(payload, _describe(fn))
+        raise remote_error(payload, describe(fn))
 
     def _payload(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
                  event: Any) -> bytes:
@@ -625,7 +536,7 @@ class CapsulePool(cf.Executor):
                 fnb = w.dumps(fn)
             except Exception as exc:
                 raise TypeError(
-                    f"cannot send {_describe(fn)} to a capsule: {exc}") from exc
+                    f"cannot send {describe(fn)} to a capsule: {exc}") from exc
             # Only plain functions pickle by reference (a callable object
             # pickles its state, which may change between calls).
             if isinstance(fn, _BY_REFERENCE):
@@ -636,10 +547,10 @@ class CapsulePool(cf.Executor):
             return w.frame(w.dumps((fnb, args, kwargs, event)))
         except Exception as exc:
             raise TypeError(
-                f"cannot send the arguments of {_describe(fn)} to a capsule: {exc}"
+                f"cannot send the arguments of {describe(fn)} to a capsule: {exc}"
             ) from exc
 
-    def _abort_waiting(self, call: _Call) -> None:
+    def _abort_waiting(self, call: Call) -> None:
         """A run() call was cancelled while it waited for a capsule."""
         with self._lock:
             try:
@@ -648,7 +559,7 @@ class CapsulePool(cf.Executor):
                 return  # a capsule was handed over meanwhile: hand() gives it back
             self._inflight -= 1
 
-    def _abort(self, call: _Call) -> None:
+    def _abort(self, call: Call) -> None:
         """Stop a running submit() call: kill its capsule (CapsuleFuture.cancel)."""
         cap = call.capsule
         if cap is not None and cap.call is call:
@@ -657,7 +568,7 @@ class CapsulePool(cf.Executor):
 
     # -- deaths and replacements --------------------------------------------------------
 
-    def _kill(self, cap: _Capsule) -> None:
+    def _kill(self, cap: Capsule) -> None:
         if cap.pid:
             try:
                 os.kill(cap.pid, signal.SIGKILL)
@@ -665,7 +576,7 @@ class CapsulePool(cf.Executor):
                 pass
             self._on_exit(cap.pid, _ignore)  # nobody needs its status
 
-    def _lost(self, cap: _Capsule, call: object) -> None:
+    def _lost(self, cap: Capsule, call: object) -> None:
         """*cap* died or was killed while running *call*: forget it, replace it."""
         with self._lock:
             if cap.state == "dead":
@@ -682,7 +593,7 @@ class CapsulePool(cf.Executor):
             self._spawn(reserve=cap.reserve)
         self._wake()
 
-    def _forget(self, cap: _Capsule) -> None:
+    def _forget(self, cap: Capsule) -> None:
         self._capsules.pop(cap.id, None)
         self._by_fd.pop(cap.fd, None)
         try:
@@ -744,7 +655,7 @@ class CapsulePool(cf.Executor):
 
     def _spawn(self, *, reserve: bool) -> None:
         a, b = socket.socketpair()
-        cap = _Capsule(next(_ids), a, reserve)
+        cap = Capsule(next(_ids), a, reserve)
         with self._lock:
             self._capsules[cap.id] = cap
             self._by_fd[cap.fd] = cap
@@ -769,7 +680,7 @@ class CapsulePool(cf.Executor):
         for call in backlog:
             self._fail(call, BrokenCapsulePool(why))
 
-    def _fail(self, call: _Call, exc: BaseException) -> None:
+    def _fail(self, call: Call, exc: BaseException) -> None:
         with self._lock:
             self._inflight -= 1
         if call.kind == "loop":
@@ -788,249 +699,12 @@ class CapsulePool(cf.Executor):
             except (cf.InvalidStateError, RuntimeError):
                 pass
 
-    # -- the manager thread ------------------------------------------------------------
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
-
-    def _manage(self) -> None:
-        zfd = self._zsock.fileno()
-        try:
-            while True:
-                with self._lock:
-                    if self._closing and self._inflight <= 0:
-                        break
-                try:
-                    events = self._ep.poll(1.0)
-                except InterruptedError:
-                    continue
-                for fd, _ in events:
-                    if fd == zfd:
-                        self._zygote_readable()
-                    elif fd == self._wake_r:
-                        try:
-                            os.read(self._wake_r, 4096)
-                        except BlockingIOError:
-                            pass
-                    else:
-                        cap = self._by_fd.get(fd)
-                        if cap is not None:
-                            self._capsule_readable(cap)
-        finally:
-            try:
-                self._teardown()
-            finally:
-                self._manager_done.set()
-
-    def _zygote_readable(self) -> None:
-        while True:
-            try:
-                msg = self._zsock.recv(64)
-            except BlockingIOError:
-                return
-            except OSError:
-                msg = b""
-            if not msg:
-                try:
-                    self._ep.unregister(self._zsock.fileno())
-                except (OSError, ValueError):
-                    pass
-                self._set_broken("the pool's zygote died")
-                self._flush_exit_waiters()
-                return
-            _, pid, status = w.EXIT.unpack(msg)
-            with self._lock:
-                waiters = self._exit_waiters.pop(pid, None)
-                if waiters is None:
-                    self._exits[pid] = status
-                cap = self._by_pid.pop(pid, None)
-            for cb in waiters or ():
-                cb(status)
-            if cap is not None and cap.state in ("idle", "starting"):
-                # died with no call in it: forget and replace it
-                with self._lock:
-                    self._exits.pop(pid, None)
-                self._lost(cap, None)
-
-    def _capsule_readable(self, cap: _Capsule) -> None:
-        try:
-            data = cap.sock.recv(_RECV)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            call = cap.call
-            self._ep_unregister(cap)
-            if cap.state == "starting":
-                self._lost(cap, None)
-                return
-            self._lost(cap, call)
-            if isinstance(call, _Call) and call.kind == "thread":
-                pid, fn, fut = cap.pid, call.fn, call.fut
-
-                def report(status: int | None) -> None:
-                    if not fut.done():
-                        try:
-                            fut.set_exception(CapsuleDied(pid, status, _describe(fn)))
-                        except cf.InvalidStateError:
-                            pass
-
-                self._on_exit(pid, report)
-            return
-        for raw in cap.reader.feed(data):
-            if cap.state == "starting":
-                _, status, payload = pickle.loads(raw)
-                if status == w.HELLO:
-                    with self._lock:
-                        cap.pid = payload
-                        self._by_pid[payload] = cap
-                        gone = self._exits.pop(payload, None) is not None
-                    self._ep_unregister(cap)
-                    if gone:
-                        self._lost(cap, None)
-                    else:
-                        self._release(cap)
-                else:  # the initializer raised
-                    self._ep_unregister(cap)
-                    self._set_broken(
-                        "a capsule's initializer raised:\n" + payload[1]
-                    )
-                    self._lost(cap, None)
-                continue
-            call = cap.call
-            self._ep_unregister(cap)
-            if not isinstance(call, _Call) or call.kind != "thread":
-                continue
-            fut = call.fut
-            try:
-                result = self._finish(cap, call.fn, raw)
-            except BaseException as exc:
-                if not fut.done():
-                    try:
-                        fut.set_exception(exc)
-                    except cf.InvalidStateError:
-                        pass
-            else:
-                if not fut.done():
-                    try:
-                        fut.set_result(result)
-                    except cf.InvalidStateError:
-                        pass
-
-    def _ep_unregister(self, cap: _Capsule) -> None:
-        try:
-            self._ep.unregister(cap.fd)
-        except (OSError, ValueError):
-            pass
-
-    def _flush_exit_waiters(self) -> None:
-        with self._lock:
-            waiters = self._exit_waiters
-            self._exit_waiters = {}
-        for cbs in waiters.values():
-            for cb in cbs:
-                cb(None)
-
-    def _teardown(self) -> None:
-        """Close every capsule and the zygote; reap the zygote (it reaps the rest)."""
-        with self._lock:
-            caps = list(self._capsules.values())
-            self._capsules.clear()
-            self._idle.clear()
-            self._idle_reserve.clear()
-            self._broken = self._broken or "the pool was shut down"
-            backlog = list(self._backlog)
-            self._backlog.clear()
-        for call in backlog:
-            self._fail(call, BrokenCapsulePool("the pool was shut down"))
-        for cap in caps:
-            cap.state = "dead"
-            cap.sock.close()
-        self._zsock.close()  # EOF: the zygote stops its children and exits
-        try:
-            os.waitpid(self._zpid, 0)
-        except ChildProcessError:
-            pass
-        self._flush_exit_waiters()
-        self._ep.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        self._finalizer.detach()
-
 
 def _ignore(status: int | None) -> None:
     pass
 
 
-def _fork_zygote(preload: tuple[str, ...], initializer: Any,
-                 initargs: tuple[Any, ...]) -> tuple[socket.socket, int]:
-    zp, zc = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the zygote
-        try:
-            zp.close()
-            w.zygote_main(zc, preload, initializer, initargs)
-        finally:
-            os._exit(0)
-    zc.close()
-    zp.setblocking(False)
-    return zp, pid
-
-
-def _close_zygote(zp: socket.socket, pid: int) -> None:
-    zp.close()
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-
-
-_prestarted: list[tuple[socket.socket, int, tuple[str, ...]]] = []
-_prestart_lock = threading.Lock()
-
-
-def prestart(*, preload: Iterable[str] = ()) -> int:
-    """Fork a capsule zygote now, for the next :class:`CapsulePool` to adopt.
-
-    Call it early (at program start: before threads exist and before a loop
-    runs), so that the template is small and clean, and so that creating the
-    pool later costs no fork of the (by then larger) parent.  A pool adopts a
-    prestarted zygote whose *preload* is the same.  Returns its pid; one not
-    adopted is shut down at interpreter exit.
-    """
-    if isinstance(preload, str):
-        raise TypeError("preload must be an iterable of module names, not a str")
-    mods = tuple(preload)
-    zp, pid = _fork_zygote(mods, None, ())
-    with _prestart_lock:
-        if not _prestarted:
-            atexit.register(_close_prestarted)
-        _prestarted.append((zp, pid, mods))
-    return pid
-
-
-def _adopt_prestarted(preload: tuple[str, ...]) -> tuple[Any, int]:
-    with _prestart_lock:
-        for i, (zp, pid, mods) in enumerate(_prestarted):
-            if mods == preload:
-                del _prestarted[i]
-                return zp, pid
-    return None, 0
-
-
-def _close_prestarted() -> None:
-    with _prestart_lock:
-        left = list(_prestarted)
-        _prestarted.clear()
-    for zp, pid, _ in left:
-        _close_zygote(zp, pid)
-
-
-def _emergency_teardown(zsock: socket.socket, zpid: int, capsules: dict[int, _Capsule]) -> None:
+def _emergency_teardown(zsock: socket.socket, zpid: int, capsules: dict[int, Capsule]) -> None:
     """The pool was garbage collected or the interpreter exits unshut: no orphans."""
     for cap in list(capsules.values()):
         try:

@@ -1,0 +1,236 @@
+"""The pool's manager thread, and the records it shares with the pool.
+
+One thread per pool reads what no caller reads itself: the zygote's exit
+reports (every capsule's wait status), the HELLO of starting capsules, the
+replies of submit() calls; it starts replacements and notices capsules that
+die while idle; at the end it tears everything down.  CapsulePool mixes it in.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import pickle
+import socket
+from typing import TYPE_CHECKING, Any
+
+from . import _wire as w
+from .errors import BrokenCapsulePool, CapsuleDied, describe
+
+if TYPE_CHECKING:
+    from .pool import CapsulePool
+
+__all__ = ["SYNC", "Call", "Capsule", "ManagerThread"]
+
+_RECV = w.RECV
+SYNC = object()  # cap.call while pool.call() runs on it (the caller reads)
+
+
+class Capsule:
+    __slots__ = ("call", "dedicated", "fd", "id", "pid", "reader", "reserve", "sock", "state")
+
+    def __init__(self, cid: int, sock: socket.socket, reserve: bool) -> None:
+        self.id = cid
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pid = 0
+        self.reader = w.Reader()
+        self.state = "starting"  # idle, busy, dead
+        self.call: Any = None  # a Call, SYNC, or None
+        self.reserve = reserve
+        self.dedicated = False
+
+
+class Call:
+    __slots__ = ("capsule", "event", "fn", "fut", "kind", "loop", "payload", "pool", "priority")
+
+    def __init__(self, pool: CapsulePool, kind: str, fn: Any, payload: bytes, priority: int,
+                 fut: Any = None, loop: Any = None, event: Any = None) -> None:
+        self.pool = pool
+        self.kind = kind  # "thread" (submit), "loop" (run), "sync" (call)
+        self.fn = fn
+        self.payload = payload
+        self.priority = priority
+        self.fut = fut
+        self.loop = loop
+        self.capsule: Capsule | None = None
+        self.event = event
+
+
+class ManagerThread:
+    """The methods of CapsulePool that run on its manager thread.
+
+    A mixin: the state it uses is CapsulePool's (see CapsulePool.__init__);
+    mypy is told so in pyproject.toml.
+    """
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _manage(self) -> None:
+        zfd = self._zsock.fileno()
+        try:
+            while True:
+                with self._lock:
+                    if self._closing and self._inflight <= 0:
+                        break
+                try:
+                    events = self._ep.poll(1.0)
+                except InterruptedError:
+                    continue
+                for fd, _ in events:
+                    if fd == zfd:
+                        self._zygote_readable()
+                    elif fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        cap = self._by_fd.get(fd)
+                        if cap is not None:
+                            self._capsule_readable(cap)
+        finally:
+            try:
+                self._teardown()
+            finally:
+                self._manager_done.set()
+
+    def _zygote_readable(self) -> None:
+        while True:
+            try:
+                msg = self._zsock.recv(64)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg = b""
+            if not msg:
+                try:
+                    self._ep.unregister(self._zsock.fileno())
+                except (OSError, ValueError):
+                    pass
+                self._set_broken("the pool's zygote died")
+                self._flush_exit_waiters()
+                return
+            _, pid, status = w.EXIT.unpack(msg)
+            with self._lock:
+                waiters = self._exit_waiters.pop(pid, None)
+                if waiters is None:
+                    self._exits[pid] = status
+                cap = self._by_pid.pop(pid, None)
+            for cb in waiters or ():
+                cb(status)
+            if cap is not None and cap.state in ("idle", "starting"):
+                # died with no call in it: forget and replace it
+                with self._lock:
+                    self._exits.pop(pid, None)
+                self._lost(cap, None)
+
+    def _capsule_readable(self, cap: Capsule) -> None:
+        try:
+            data = cap.sock.recv(_RECV)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            call = cap.call
+            self._ep_unregister(cap)
+            if cap.state == "starting":
+                self._lost(cap, None)
+                return
+            self._lost(cap, call)
+            if isinstance(call, Call) and call.kind == "thread":
+                pid, fn, fut = cap.pid, call.fn, call.fut
+
+                def report(status: int | None) -> None:
+                    if not fut.done():
+                        try:
+                            fut.set_exception(CapsuleDied(pid, status, describe(fn)))
+                        except cf.InvalidStateError:
+                            pass
+
+                self._on_exit(pid, report)
+            return
+        for raw in cap.reader.feed(data):
+            if cap.state == "starting":
+                _, status, payload = pickle.loads(raw)
+                if status == w.HELLO:
+                    with self._lock:
+                        cap.pid = payload
+                        self._by_pid[payload] = cap
+                        gone = self._exits.pop(payload, None) is not None
+                    self._ep_unregister(cap)
+                    if gone:
+                        self._lost(cap, None)
+                    else:
+                        self._release(cap)
+                else:  # the initializer raised
+                    self._ep_unregister(cap)
+                    self._set_broken(
+                        "a capsule's initializer raised:\n" + payload[1]
+                    )
+                    self._lost(cap, None)
+                continue
+            call = cap.call
+            self._ep_unregister(cap)
+            if not isinstance(call, Call) or call.kind != "thread":
+                continue
+            fut = call.fut
+            try:
+                result = self._finish(cap, call.fn, raw)
+            except BaseException as exc:
+                if not fut.done():
+                    try:
+                        fut.set_exception(exc)
+                    except cf.InvalidStateError:
+                        pass
+            else:
+                if not fut.done():
+                    try:
+                        fut.set_result(result)
+                    except cf.InvalidStateError:
+                        pass
+
+    def _ep_unregister(self, cap: Capsule) -> None:
+        try:
+            self._ep.unregister(cap.fd)
+        except (OSError, ValueError):
+            pass
+
+    def _flush_exit_waiters(self) -> None:
+        with self._lock:
+            waiters = self._exit_waiters
+            self._exit_waiters = {}
+        for cbs in waiters.values():
+            for cb in cbs:
+                cb(None)
+
+    def _teardown(self) -> None:
+        """Close every capsule and the zygote; reap the zygote (it reaps the rest)."""
+        with self._lock:
+            caps = list(self._capsules.values())
+            self._capsules.clear()
+            self._idle.clear()
+            self._idle_reserve.clear()
+            self._broken = self._broken or "the pool was shut down"
+            backlog = list(self._backlog)
+            self._backlog.clear()
+        for call in backlog:
+            self._fail(call, BrokenCapsulePool("the pool was shut down"))
+        for cap in caps:
+            cap.state = "dead"
+            cap.sock.close()
+        self._zsock.close()  # EOF: the zygote stops its children and exits
+        try:
+            os.waitpid(self._zpid, 0)
+        except ChildProcessError:
+            pass
+        self._flush_exit_waiters()
+        self._ep.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._finalizer.detach()
