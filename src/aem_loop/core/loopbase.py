@@ -31,6 +31,22 @@ _FAST_HANDLES = set(events.Handle.__slots__) | set(events.TimerHandle.__slots__)
 
 __all__ = ["LOOP_OPTIONS", "AEMLoopMixin", "make_scheduler"]
 
+
+def _fast_timer(loop: Any, when: float, callback: Any, args: tuple[Any, ...],
+                context: contextvars.Context | None) -> Any:
+    """An AEMTimerHandle with every slot set, without TimerHandle.__init__."""
+    h: Any = _new_handle(AEMTimerHandle)
+    h._callback = callback
+    h._args = args
+    h._cancelled = False
+    h._loop = loop
+    h._repr = None
+    h._source_traceback = None
+    h._context = _copy_context() if context is None else context
+    h._when = when
+    h._scheduled = True
+    return h
+
 # The options every backend accepts (``new_event_loop(backend=..., **options)``).
 LOOP_OPTIONS = ("time_slice", "aging", "strict", "inherit", "timer_slack")
 
@@ -126,16 +142,7 @@ class AEMLoopMixin:
             return timer
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
-        h: Any = _new_handle(AEMTimerHandle)
-        h._callback = callback
-        h._args = args
-        h._cancelled = False
-        h._loop = self
-        h._repr = None
-        h._source_traceback = None
-        h._context = _copy_context() if context is None else context
-        h._when = when
-        h._scheduled = True
+        h = _fast_timer(self, when, callback, args, context)
         slk = self._aem_slack
         sched.timers.push(h, slack_fire_time(when, slk) if slk else when)
         if self._aem_timer_hook:
@@ -166,16 +173,7 @@ class AEMLoopMixin:
             if h._source_traceback:
                 del h._source_traceback[-1]
         else:
-            h = _new_handle(AEMTimerHandle)
-            h._callback = callback
-            h._args = args
-            h._cancelled = False
-            h._loop = self
-            h._repr = None
-            h._source_traceback = None
-            h._context = _copy_context() if context is None else context
-            h._when = when
-            h._scheduled = True
+            h = _fast_timer(self, when, callback, args, context)
         sched.timers.push(h, slack_fire_time(when, slk) if slk else when)
         if self._aem_timer_hook:
             self._aem_timer_added(h)
