@@ -189,7 +189,6 @@ class TimerWheel:
         except OverflowError:  # call_later(math.inf): sleep forever (or -inf: now)
             tick = _NEVER if fire > 0 else 0
         if tick < self._direct:
-            # (inlined _ring_insert: this is every call_later's path)
             if tick < self._cur:
                 tick = self._cur
             pos = tick & _RING_MASK
@@ -214,24 +213,6 @@ class TimerWheel:
             # still filling: squeeze them out now.  Done on insert, not on
             # cancel, so cancelling a whole batch never rewrites buckets.
             _compact(b)
-        h._aem_idx = len(b)
-        b.append(h)
-        h._aem_bucket = b
-
-    def _ring_insert(self, h: AEMTimerHandle) -> None:
-        tick = int(h._aem_fire * TICKS_PER_SECOND)
-        if tick < self._cur:
-            tick = self._cur
-        pos = tick & _RING_MASK
-        b = self._ring[pos]
-        if b is None:
-            self._ring[pos] = b = [tick, 0]
-            i = pos >> 6
-            w = self._words[i]
-            if not w:
-                self._summary |= 1 << i
-            self._words[i] = w | (1 << (pos & 63))
-        b[1] += 1
         h._aem_idx = len(b)
         b.append(h)
         h._aem_bucket = b
@@ -395,7 +376,6 @@ class TimerWheel:
         a timer due by then, then a chunk; None: all of them.
         """
         far = self._far
-        insert = self._ring_insert
         moved = 0
         key = self._mig_key
         while key < self._mig_end:
@@ -405,9 +385,12 @@ class TimerWheel:
             b = far.pop(key, None)
             key += 1
             if b is not None:
+                # from now on push() puts this bucket's ticks in the ring
+                self._direct = key << _FAR_BITS
                 for h in islice(b, 2, None):
                     if h is not None:
-                        insert(h)
+                        self.n -= 1  # push() counts it again
+                        self.push(h, h._aem_fire)
                 moved += b[1]
         if key >= self._mig_end:
             self._mig_key = self._mig_end = -1
