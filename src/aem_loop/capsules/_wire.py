@@ -21,7 +21,7 @@ import select
 import signal
 import socket
 import struct
-import sys
+import time
 import traceback
 from typing import Any, NamedTuple
 
@@ -36,7 +36,6 @@ OK, ERR, HELLO = 0, 1, 2
 # memory (syscalls and page faults: ~2x the whole round trip of a small call
 # on this VM), so stay below it; big frames take a few reads.
 RECV = 65536
-_RECV = RECV
 
 class EventInfo(NamedTuple):
     """What a child knows of a cloner event that activated it."""
@@ -91,8 +90,6 @@ def recv_frame_blocking(sock: socket.socket, reader: Reader, timeout: float | No
 
     Returns None at EOF; raises TimeoutError.
     """
-    import time
-
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         if deadline is not None:
@@ -100,7 +97,7 @@ def recv_frame_blocking(sock: socket.socket, reader: Reader, timeout: float | No
             if left <= 0 or not select.select([sock], [], [], left)[0]:
                 raise TimeoutError
         try:
-            data = sock.recv(_RECV)
+            data = sock.recv(RECV)
         except (ConnectionResetError, OSError):
             return None
         if not data:
@@ -357,7 +354,7 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
     unpack = HDR.unpack_from
     while True:
         try:
-            data = sock.recv(_RECV)
+            data = sock.recv(RECV)
         except OSError:
             return
         if not data:
@@ -399,6 +396,3 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
                     out = dumps((call_id, ERR, (None, tb, repr(exc))))
             sock.sendall(HDR.pack(len(out)) + out)
 
-
-def _main_guard() -> None:  # pragma: no cover - not an entry point
-    sys.exit("aem_loop.capsules._wire is not a program")

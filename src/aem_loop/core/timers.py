@@ -121,11 +121,11 @@ def slack_fire_time(when: float, slack: float) -> float:
     return fire if fire >= when else when
 
 
-def _compact(b: list[Any], start: int = 2) -> None:
-    """Drop the holes of bucket *b* from index *start* on; reindex, keep order."""
-    hs = [h for h in islice(b, start, None) if h is not None]
-    del b[start:]
-    for i, h in enumerate(hs, start):
+def _compact(b: list[Any]) -> None:
+    """Drop the holes of bucket *b*; reindex its timers, keep their order."""
+    hs = [h for h in islice(b, 2, None) if h is not None]
+    del b[2:]
+    for i, h in enumerate(hs, 2):
         h._aem_idx = i
     b.extend(hs)
 
@@ -414,11 +414,3 @@ class TimerWheel:
         self._words = [0] * _NWORDS
         self._summary = 0
         self.n = 0
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "pending": self.n,
-            "fired": self.fired,
-            "wakeups": self.wakeups,
-            "wakeups_saved": self.wakeups_saved,
-        }
