@@ -321,6 +321,40 @@ def test_bad_arguments() -> None:
         CapsulePool(1, preload="json")
     with pytest.raises(TypeError, match="initializer"):
         CapsulePool(1, initializer=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="spin"):
+        CapsulePool(1, spin="fast")  # type: ignore[arg-type]
+    for bad in (-1e-6, 2.0, float("nan")):
+        with pytest.raises(ValueError, match="spin"):
+            CapsulePool(1, spin=bad)
+
+
+def capsule_spin() -> float:
+    from aem_loop.capsules import _wire
+
+    return _wire.CAPSULE_SPIN
+
+
+@pytest.mark.parametrize("prestarted", [False, True])
+@pytest.mark.parametrize("spin", [0.0, 250e-6, None])
+def test_spin_reaches_capsules_and_last_released_serves_next(
+        prestarted: bool, spin: float | None) -> None:
+    from aem_loop.capsules import _wire, prestart
+
+    if prestarted:
+        prestart()
+    p = CapsulePool(2, reserve=0) if spin is None else CapsulePool(2, reserve=0, spin=spin)
+    try:
+        assert p.wait_ready(10)
+        want = _wire.SPIN if spin is None else spin
+        assert p.spin == want
+        # sequential calls go to the capsule released last (it may still be
+        # polling), so all to one capsule; both were asked for the setting
+        assert len({p.call(os.getpid) for _ in range(20)}) == 1
+        assert {f.result(10) for f in [p.submit(capsule_spin) for _ in range(4)]} == {want}
+        assert len(p.pids()) == 2
+    finally:
+        p.shutdown()
+    assert gone(p.zygote_pid)
 
 
 def test_preload_and_initializer() -> None:

@@ -8,6 +8,8 @@ pool to the first result.  Every pool has 2 workers (the machine's cores).
 Ways compared:
 
 - ``capsule call``: ``pool.call(fn, ...)`` (the caller reads the reply);
+  ``capsule call, spin=0``: the same with the busy-poll window off (both
+  sides sleep in recv(); the default polls 100 us before sleeping);
 - ``capsule run``: ``await pool.run(fn, ...)`` on an aem loop (selector);
 - ``capsule submit``: ``pool.submit(fn, ...).result()`` (manager thread);
 - ``ProcessPool fork`` / ``ProcessPool forkserver``: concurrent.futures'
@@ -21,6 +23,8 @@ Ways compared:
   recv, and above glibc's mmap threshold that costs more than the trip).
   This VM's wakeup latency drifts 2-5x over minutes; this row, measured in
   the same run, tells what the machine could do at that moment.
+  ``raw socketpair, polled``: the same, both ends polling 100 us before
+  they sleep, as capsules do by default.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import numpy as np
 
 import aem_loop
 from aem_loop.capsules import CapsulePool, prestart
+from aem_loop.capsules._wire import SPIN, recv_spinning
 
 WORKERS = 2
 KIB64 = b"x" * 65536
@@ -105,9 +110,11 @@ def measure(kind: str, n: int, n_big: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
     if kind.startswith("capsule"):
+        spin = 0.0 if kind.endswith("spin=0") else SPIN
+        kind = kind.split(",")[0]
         # cold: the pool forks its zygote when it is created
         t0 = time.perf_counter()
-        pool = CapsulePool(WORKERS, reserve=0)
+        pool = CapsulePool(WORKERS, reserve=0, spin=spin)
         pool.call(trivial, 1) if kind == "capsule call" else pool.submit(trivial, 1).result()
         out["first_result_cold_ms"] = (time.perf_counter() - t0) * 1e3
         pool.shutdown()
@@ -115,7 +122,7 @@ def measure(kind: str, n: int, n_big: int) -> dict[str, Any]:
         prestart()
         time.sleep(0.2)  # the program goes on with its start-up meanwhile
         t0 = time.perf_counter()
-        pool = CapsulePool(WORKERS, reserve=0)
+        pool = CapsulePool(WORKERS, reserve=0, spin=spin)
         pool.call(trivial, 1) if kind == "capsule call" else pool.submit(trivial, 1).result()
         out["first_result_ms"] = (time.perf_counter() - t0) * 1e3
         pool.wait_ready(10)
@@ -136,15 +143,16 @@ def measure(kind: str, n: int, n_big: int) -> dict[str, Any]:
         finally:
             pool.shutdown()
         return out
-    if kind == "raw socketpair":
+    if kind.startswith("raw socketpair"):
         import socket
 
+        spin = SPIN if kind.endswith("polled") else 0.0
         a, b = socket.socketpair()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             a.close()
             while True:
-                d = b.recv(65536)
+                d = recv_spinning(b, spin)
                 if not d:
                     os._exit(0)
                 b.sendall(d)
@@ -156,7 +164,7 @@ def measure(kind: str, n: int, n_big: int) -> dict[str, Any]:
                 a.sendall(msg)
                 got = 0
                 while got < len(msg):
-                    got += len(a.recv(65536))
+                    got += len(recv_spinning(a, spin))
 
             out["first_result_ms"] = 0.0
             out["trivial"] = _latency(rt, small, n)
@@ -236,7 +244,8 @@ async def _run_async(pool: CapsulePool, n: int, n_big: int) -> dict[str, Any]:
     return out
 
 
-KINDS = ("raw socketpair", "capsule call", "capsule run", "capsule submit", "ProcessPool fork",
+KINDS = ("raw socketpair", "raw socketpair, polled", "capsule call", "capsule call, spin=0",
+         "capsule run", "capsule submit", "ProcessPool fork",
          "ProcessPool forkserver", "mp.Pool", "fork per call")
 
 

@@ -267,17 +267,21 @@ def run_capsules(*, quick: bool, runs: int, out: str | None) -> dict[str, Any]:
         summary[kind] = m
         row = [f"{m['trivial_p50']:.1f}", f"{m['trivial_p99']:.1f}", f"{m['big_p50']:.1f}",
                f"{m['big_p99']:.1f}", f"{m['throughput']:,.0f}", f"{m['throughput_64KiB']:,.0f}",
-               "-" if kind == "raw socketpair" else f"{m['first_result_ms']:.2f}",
-               "-" if kind == "raw socketpair" else f"{m['first_result_cold_ms']:.2f}"]
+               "-" if kind.startswith("raw") else f"{m['first_result_ms']:.2f}",
+               "-" if kind.startswith("raw") else f"{m['first_result_cold_ms']:.2f}"]
         t.add_row(kind, *row)
         md.append(f"| {kind} | " + " | ".join(row) + " |")
     cap = summary["capsule call"]["trivial_p50"]
+    cap0 = summary["capsule call, spin=0"]["trivial_p50"]
     ratios = {
         "warm ProcessPool fork / capsule call": summary["ProcessPool fork"]["trivial_p50"] / cap,
         "warm ProcessPool forkserver / capsule call":
             summary["ProcessPool forkserver"]["trivial_p50"] / cap,
         "fork per call / capsule call": summary["fork per call"]["trivial_p50"] / cap,
-        "capsule call / raw socketpair": cap / summary["raw socketpair"]["trivial_p50"],
+        "capsule call / raw socketpair, polled":
+            cap / summary["raw socketpair, polled"]["trivial_p50"],
+        "capsule call, spin=0 / raw socketpair":
+            cap0 / summary["raw socketpair"]["trivial_p50"],
         "ProcessPool fork / capsule run":
             summary["ProcessPool fork"]["trivial_p50"] / summary["capsule run"]["trivial_p50"],
         "ProcessPool fork / capsule submit":
