@@ -186,8 +186,10 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
             ready = sel._selector.poll(t, max(len(fd_to_key), 1))
         except InterruptedError:
             return
-        sched = self._aem
-        push_ready = sched.push_ready
+        if not ready:
+            return
+        handles: list[Any] = []
+        add = handles.append
         for fd, ev in ready:
             key = fd_to_key.get(fd)
             if key is None:
@@ -197,12 +199,13 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
                 if reader._cancelled:
                     self._remove_reader(key.fileobj)
                 else:
-                    push_ready(reader)
+                    add(reader)
             if ev & _NOT_EPOLLIN and writer is not None and key.events & _EVENT_WRITE:
                 if writer._cancelled:
                     self._remove_writer(key.fileobj)
                 else:
-                    push_ready(writer)
+                    add(writer)
+        self._aem.push_io(handles)
 
     def _run_once(self) -> None:
         sched = self._aem

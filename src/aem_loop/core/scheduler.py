@@ -223,7 +223,17 @@ class Scheduler(ReadyQueue):
             self.inherited += 1
         if self.boosts:
             level = self._boosted(handle, level)
-        self._enqueue(handle, level)
+        # _enqueue(handle, level), inlined as in push(): every future
+        # callback (each task wakeup) comes this way.
+        q = self._levels[level]
+        if not q:
+            self._bits |= _BIT[level]
+        q.append(handle)
+        self._len += 1
+        if self._probe[level] is None:
+            self._skip[level] -= 1
+            if self._skip[level] <= 0:
+                self._start_probe(handle, level, self._clock())
 
     def push_ready(self, handle: Any) -> None:
         """Queue an I/O readiness handle once: while it waits in the queue,
@@ -234,6 +244,45 @@ class Scheduler(ReadyQueue):
             return
         queued.add(handle)
         self.push(handle)
+
+    def push_io(self, handles: list[Any]) -> None:
+        """:meth:`push_ready` for every handle one poll found ready, in order.
+
+        One call per poll instead of two per ready fd (the per-event cost of
+        the loop is a good share of a small round trip).  All of them became
+        ready at one moment, so one lateness sample per poll says as much as
+        one per handle: the last handle queued is the candidate.
+        """
+        if self.inbox:
+            self.drain_inbox()
+        queued = self._io_queued
+        levels = self._levels
+        boosts = self.boosts
+        bits = self._bits
+        pushed = 0
+        h: Any = None
+        level = 0
+        for handle in handles:
+            if handle in queued:
+                continue
+            queued.add(handle)
+            level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+            if boosts:
+                level = self._boosted(handle, level)
+            q = levels[level]
+            if not q:
+                bits |= _BIT[level]
+            q.append(handle)
+            pushed += 1
+            h = handle
+        if not pushed:
+            return
+        self._bits = bits
+        self._len += pushed
+        if self._probe[level] is None:
+            self._skip[level] -= 1
+            if self._skip[level] <= 0:
+                self._start_probe(h, level, self._clock())
 
     # -- registered I/O levels ----------------------------------------------
 
@@ -356,10 +405,13 @@ class Scheduler(ReadyQueue):
         probe = self._probe
         debug = self.debug
         io_queued = self._io_queued
-        # A round of one callback needs no clock: nothing can wait behind it.
-        deadline = clock() + self.slice if n > 1 else _INF
+        io_discard = io_queued.discard
+        # The time slice starts after the first callback that needs the clock
+        # (see io_above): a round that nothing urgent can interrupt reads none.
+        deadline = _INF
         try:
-            if self.aging is not None and self._bits & (self._bits - 1):
+            bits = self._bits
+            if bits & (bits - 1) and self.aging is not None:  # two levels or more
                 n -= self._run_aged(clock())
             while n > 0:
                 bits = self._bits
@@ -373,33 +425,44 @@ class Scheduler(ReadyQueue):
                 # callback (threadsafe work shows up in the inbox).
                 io_above = self._io_counts is None or self._io_bits >= above
                 self.current = level
-                popped = ran = 0
+                # This level's share of the round: what it holds now (what is
+                # pushed to it meanwhile waits for the loop below to return).
+                k = len(q)
+                if k > n:
+                    k = n
+                popped = skipped = 0  # skipped: cancelled ones
                 poll = False
                 try:
-                    while True:
-                        handle = q.popleft()
-                        popped += 1
-                        n -= 1
+                    for popped in range(1, k + 1):
+                        try:
+                            handle = q.popleft()
+                        except IndexError:  # a boost moved its handles away
+                            popped -= 1
+                            break
                         if io_queued:
-                            io_queued.discard(handle)
-                        if not handle._cancelled:
-                            ran += 1
-                            if debug:
-                                self._run_debug(handle)
-                            else:
-                                handle._run()
+                            io_discard(handle)
+                        if handle._cancelled:
+                            skipped += 1
+                        elif debug:
+                            self._run_debug(handle)
+                        else:
+                            handle._run()
                         if handle is probe[level]:
                             if handle._cancelled:
                                 probe[level] = None
                             else:
                                 self._sample(level, clock())
-                        if not q or n <= 0 or self._bits >= above:
+                        if self._bits >= above:
                             break
                         if self.inbox:
                             self.drain_inbox()
                             if self._bits >= above:
                                 break
-                        if (io_above or self.timers.n) and clock() >= deadline:
+                        if not (io_above or self.timers.n):
+                            continue
+                        if deadline is _INF:  # the first callback that needs it
+                            deadline = clock() + self.slice
+                        elif clock() >= deadline:
                             # Slice spent.  If I/O above the backlog's level may
                             # be ready, return so the backend polls; otherwise
                             # only timers and other threads can bring urgent
@@ -418,8 +481,9 @@ class Scheduler(ReadyQueue):
                             if self._bits >= above:
                                 break
                 finally:
+                    n -= popped
                     self._len -= popped
-                    self.dispatched[level] += ran
+                    self.dispatched[level] += popped - skipped
                     if not q:
                         self._bits &= ~(1 << level)
                         self._since[level] = 0.0
