@@ -57,6 +57,30 @@ def test_aging_lets_low_run_during_flood(backend):
 
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_level_keeps_being_sampled_after_aging_skips_a_cancelled_probe(backend):
+    loop = aem_loop.new_event_loop(backend=backend, aging=0.002)
+
+    async def main():
+        with aem_loop.priority(Priority.IDLE):
+            first = loop.call_soon(print)  # a level's first push is its lateness probe
+        first.cancel()
+        # aging pops the cancelled probe, then the flood's low callback
+        assert await _flood_until_low_runs(loop) is not None
+        with aem_loop.priority(Priority.IDLE):
+            for _ in range(50):
+                loop.call_soon(lambda: None)
+            done = loop.create_future()
+            loop.call_soon(done.set_result, None)
+        await done
+
+    try:
+        loop.run_until_complete(main())
+        assert loop.statistics().lateness[Priority.IDLE].samples >= 1
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
 def test_strict_mode_starves_until_flood_ends(backend):
     loop = aem_loop.new_event_loop(backend=backend, strict=True)
     try:

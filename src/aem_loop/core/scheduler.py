@@ -77,6 +77,9 @@ _INF = float("inf")
 # the price of a whole callback; one in 8 keeps that under 0.15 us while a
 # level that sees 1000 callbacks/s still yields >100 samples a second.
 _SAMPLE_EVERY = 8
+# The countdown of a level with a probe in flight: it never reaches 0 before
+# the probe is dispatched (or cancelled) and the countdown starts again.
+_IN_FLIGHT = 1 << 62
 
 # Task classes (C and pure Python); their own steps are not wakeups.
 _TASK_TYPES = tuple({asyncio.Task, asyncio.tasks._PyTask})  # type: ignore[attr-defined]
@@ -163,7 +166,9 @@ class Scheduler(ReadyQueue):
         self._probe: list[Any] = [None] * NLEVELS
         self._probe_t = [0.0] * NLEVELS
         self._since = [0.0] * NLEVELS
-        self._skip = [1] * NLEVELS  # per level: the first push always samples
+        # Per level: pushes until the next probe starts (the first push
+        # always samples); _IN_FLIGHT while one is queued.
+        self._skip = [1] * NLEVELS
         self.polls = 0
         self.slices = 0
         self.aged = 0
@@ -186,10 +191,11 @@ class Scheduler(ReadyQueue):
             self._bits |= _BIT[level]
         q.append(handle)
         self._len += 1
-        if self._probe[level] is None:
-            self._skip[level] -= 1
-            if self._skip[level] <= 0:
-                self._start_probe(handle, level, self._clock())
+        skip = self._skip
+        c = skip[level] - 1
+        skip[level] = c
+        if not c:
+            self._start_probe(handle, level, self._clock())
 
     def _enqueue(self, handle: Any, level: int, ready_at: float | None = None) -> None:
         """Append *handle* to *level*; *ready_at* (default: now) starts a sample."""
@@ -198,13 +204,14 @@ class Scheduler(ReadyQueue):
             self._bits |= _BIT[level]
         q.append(handle)
         self._len += 1
-        if self._probe[level] is None:
-            self._skip[level] -= 1
-            if self._skip[level] <= 0:
-                self._start_probe(handle, level, self._clock() if ready_at is None else ready_at)
+        skip = self._skip
+        c = skip[level] - 1
+        skip[level] = c
+        if not c:
+            self._start_probe(handle, level, self._clock() if ready_at is None else ready_at)
 
     def _start_probe(self, handle: Any, level: int, ready_at: float) -> None:
-        self._skip[level] = _SAMPLE_EVERY
+        self._skip[level] = _IN_FLIGHT
         self._probe[level] = handle
         self._probe_t[level] = ready_at
 
@@ -230,10 +237,11 @@ class Scheduler(ReadyQueue):
             self._bits |= _BIT[level]
         q.append(handle)
         self._len += 1
-        if self._probe[level] is None:
-            self._skip[level] -= 1
-            if self._skip[level] <= 0:
-                self._start_probe(handle, level, self._clock())
+        skip = self._skip
+        c = skip[level] - 1
+        skip[level] = c
+        if not c:
+            self._start_probe(handle, level, self._clock())
 
     def push_ready(self, handle: Any) -> None:
         """Queue an I/O readiness handle once: while it waits in the queue,
@@ -279,10 +287,11 @@ class Scheduler(ReadyQueue):
             return
         self._bits = bits
         self._len += pushed
-        if self._probe[level] is None:
-            self._skip[level] -= 1
-            if self._skip[level] <= 0:
-                self._start_probe(h, level, self._clock())
+        skip = self._skip
+        c = skip[level] - 1
+        skip[level] = c
+        if not c:
+            self._start_probe(h, level, self._clock())
 
     # -- registered I/O levels ----------------------------------------------
 
@@ -358,7 +367,7 @@ class Scheduler(ReadyQueue):
             for h in mine:
                 q.remove(h)
                 if self._probe[lv] is h:
-                    self._probe[lv] = None
+                    self._end_probe(lv)
                 self._levels[level].append(h)
                 self._bits |= 1 << level
                 self.inherited += 1
@@ -449,7 +458,7 @@ class Scheduler(ReadyQueue):
                             handle._run()
                         if handle is probe[level]:
                             if handle._cancelled:
-                                probe[level] = None
+                                self._end_probe(level)
                             else:
                                 self._sample(level, clock())
                         if self._bits >= above:
@@ -497,7 +506,11 @@ class Scheduler(ReadyQueue):
         if rec is None:
             rec = self.lateness[level] = LatencyRecorder()
         rec.add(max(0.0, now - self._probe_t[level]))
+        self._end_probe(level)
+
+    def _end_probe(self, level: int) -> None:
         self._probe[level] = None
+        self._skip[level] = _SAMPLE_EVERY
 
     def _run_aged(self, now: float) -> int:
         """Run the oldest callback of each level starved for ``aging`` seconds."""
@@ -517,6 +530,8 @@ class Scheduler(ReadyQueue):
             since[level] = now if self._levels[level] else 0.0
             ran += 1
             if handle._cancelled:
+                if self._probe[level] is handle:
+                    self._end_probe(level)  # or the level is never sampled again
                 continue
             self.aged += 1
             self.current = level
@@ -556,6 +571,7 @@ class Scheduler(ReadyQueue):
         self._io_queued.clear()
         self.timers.clear()
         self._probe = [None] * NLEVELS
+        self._skip = [1] * NLEVELS
 
     def statistics(self, backend: str) -> LoopStatistics:
         return LoopStatistics(
