@@ -6,7 +6,7 @@ client keeps 10 connections doing 1 KiB round trips, ROUNDS_LO then
 ROUNDS_HI times; the difference divided by the extra round trips removes
 start-up.  Needs valgrind (Debian package) and takes ~1 minute.
 
-    python benchmarks/instructions.py [--loops asyncio,aem-selector]
+    python benchmarks/instructions.py [--loops asyncio,aem-selector] [--api streams]
 
 Note: valgrind emulates clock_gettime, which inflates loops that read the
 clock often (aem's time slice) well beyond its real cost (~100 ns a read).
@@ -37,10 +37,21 @@ class Echo(asyncio.Protocol):
     def connection_lost(self, exc):
         done[0] += 1
         if done[0] == n_conn: fut.set_result(None)
+async def handle(r, w):
+    try:
+        while d := await r.read(65536):
+            w.write(d)
+    finally:
+        w.close()
+        done[0] += 1
+        if done[0] == n_conn: fut.set_result(None)
 async def main():
     global fut
     loop = asyncio.get_running_loop(); fut = loop.create_future()
-    srv = await loop.create_server(Echo, "127.0.0.1", int(sys.argv[2]))
+    if sys.argv[4] == "streams":
+        srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[2]))
+    else:
+        srv = await loop.create_server(Echo, "127.0.0.1", int(sys.argv[2]))
     await fut; srv.close()
 with asyncio.Runner(loop_factory=loop_factory(sys.argv[1])) as r: r.run(main())
 """
@@ -75,7 +86,7 @@ def _client(port: int, rounds: int) -> None:
         s.close()
 
 
-def instructions(loop: str, rounds: int) -> int:
+def instructions(loop: str, rounds: int, api: str) -> int:
     port = _free_port()
     with tempfile.TemporaryDirectory() as d:
         script = f"{d}/server.py"
@@ -83,7 +94,7 @@ def instructions(loop: str, rounds: int) -> int:
             f.write(SERVER)
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/out",
-             sys.executable, script, loop, str(port), str(CONNS)],
+             sys.executable, script, loop, str(port), str(CONNS), api],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         _client(port, rounds)
@@ -98,6 +109,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--loops", default="asyncio,aem-selector")
+    ap.add_argument("--api", choices=("protocol", "streams"), default="protocol")
     a = ap.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -105,9 +117,10 @@ def main() -> None:
 
     extra = (ROUNDS_HI - ROUNDS_LO) * CONNS
     base = None
-    print(f"instructions per 1 KiB echo round trip, {CONNS} connections; {machine()}")
+    print(f"instructions per 1 KiB {a.api} echo round trip, {CONNS} connections; {machine()}")
     for loop in a.loops.split(","):
-        per = (instructions(loop, ROUNDS_HI) - instructions(loop, ROUNDS_LO)) / extra
+        per = (instructions(loop, ROUNDS_HI, a.api)
+               - instructions(loop, ROUNDS_LO, a.api)) / extra
         base = base or per
         print(f"{loop:14} {per:9,.0f} instr/rt  {per / base:5.2f}x of {a.loops.split(',')[0]}")
 
