@@ -14,6 +14,7 @@ Transports, servers, SSL, subprocesses and signals are asyncio's own
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import select
 import selectors
@@ -22,12 +23,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..capsules.cloner import CapsuleLoopMixin
-from ..core.loopbase import AEMLoopMixin, make_scheduler
+from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, make_scheduler
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
 from ..core.scheduler import Scheduler
 
 __all__ = ["SelectorLoop"]
 
+_Handle = events.Handle
+_new_handle = object.__new__
+_copy_context = contextvars.copy_context
 _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
 # As EpollSelector: anything but EPOLLOUT (IN, ERR, HUP) wakes a reader,
@@ -82,9 +86,19 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
     def _call_soon(
         self, callback: Callable[..., object], args: Any, context: Any
     ) -> events.Handle:
-        handle = events.Handle(callback, args, self, context)
-        if handle._source_traceback:
-            del handle._source_traceback[-1]
+        if self._debug or not FAST_HANDLES:
+            handle = events.Handle(callback, args, self, context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]
+        else:  # fast_handle(), inlined: every call_soon and wakeup is built here
+            handle = _new_handle(_Handle)
+            handle._callback = callback
+            handle._args = args
+            handle._cancelled = False
+            handle._loop = self
+            handle._repr = None
+            handle._source_traceback = None
+            handle._context = _copy_context() if context is None else context
         if context is None or self._aem_creating:
             self._aem.push(handle)
         else:

@@ -43,7 +43,7 @@ from typing import Any
 import uvloop
 
 from ..capsules.cloner import CapsuleLoopMixin
-from ..core.loopbase import AEMLoopMixin, make_scheduler
+from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, fast_handle, make_scheduler
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
 from .uvproto import PriorityServerMixin
 from .uvsendfile import sendfile_fallback
@@ -106,10 +106,13 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
             self._aem_mixed = True
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
-        handle = events.Handle(callback, args, self, context)  # type: ignore[arg-type]
-        if handle._source_traceback:  # captured in debug mode only
-            self._aem_check_thread()
-            del handle._source_traceback[-1]
+        if self._aem.debug or not FAST_HANDLES:
+            handle = events.Handle(callback, args, self, context)  # type: ignore[arg-type]
+            if handle._source_traceback:  # captured in debug mode only
+                self._aem_check_thread()
+                del handle._source_traceback[-1]
+        else:
+            handle = fast_handle(self, callback, args, context)
         if context is None or self._aem_creating:
             self._aem.push(handle)
         else:

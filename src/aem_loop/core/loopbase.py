@@ -24,12 +24,12 @@ _copy_context = contextvars.copy_context
 _new_handle = object.__new__
 # The fast handle construction sets every slot of asyncio's TimerHandle; it
 # is only used when the slots are the ones it knows (else: regular __init__).
-_FAST_HANDLES = set(events.Handle.__slots__) | set(events.TimerHandle.__slots__) == {
+FAST_HANDLES = set(events.Handle.__slots__) | set(events.TimerHandle.__slots__) == {
     "_callback", "_args", "_cancelled", "_loop", "_source_traceback", "_repr",
     "__weakref__", "_context", "_scheduled", "_when",
 }
 
-__all__ = ["LOOP_OPTIONS", "AEMLoopMixin", "make_scheduler"]
+__all__ = ["FAST_HANDLES", "LOOP_OPTIONS", "AEMLoopMixin", "fast_handle", "make_scheduler"]
 
 
 def _fast_timer(loop: Any, when: float, callback: Any, args: tuple[Any, ...],
@@ -46,6 +46,21 @@ def _fast_timer(loop: Any, when: float, callback: Any, args: tuple[Any, ...],
     h._when = when
     h._scheduled = True
     return h
+
+def fast_handle(loop: Any, callback: Any, args: tuple[Any, ...],
+                context: contextvars.Context | None) -> Any:
+    """An asyncio Handle with every slot set, without Handle.__init__ (which
+    costs a get_debug() call): for call_soon outside debug mode."""
+    h: Any = _new_handle(events.Handle)
+    h._callback = callback
+    h._args = args
+    h._cancelled = False
+    h._loop = loop
+    h._repr = None
+    h._source_traceback = None
+    h._context = _copy_context() if context is None else context
+    return h
+
 
 # The options every backend accepts (``new_event_loop(backend=..., **options)``).
 LOOP_OPTIONS = ("time_slice", "aging", "strict", "inherit", "timer_slack")
@@ -135,7 +150,7 @@ class AEMLoopMixin:
             raise TypeError("delay must not be None")
         when = _monotonic() + delay
         sched = self._aem
-        if not _FAST_HANDLES or sched.debug or slack is not None or when != when:
+        if not FAST_HANDLES or sched.debug or slack is not None or when != when:
             timer = self.call_at(when, callback, *args, context=context, slack=slack)
             if timer._source_traceback:
                 del timer._source_traceback[-1]
@@ -166,7 +181,7 @@ class AEMLoopMixin:
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
         sched = self._aem
-        if sched.debug or not _FAST_HANDLES:
+        if sched.debug or not FAST_HANDLES:
             self._aem_check_thread()
             check_callback(callback, "call_at")
             h: Any = AEMTimerHandle(when, callback, args, self, context)  # type: ignore[arg-type]
