@@ -223,7 +223,7 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
 
     def _run_once(self) -> None:
         sched = self._aem
-        if sched._len or sched.inbox or self._stopping:  # type: ignore[attr-defined]
+        if sched._bits or sched.inbox or self._stopping:  # type: ignore[attr-defined]
             timeout: float | None = 0
         else:
             when = sched.timers.next_when()

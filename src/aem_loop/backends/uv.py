@@ -163,7 +163,7 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
             sched.polls += 1
             sched.run_ready()
         finally:
-            if not self._aem_armed and (sched._len or sched.inbox):
+            if not self._aem_armed and (sched._bits or sched.inbox):
                 self._aem_armed = True
                 _uv_call_soon(self, self._aem_dispatch)
             if sched.timers.n:
@@ -199,7 +199,7 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         self._aem_timer_when = _INF
         sched = self._aem
         sched.move_due_timers(_monotonic())
-        if sched._len and not self._aem_armed:
+        if sched._bits and not self._aem_armed:
             self._aem_armed = True
             _uv_call_soon(self, self._aem_dispatch)
         when = sched.timers.next_when()

@@ -23,23 +23,32 @@ __all__ = ["ReadyQueue"]
 class ReadyQueue:
     """FIFO per priority level; pop returns the oldest item of the top level."""
 
-    __slots__ = ("_bits", "_len", "_levels")
+    # No item count is kept: it would cost every push an update, and the
+    # bitmap already says which deques to count (len() is asked once a round).
+    __slots__ = ("_bits", "_levels")
 
     def __init__(self) -> None:
         self._levels: list[deque[Any]] = [deque() for _ in range(NLEVELS)]
         self._bits = 0
-        self._len = 0
 
     def __len__(self) -> int:
-        return self._len
+        bits = self._bits
+        if not bits & (bits - 1):  # empty, or one level: the usual case
+            return len(self._levels[bits.bit_length() - 1]) if bits else 0
+        levels = self._levels
+        n = 0
+        while bits:
+            lv = bits.bit_length() - 1
+            n += len(levels[lv])
+            bits ^= 1 << lv
+        return n
 
     def __bool__(self) -> bool:
-        return self._len != 0
+        return self._bits != 0
 
     def push_at(self, item: Any, level: int) -> None:
         self._levels[level].append(item)
         self._bits |= 1 << level
-        self._len += 1
 
     def top(self) -> int:
         """The most urgent non-empty level, or -1 when empty."""
@@ -58,7 +67,6 @@ class ReadyQueue:
         item = q.popleft()
         if not q:
             self._bits &= ~(1 << level)
-        self._len -= 1
         return item
 
     def levels_below(self, level: int) -> Iterator[int]:
@@ -80,7 +88,6 @@ class ReadyQueue:
         for q in self._levels:
             q.clear()
         self._bits = 0
-        self._len = 0
 
     def __iter__(self) -> Iterator[Any]:
         """Items in dispatch order (most urgent level first, FIFO within)."""

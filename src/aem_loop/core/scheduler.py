@@ -190,7 +190,6 @@ class Scheduler(ReadyQueue):
         if not q:  # the bitmap changes only when a level becomes non-empty
             self._bits |= _BIT[level]
         q.append(handle)
-        self._len += 1
         skip = self._skip
         c = skip[level] - 1
         skip[level] = c
@@ -203,7 +202,6 @@ class Scheduler(ReadyQueue):
         if not q:
             self._bits |= _BIT[level]
         q.append(handle)
-        self._len += 1
         skip = self._skip
         c = skip[level] - 1
         skip[level] = c
@@ -236,7 +234,6 @@ class Scheduler(ReadyQueue):
         if not q:
             self._bits |= _BIT[level]
         q.append(handle)
-        self._len += 1
         skip = self._skip
         c = skip[level] - 1
         skip[level] = c
@@ -286,7 +283,6 @@ class Scheduler(ReadyQueue):
         if not pushed:
             return
         self._bits = bits
-        self._len += pushed
         skip = self._skip
         c = skip[level] - 1
         skip[level] = c
@@ -330,7 +326,7 @@ class Scheduler(ReadyQueue):
         return level
 
     def has_work(self) -> bool:
-        return self._len != 0 or bool(self.inbox)
+        return self._bits != 0 or bool(self.inbox)
 
     # -- timers ------------------------------------------------------------
 
@@ -406,20 +402,21 @@ class Scheduler(ReadyQueue):
         """
         if self.inbox:
             self.drain_inbox()
-        n = self._len
-        if not n:
+        bits = self._bits
+        if not bits:
             return
-        clock = self._clock
         levels = self._levels
+        # what is ready now: at most this many run in this round
+        n = len(self) if bits & (bits - 1) else len(levels[bits.bit_length() - 1])
+        clock = self._clock
         probe = self._probe
         debug = self.debug
         io_queued = self._io_queued
         io_discard = io_queued.discard
         # The time slice starts after the first callback that needs the clock
-        # (see io_above): a round that nothing urgent can interrupt reads none.
+        # (see watch): a round that nothing urgent can interrupt reads none.
         deadline = _INF
         try:
-            bits = self._bits
             if bits & (bits - 1) and self.aging is not None:  # two levels or more
                 n -= self._run_aged(clock())
             while n > 0:
@@ -431,8 +428,10 @@ class Scheduler(ReadyQueue):
                 above = 2 << level  # the bitmap reaches this: more urgent work
                 # Only a timer or I/O above this level can bring more urgent
                 # work by time; without either, the clock is not read per
-                # callback (threadsafe work shows up in the inbox).
-                io_above = self._io_counts is None or self._io_bits >= above
+                # callback (threadsafe work shows up in the inbox).  A timer
+                # first created during this level's share can wait for it to
+                # end (the loop's next iteration), as in asyncio.
+                watch = self._io_counts is None or self._io_bits >= above or self.timers.n
                 self.current = level
                 # This level's share of the round: what it holds now (what is
                 # pushed to it meanwhile waits for the loop below to return).
@@ -467,7 +466,7 @@ class Scheduler(ReadyQueue):
                             self.drain_inbox()
                             if self._bits >= above:
                                 break
-                        if not (io_above or self.timers.n):
+                        if not watch:
                             continue
                         if deadline is _INF:  # the first callback that needs it
                             deadline = clock() + self.slice
@@ -491,7 +490,6 @@ class Scheduler(ReadyQueue):
                                 break
                 finally:
                     n -= popped
-                    self._len -= popped
                     self.dispatched[level] += popped - skipped
                     if not q:
                         self._bits &= ~(1 << level)
