@@ -28,7 +28,8 @@ CONNS = 10
 
 SERVER = r"""
 import asyncio, sys
-from aem_loop.bench.common import loop_factory
+from aem_loop.bench.common import loop_factory, settle_malloc
+settle_malloc()
 n_conn = int(sys.argv[3]) + 1  # the clients and the readiness probe
 done = [0]
 class Echo(asyncio.Protocol):

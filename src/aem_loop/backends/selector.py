@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..capsules.cloner import CapsuleLoopMixin
-from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, make_scheduler
+from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, fast_handle, make_scheduler
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
 from ..core.scheduler import Scheduler
 
@@ -83,6 +83,31 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
 
     # -- entry points into the core -------------------------------------------
 
+    def call_soon(
+        self, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> events.Handle:
+        """As asyncio's.  Outside debug mode in one call: asyncio's path
+        (_check_closed, _call_soon, Handle.__init__, get_debug) is five
+        Python calls deep, and every future callback (each task wakeup)
+        comes this way."""
+        if self._debug or not FAST_HANDLES:
+            return super().call_soon(callback, *args, context=context)
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        handle: Any = _new_handle(_Handle)  # fast_handle(), inlined
+        handle._callback = callback
+        handle._args = args
+        handle._cancelled = False
+        handle._loop = self
+        handle._repr = None
+        handle._source_traceback = None
+        handle._context = _copy_context() if context is None else context
+        if context is None or self._aem_creating:
+            self._aem.push(handle)
+        else:
+            self._aem.push_woken(handle)
+        return handle
+
     def _call_soon(
         self, callback: Callable[..., object], args: Any, context: Any
     ) -> events.Handle:
@@ -90,15 +115,8 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
             handle = events.Handle(callback, args, self, context)
             if handle._source_traceback:
                 del handle._source_traceback[-1]
-        else:  # fast_handle(), inlined: every call_soon and wakeup is built here
-            handle = _new_handle(_Handle)
-            handle._callback = callback
-            handle._args = args
-            handle._cancelled = False
-            handle._loop = self
-            handle._repr = None
-            handle._source_traceback = None
-            handle._context = _copy_context() if context is None else context
+        else:
+            handle = fast_handle(self, callback, args, context)
         if context is None or self._aem_creating:
             self._aem.push(handle)
         else:
@@ -150,13 +168,13 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         old = self._aem_io_handles(fd)[0]
         handle = super()._add_reader(fd, callback, *args)  # type: ignore[misc]
         self._aem_io_swap(old, handle)
-        return handle  # type: ignore[no-any-return]
+        return handle
 
     def _add_writer(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
         old = self._aem_io_handles(fd)[1]
         handle = super()._add_writer(fd, callback, *args)  # type: ignore[misc]
         self._aem_io_swap(old, handle)
-        return handle  # type: ignore[no-any-return]
+        return handle
 
     def _remove_reader(self, fd: Any) -> bool:
         old = self._aem_io_handles(fd)[0]

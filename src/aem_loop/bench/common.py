@@ -52,6 +52,23 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def settle_malloc() -> None:
+    """Put glibc's allocator in the same state for every loop under test.
+
+    Stock asyncio's transports read with ``recv(256 KiB)``; glibc serves a
+    request above its mmap threshold (128 KiB at start) with mmap, and the
+    threshold only rises when a larger mmapped block is freed whole.  Whether
+    that has happened depends on incidental history (it differed with the
+    current directory: importlib's listing of a big directory did it), and
+    when it has not, every read costs mmap + mremap + munmap: stock asyncio's
+    echo server ran 3x slower from the repository's directory than from
+    /tmp.  Freeing one 1 MiB block raises the threshold above 256 KiB for
+    whichever loop runs, as any long-running program's first big buffer does.
+    """
+    block = bytearray(1 << 20)
+    del block
+
+
 def pin(cpu: int) -> None:
     """Pin this process to one CPU when the machine has enough of them.
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from .common import LOOPS, loop_factory, pin
+from .common import LOOPS, loop_factory, pin, settle_malloc
 
 # -- server (child process) ----------------------------------------------------
 
@@ -74,6 +74,7 @@ async def _serve(kind: str) -> None:
 
 def _server_main(loop_name: str, kind: str) -> None:
     pin(0)
+    settle_malloc()
     with asyncio.Runner(loop_factory=loop_factory(loop_name)) as r:
         r.run(_serve(kind))
 
