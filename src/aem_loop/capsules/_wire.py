@@ -8,9 +8,9 @@ exception or None, its traceback text, its repr) or HELLO (payload: pid),
 sent once when the capsule starts.
 
 The zygote talks to the pool over a SOCK_SEQPACKET socketpair (message
-boundaries, SCM_RIGHTS): ``b"S"`` + 8-byte capsule id with one fd attached
-asks for a capsule on that fd; the zygote answers ``b"X"`` + pid + wait
-status for every child that exits.
+boundaries, SCM_RIGHTS): ``b"S"`` + 8-byte capsule id + its busy-poll
+window (a double) with one fd attached asks for a capsule on that fd; the
+zygote answers ``b"X"`` + pid + wait status for every child that exits.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 HDR = struct.Struct("!I")
 EXIT = struct.Struct("!cii")  # b"X", pid, raw wait status
-SPAWN = struct.Struct("!cQ")  # b"S", capsule id
+SPAWN = struct.Struct("!cQd")  # b"S", capsule id, its busy-poll window (spin)
 
 OK, ERR, HELLO = 0, 1, 2
 
@@ -216,7 +216,6 @@ def zygote_main(
     preload: tuple[str, ...],
     initializer: Any = None,
     initargs: tuple[Any, ...] = (),
-    spin: float = SPIN,
 ) -> None:
     """Body of the template process: hand out capsules on request, report exits.
 
@@ -251,12 +250,12 @@ def zygote_main(
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 _warm_up()
                 try:
-                    _, fds, _, _ = socket.recv_fds(b, 16, 1)
+                    msg, fds, _, _ = socket.recv_fds(b, 64, 1)
                 except OSError:
                     fds = []
                 b.close()
                 if fds:
-                    capsule_main(fds[0], initializer, initargs, spin)
+                    capsule_main(fds[0], initializer, initargs, SPAWN.unpack(msg)[2])
             finally:
                 os._exit(0)
         b.close()
@@ -306,15 +305,15 @@ def zygote_main(
                 msg, fds = b"", []
             if not msg:  # the parent is gone or shut us down
                 break
-            if msg[:1] == b"I":  # a prestarted zygote learns its pool's settings
-                initializer, initargs, spin = pickle.loads(msg[1:])
+            if msg[:1] == b"I":  # a prestarted zygote learns its pool's initializer
+                initializer, initargs = pickle.loads(msg[1:])
                 drop_spares()  # they were forked without it
-            elif msg[:1] == b"S" and fds:
+            elif msg[:1] == b"S" and len(msg) == SPAWN.size and fds:
                 handed = False
                 while spares and not handed:
                     pid, a = spares.popitem()
                     try:
-                        socket.send_fds(a, [b"S"], fds)
+                        socket.send_fds(a, [msg], fds)
                         handed = True
                     except OSError:
                         pass  # that spare died: try the next, or fork
@@ -326,7 +325,7 @@ def zygote_main(
                             _close_fds_except({fds[0]})
                             signal.set_wakeup_fd(-1)
                             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                            capsule_main(fds[0], initializer, initargs, spin)
+                            capsule_main(fds[0], initializer, initargs, SPAWN.unpack(msg)[2])
                         finally:
                             os._exit(0)
                     children.add(pid)

@@ -147,16 +147,16 @@ class CapsulePool(ManagerThread, cf.Executor):
         # The zygote: one forked early by prestart() with the same preload,
         # or forked now, before this pool starts its thread.
         zp, pid = adopt_prestarted(preload)
-        if zp is not None and (initializer is not None or spin != w.SPIN):
+        if zp is not None and initializer is not None:
             try:
-                zp.send(b"I" + w.dumps((initializer, initargs, self.spin)))
+                zp.send(b"I" + w.dumps((initializer, initargs)))
             except Exception as exc:
                 close_zygote(zp, pid)
                 raise TypeError(
                     f"initializer must be picklable to reach a prestarted zygote: {exc}"
                 ) from exc
         if zp is None:
-            zp, pid = fork_zygote(preload, initializer, initargs, self.spin)
+            zp, pid = fork_zygote(preload, initializer, initargs)
         self._zsock = zp
         self._zpid = pid
         self._zlock = threading.Lock()
@@ -678,7 +678,7 @@ class CapsulePool(ManagerThread, cf.Executor):
             self.started += 1
         try:
             with self._zlock:
-                socket.send_fds(self._zsock, [w.SPAWN.pack(b"S", cap.id)], [b.fileno()])
+                socket.send_fds(self._zsock, [w.SPAWN.pack(b"S", cap.id, self.spin)], [b.fileno()])
         except OSError as exc:
             self._set_broken(f"the pool's zygote is gone ({exc})")
         finally:

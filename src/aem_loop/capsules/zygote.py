@@ -15,13 +15,13 @@ __all__ = ["adopt_prestarted", "close_zygote", "fork_zygote", "prestart"]
 
 
 def fork_zygote(preload: tuple[str, ...], initializer: Any,
-                 initargs: tuple[Any, ...], spin: float = w.SPIN) -> tuple[socket.socket, int]:
+                 initargs: tuple[Any, ...]) -> tuple[socket.socket, int]:
     zp, zc = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the zygote
         try:
             zp.close()
-            w.zygote_main(zc, preload, initializer, initargs, spin)
+            w.zygote_main(zc, preload, initializer, initargs)
         finally:
             os._exit(0)
     zc.close()
