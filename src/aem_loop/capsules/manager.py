@@ -168,6 +168,8 @@ class ManagerThread:
                         self._lost(cap, None)
                     else:
                         self._release(cap)
+                        if self._deferred:
+                            self._spawn_deferred()
                 else:  # the initializer raised
                     self._ep_unregister(cap)
                     self._set_broken(

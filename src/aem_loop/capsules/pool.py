@@ -177,8 +177,11 @@ class CapsulePool(ManagerThread, cf.Executor):
         # Started first: it is scheduled while the capsules are requested,
         # and reads their HELLOs as they come.
         self._manager_ident = _thread.start_new_thread(self._manage, ())
-        for i in range(size + reserve):
-            self._spawn(reserve=i >= size)
+        # One capsule now (the zygote's warm spare, when it has one); the
+        # others when it is ready, so that the zygote's forks for them do not
+        # compete with the first call for this machine's few cores.
+        self._deferred = [i >= size for i in range(1, size + reserve)]  # reserve flags
+        self._spawn(reserve=False)
 
     # -- public API ---------------------------------------------------------------
 
@@ -390,8 +393,8 @@ class CapsulePool(ManagerThread, cf.Executor):
             self._ready_waiters += 1
             try:
                 return self._idle_cond.wait_for(
-                    lambda: self._broken is not None or not any(
-                        c.state == "starting" for c in self._capsules.values()),
+                    lambda: self._broken is not None or (not self._deferred and not any(
+                        c.state == "starting" for c in self._capsules.values())),
                     timeout,
                 )
             finally:
@@ -668,6 +671,15 @@ class CapsulePool(ManagerThread, cf.Executor):
                 self._exit_waiters.setdefault(pid, []).append(cb)
                 return
         cb(status)
+
+    def _spawn_deferred(self) -> None:
+        """Request the capsules held back at creation (the first one is ready)."""
+        with self._lock:
+            todo, self._deferred = self._deferred, []
+            if self._broken or self._closing:
+                return
+        for reserve in todo:
+            self._spawn(reserve=reserve)
 
     def _spawn(self, *, reserve: bool) -> None:
         a, b = socket.socketpair()
