@@ -673,13 +673,20 @@ class CapsulePool(ManagerThread, cf.Executor):
         cb(status)
 
     def _spawn_deferred(self) -> None:
-        """Request the capsules held back at creation (the first one is ready)."""
-        with self._lock:
-            todo, self._deferred = self._deferred, []
-            if self._broken or self._closing:
-                return
-        for reserve in todo:
+        """Request the capsules held back at creation (the first one is ready).
+
+        Each leaves the list only once it is registered as starting, so that
+        wait_ready() never sees a moment with neither.
+        """
+        while True:
+            with self._lock:
+                if not self._deferred or self._broken or self._closing:
+                    self._deferred = []
+                    return
+                reserve = self._deferred[0]
             self._spawn(reserve=reserve)
+            with self._lock:
+                del self._deferred[0]
 
     def _spawn(self, *, reserve: bool) -> None:
         a, b = socket.socketpair()
