@@ -191,6 +191,7 @@ def _forget_parent_state() -> None:
         pass
 
 
+REFILL_DELAY = 0.05  # seconds between handing out a spare and forking the next
 SPARES = 1  # capsules the zygote keeps forked ahead, waiting for a socket
 
 
@@ -267,14 +268,20 @@ def zygote_main(
             a.close()  # EOF: it exits
         spares.clear()
 
+    # When the next spare may be forked: at once at start, REFILL_DELAY after
+    # one was handed out (a fork here costs milliseconds of CPU, which the
+    # capsule just handed out and its caller need more on a 2-core machine).
+    spare_at = 0.0
     while True:
         want_spare = len(spares) < SPARES
+        wait = max(0.0, spare_at - time.monotonic()) if want_spare else None
         try:
-            ready, _, _ = select.select([zfd, rfd], [], [], 0 if want_spare else None)
+            ready, _, _ = select.select([zfd, rfd], [], [], wait)
         except InterruptedError:
             ready = [rfd]
         if not ready and want_spare:
-            fork_spare()  # nothing asked: use the idle moment
+            if time.monotonic() >= spare_at:
+                fork_spare()  # nothing asked: use the idle moment
             continue
         if rfd in ready:
             try:
@@ -315,6 +322,7 @@ def zygote_main(
                     try:
                         socket.send_fds(a, [msg], fds)
                         handed = True
+                        spare_at = time.monotonic() + REFILL_DELAY
                     except OSError:
                         pass  # that spare died: try the next, or fork
                     a.close()
