@@ -84,3 +84,23 @@ def test_closed_loop_refuses_work(backend):
         loop.call_later(1, print)
     with pytest.raises(RuntimeError, match="closed"):
         loop.call_soon_threadsafe(print)
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_debug_mode_handles_record_where_they_were_made():
+    """In debug mode a handle's source traceback ends at the caller's frame, as
+    on stock asyncio (outside debug mode handles are built on a faster path)."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    try:
+        for make in (lambda: loop.call_soon(print), lambda: loop.call_later(10, print),
+                     lambda: loop.call_at(loop.time() + 10, print),
+                     lambda: loop.call_soon_threadsafe(print)):
+            h = make()
+            tb = h._source_traceback
+            assert isinstance(tb, list) and tb, make
+            assert tb[-1][2] == "<lambda>", (make, tb[-1])
+            h.cancel()
+    finally:
+        loop.set_debug(False)

@@ -91,7 +91,10 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         Python calls deep, and every future callback (each task wakeup)
         comes this way."""
         if self._debug or not FAST_HANDLES:
-            return super().call_soon(callback, *args, context=context)
+            h = super().call_soon(callback, *args, context=context)
+            if h._source_traceback:  # type: ignore[attr-defined]
+                del h._source_traceback[-1]  # type: ignore[attr-defined]  # this frame
+            return h
         if self._closed:
             raise RuntimeError("Event loop is closed")
         handle: Any = _new_handle(_Handle)  # fast_handle(), inlined
