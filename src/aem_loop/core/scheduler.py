@@ -413,9 +413,8 @@ class Scheduler(ReadyQueue):
         debug = self.debug
         io_queued = self._io_queued
         io_discard = io_queued.discard
-        # The time slice starts after the first callback that needs the clock
-        # (see watch): a round that nothing urgent can interrupt reads none.
-        deadline = _INF
+        # A round of one callback needs no clock: nothing can wait behind it.
+        deadline = clock() + self.slice if n > 1 else _INF
         try:
             if bits & (bits - 1) and self.aging is not None:  # two levels or more
                 n -= self._run_aged(clock())
@@ -468,9 +467,7 @@ class Scheduler(ReadyQueue):
                                 break
                         if not watch:
                             continue
-                        if deadline is _INF:  # the first callback that needs it
-                            deadline = clock() + self.slice
-                        elif clock() >= deadline:
+                        if clock() >= deadline:
                             # Slice spent.  If I/O above the backlog's level may
                             # be ready, return so the backend polls; otherwise
                             # only timers and other threads can bring urgent
