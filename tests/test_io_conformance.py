@@ -7,8 +7,11 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 
 import pytest
+
+import aem_loop
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.conformance]
 
@@ -197,3 +200,45 @@ async def test_asyncgen_shutdown():
     assert await g.__anext__() == 1
     await asyncio.get_running_loop().shutdown_asyncgens()
     assert closed == [True]
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_reader_removed_by_a_done_callback_runs_once_per_wait():
+    """anyio's pattern: add_reader(fd, fut.set_result, None), removed in the
+    future's done callback.  The reader must not run again before that
+    callback, even while a backlog makes dispatch rounds end on their slice."""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    stop = False
+
+    async def burn():
+        while not stop:
+            end = time.perf_counter() + 0.00005
+            while time.perf_counter() < end:
+                pass
+            await asyncio.sleep(0)
+
+    with aem_loop.priority(60):  # on uvloop: from now on the core dispatches
+        loop.call_soon(lambda: None)
+    # a backlog at the waits' own level: rounds end on their time slice
+    burners = [asyncio.create_task(burn()) for _ in range(50)]
+    try:
+        for _ in range(100):
+            fut = loop.create_future()
+            loop.add_reader(a, fut.set_result, None)
+            fut.add_done_callback(lambda f: loop.remove_reader(a))
+            b.send(b"x")
+            await fut
+            await asyncio.sleep(0)
+            a.recv(10)
+    finally:
+        stop = True
+        await asyncio.gather(*burners)
+        a.close()
+        b.close()
+        loop.set_exception_handler(None)
+    assert not errors, errors[:3]

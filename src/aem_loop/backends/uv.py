@@ -7,6 +7,10 @@ What goes through the core here:
   ``call_at`` (one libuv timer for the earliest core timer, not one per
   call), ``call_soon_threadsafe`` (so executor results and
   ``run_coroutine_threadsafe``), and ``create_task(priority=)``;
+- readers and writers (``add_reader``/``add_writer``): libuv's readiness
+  queues the callback, coalesced while queued, at the priority of the
+  context that added it (so a reader cannot run again before a callback
+  queued ahead of it, such as the future's done callback that removes it);
 - protocol callbacks of connections made under a non-default priority
   (:mod:`aem_loop.backends.uvproto`): they run directly when nothing more
   urgent is queued (the fast path), and are queued at their priority
@@ -17,9 +21,10 @@ is queued; libuv polls I/O (without blocking, since a handle is ready)
 between two rounds, so the time slice bounds urgent latency here too.
 
 Fast path: until the first callback, task, timer or connection at a
-non-default priority, ``call_soon`` and ``call_soon_threadsafe`` hand their
-callbacks straight to uvloop's C queue (there is nothing to order yet), so
-unmodified programs run at uvloop's speed.  From the first non-default
+non-default priority, ``call_soon``, ``call_soon_threadsafe`` and
+``add_reader``/``add_writer`` hand their callbacks straight to uvloop
+(there is nothing to order yet), so unmodified programs run at uvloop's
+speed.  From the first non-default
 priority on, the core dispatches every callback; callbacks already in
 uvloop's queue at that moment run first (one round).  ``fast_path=False``
 makes the core dispatch everything from the start.
@@ -58,6 +63,15 @@ _monotonic = time.monotonic
 _uv_call_soon = uvloop.Loop.call_soon
 _uv_call_later = uvloop.Loop.call_later
 _uv_call_soon_threadsafe = uvloop.Loop.call_soon_threadsafe
+_uv_add_reader = uvloop.Loop.add_reader
+_uv_add_writer = uvloop.Loop.add_writer
+_uv_remove_reader = uvloop.Loop.remove_reader
+_uv_remove_writer = uvloop.Loop.remove_writer
+
+
+def _fileno(fd: Any) -> int:
+    """The fd number of an int or an object with fileno() (as uvloop accepts)."""
+    return fd if isinstance(fd, int) else int(fd.fileno())
 _INF = math.inf
 
 
@@ -87,6 +101,8 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         self._aem_uv_timer: Any = None
         self._aem_timer_when = _INF
         self._current_handle = None
+        # (uvloop's add function, fd) -> the queued handle of a reader/writer
+        self._aem_io: dict[tuple[Any, int], events.Handle] = {}
 
     # -- entry points into the core ---------------------------------------------
 
@@ -139,6 +155,56 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         # uvloop's own thread-safe entry wakes libuv (uv_async_send).
         _uv_call_soon_threadsafe(self, self._aem_dispatch)
         return handle
+
+    # -- readers and writers ---------------------------------------------------------
+    #
+    # Once the core dispatches (mixed mode), libuv's readiness of an fd only
+    # queues its callback, coalesced while queued (Scheduler.push_ready), at
+    # the priority of the context that added it.  Run directly by libuv, a
+    # reader could fire again between two rounds while the callback that
+    # removes it (e.g. a future's done callback) still waits in the queue:
+    # stock uvloop runs every ready callback before it polls again.
+
+    def _aem_io_add(self, add: Any, fd: Any, callback: Any, args: tuple[Any, ...]) -> None:
+        if not self._aem_mixed:
+            add(self, fd, callback, *args)
+            return
+        self._aem_check_open()
+        handle = events.Handle(callback, args, self, None)
+        sched = self._aem
+
+        def ready() -> None:
+            if handle._cancelled:
+                return
+            sched.push_ready(handle)
+            if not self._aem_armed:
+                self._aem_armed = True
+                _uv_call_soon(self, self._aem_dispatch)
+
+        add(self, fd, ready)
+        table = self._aem_io
+        old = table.get((add, _fileno(fd)))
+        if old is not None:
+            old.cancel()
+        table[(add, _fileno(fd))] = handle
+
+    def _aem_io_remove(self, add: Any, remove: Any, fd: Any) -> bool:
+        handle = self._aem_io.pop((add, _fileno(fd)), None)
+        if handle is not None:
+            handle.cancel()  # a queued activation is skipped
+        return bool(remove(self, fd))
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        self._aem_io_add(_uv_add_reader, fd, callback, args)
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        self._aem_io_add(_uv_add_writer, fd, callback, args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        return self._aem_io_remove(_uv_add_reader, _uv_remove_reader, fd)
+
+    def remove_writer(self, fd: Any) -> bool:
+        return self._aem_io_remove(_uv_add_writer, _uv_remove_writer, fd)
 
     def _aem_check_open(self) -> None:
         if self._aem_closed:
