@@ -242,3 +242,18 @@ async def test_reader_removed_by_a_done_callback_runs_once_per_wait():
         b.close()
         loop.set_exception_handler(None)
     assert not errors, errors[:3]
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_reader_writer_invalid_file_object():
+    loop = asyncio.get_running_loop()
+    with aem_loop.priority(60):  # on uvloop: the core's reader path, not the fast one
+        loop.call_soon(lambda: None)
+    await asyncio.sleep(0)
+    for method in (loop.add_reader, loop.add_writer):
+        with pytest.raises(ValueError, match="Invalid file object"):
+            method(object(), lambda: None)
+    for method in (loop.remove_reader, loop.remove_writer):
+        with pytest.raises(ValueError, match="Invalid file object"):
+            method(object())

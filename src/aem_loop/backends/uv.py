@@ -69,9 +69,15 @@ _uv_remove_reader = uvloop.Loop.remove_reader
 _uv_remove_writer = uvloop.Loop.remove_writer
 
 
-def _fileno(fd: Any) -> int:
-    """The fd number of an int or an object with fileno() (as uvloop accepts)."""
-    return fd if isinstance(fd, int) else int(fd.fileno())
+def _fileno(fd: Any) -> int | None:
+    """The fd number of an int or an object with fileno(); None for anything
+    else (uvloop then raises its own ValueError for it)."""
+    if isinstance(fd, int):
+        return fd
+    try:
+        return int(fd.fileno())
+    except (AttributeError, TypeError, ValueError, OSError):
+        return None
 _INF = math.inf
 
 
@@ -102,7 +108,7 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         self._aem_timer_when = _INF
         self._current_handle = None
         # (uvloop's add function, fd) -> the queued handle of a reader/writer
-        self._aem_io: dict[tuple[Any, int], events.Handle] = {}
+        self._aem_io: dict[tuple[Any, int | None], events.Handle] = {}
 
     # -- entry points into the core ---------------------------------------------
 
