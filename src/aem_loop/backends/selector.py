@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..capsules.cloner import CapsuleLoopMixin
-from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, fast_handle, make_scheduler
+from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, make_scheduler
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
 from ..core.scheduler import Scheduler
 
@@ -114,12 +114,11 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
     def _call_soon(
         self, callback: Callable[..., object], args: Any, context: Any
     ) -> events.Handle:
-        if self._debug or not FAST_HANDLES:
-            handle = events.Handle(callback, args, self, context)
-            if handle._source_traceback:
-                del handle._source_traceback[-1]
-        else:
-            handle = fast_handle(self, callback, args, context)
+        # Reached through BaseEventLoop.call_soon only in debug mode (or with
+        # an unknown Handle layout): call_soon above builds its own otherwise.
+        handle = events.Handle(callback, args, self, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
         if context is None or self._aem_creating:
             self._aem.push(handle)
         else:

@@ -139,7 +139,7 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
             self._aem.push(handle)
         else:
             self._aem.push_woken(handle)
-        if not self._aem_armed:
+        if not self._aem_armed:  # _aem_arm(), inlined on this hot path
             self._aem_armed = True
             _uv_call_soon(self, self._aem_dispatch)
         return handle
@@ -180,19 +180,16 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         sched = self._aem
 
         def ready() -> None:
-            if handle._cancelled:
-                return
-            sched.push_ready(handle)
-            if not self._aem_armed:
-                self._aem_armed = True
-                _uv_call_soon(self, self._aem_dispatch)
+            if not handle._cancelled:
+                sched.push_ready(handle)
+                self._aem_arm()
 
         add(self, fd, ready)
-        table = self._aem_io
-        old = table.get((add, _fileno(fd)))
+        key = (add, _fileno(fd))
+        old = self._aem_io.get(key)
         if old is not None:
             old.cancel()
-        table[(add, _fileno(fd))] = handle
+        self._aem_io[key] = handle
 
     def _aem_io_remove(self, add: Any, remove: Any, fd: Any) -> bool:
         handle = self._aem_io.pop((add, _fileno(fd)), None)
@@ -226,6 +223,12 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
 
     # -- dispatch -----------------------------------------------------------------
 
+    def _aem_arm(self) -> None:
+        """Have uvloop run the next round (once, however often it is asked)."""
+        if not self._aem_armed:
+            self._aem_armed = True
+            _uv_call_soon(self, self._aem_dispatch)
+
     def _aem_dispatch(self) -> None:
         self._aem_armed = False
         sched = self._aem
@@ -235,9 +238,8 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
             sched.polls += 1
             sched.run_ready()
         finally:
-            if not self._aem_armed and (sched._bits or sched.inbox):
-                self._aem_armed = True
-                _uv_call_soon(self, self._aem_dispatch)
+            if sched._bits or sched.inbox:
+                self._aem_arm()
             if sched.timers.n:
                 when = sched.timers.next_when()
                 if when is not None and when < self._aem_timer_when:
@@ -271,9 +273,8 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         self._aem_timer_when = _INF
         sched = self._aem
         sched.move_due_timers(_monotonic())
-        if sched._bits and not self._aem_armed:
-            self._aem_armed = True
-            _uv_call_soon(self, self._aem_dispatch)
+        if sched._bits:
+            self._aem_arm()
         when = sched.timers.next_when()
         if when is not None:
             self._aem_arm_timer(when)

@@ -391,10 +391,9 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
     fns: dict[bytes, Any] = {}  # function pickles seen -> functions
     loads = pickle.loads
     unpack = HDR.unpack_from
-    recv = sock.recv
     while True:
         try:
-            data = recv_spinning(sock, spin) if spin else recv(RECV)
+            data = recv_spinning(sock, spin)
         except OSError:
             return
         if not data:

@@ -254,7 +254,7 @@ class CapsulePool(ManagerThread, cf.Executor):
         try:
             sock.sendall(payload)
             if timeout is None:
-                data = w.recv_spinning(sock, self.spin) if self.spin else sock.recv(_RECV)
+                data = w.recv_spinning(sock, self.spin)
                 # one whole reply in one read (the usual case), else reassemble
                 if len(data) > 4 and _HDR_UNPACK(data)[0] == len(data) - 4 and not cap.reader.buf:
                     raw = memoryview(data)[4:]
