@@ -95,6 +95,15 @@ def init_fail() -> None:
     raise RuntimeError("no init for you")
 
 
+def exit_first_time(path: str) -> None:
+    """An initializer: the first capsule to run it dies before its HELLO."""
+    try:
+        open(path, "x").close()
+    except FileExistsError:
+        return
+    os._exit(7)
+
+
 def big(n: int) -> bytes:
     return bytes(range(256)) * (n // 256)
 
@@ -362,6 +371,53 @@ def test_preload_and_initializer() -> None:
     try:
         assert p.call(modules_loaded, "colorsys")
         assert p.call(read_state) == 41
+    finally:
+        p.shutdown()
+    assert gone(p.zygote_pid)
+
+
+def test_first_call_takes_a_starting_capsule() -> None:
+    # The first call of a new pool sends its request before the capsule has
+    # said HELLO and reads the HELLO itself; the capsule then serves on as a
+    # regular member of the pool.
+    p = CapsulePool(2, reserve=1)
+    try:
+        first = p.call(pid)
+        assert p.wait_ready(10)
+        assert first in p.pids()
+        assert p.statistics()["idle"] == 2 and p.statistics()["idle_reserve"] == 1
+        assert p.call(add, 2, 3) == 5
+        seen = set(p.pids())
+        assert len(seen) == 3 and p.statistics()["started"] == 3, p.statistics()
+    finally:
+        p.shutdown()
+    assert gone(p.zygote_pid)
+    assert all(wait_gone(x) for x in seen)
+
+
+def test_first_call_survives_a_capsule_dying_before_hello(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The claimed capsule exits in its initializer: the request never ran,
+    # so the call is sent again to the replacement.
+    p = CapsulePool(1, reserve=0, initializer=exit_first_time,
+                    initargs=(str(tmp_path / "died"),))
+    try:
+        assert p.call(add, 20, 22) == 42
+        assert p.statistics()["died"] == 1
+        assert p.statistics()["started"] == 2
+        seen = set(p.pids())
+    finally:
+        p.shutdown()
+    assert gone(p.zygote_pid)
+    assert all(wait_gone(x) for x in seen)
+
+
+def test_failing_initializer_on_the_first_call() -> None:
+    p = CapsulePool(1, reserve=0, initializer=init_fail)
+    try:
+        with pytest.raises(aem_loop.BrokenCapsulePool, match="no init for you"):
+            p.call(add, 1, 1)
+        with pytest.raises(aem_loop.BrokenCapsulePool):
+            p.call(add, 1, 1)
     finally:
         p.shutdown()
     assert gone(p.zygote_pid)

@@ -70,10 +70,11 @@ def frame(payload: bytes) -> bytes:
 class Reader:
     """Incremental decoder of length-prefixed frames."""
 
-    __slots__ = ("buf",)
+    __slots__ = ("buf", "frames")
 
     def __init__(self) -> None:
         self.buf = bytearray()
+        self.frames: list[Any] = []  # complete frames read ahead (recv_frame_blocking)
 
     def feed(self, data: bytes) -> list[Any]:
         """Complete frames so far (bytes or memoryviews, for pickle.loads)."""
@@ -118,6 +119,8 @@ def recv_frame_blocking(sock: socket.socket, reader: Reader, timeout: float | No
 
     Returns None at EOF; raises TimeoutError.
     """
+    if reader.frames:
+        return reader.frames.pop(0)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         if deadline is not None:
@@ -132,7 +135,8 @@ def recv_frame_blocking(sock: socket.socket, reader: Reader, timeout: float | No
             return None
         frames = reader.feed(data)
         if frames:
-            return frames[0]  # the capsule sends one reply per request
+            reader.frames.extend(frames[1:])  # e.g. a reply read with a HELLO
+            return frames[0]
 
 
 def describe_status(status: int) -> str:

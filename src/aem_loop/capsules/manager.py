@@ -35,7 +35,7 @@ class Capsule:
         self.fd = sock.fileno()
         self.pid = 0
         self.reader = w.Reader()
-        self.state = "starting"  # idle, busy, dead
+        self.state = "starting"  # greeting (the manager reads its HELLO), idle, busy, dead
         self.call: Any = None  # a Call, SYNC, or None
         self.reserve = reserve
         self.dedicated = False
@@ -89,6 +89,9 @@ class ManagerThread:
                             os.read(self._wake_r, 4096)
                         except BlockingIOError:
                             pass
+                        if self._spawn_rest:
+                            self._spawn_rest = False
+                            self._spawn_deferred()
                     else:
                         cap = self._by_fd.get(fd)
                         if cap is not None:
@@ -123,13 +126,22 @@ class ManagerThread:
                 cap = self._by_pid.pop(pid, None)
             for cb in waiters or ():
                 cb(status)
-            if cap is not None and cap.state in ("idle", "starting"):
+            if cap is not None and cap.state in ("idle", "starting", "greeting"):
                 # died with no call in it: forget and replace it
                 with self._lock:
                     self._exits.pop(pid, None)
                 self._lost(cap, None)
 
     def _capsule_readable(self, cap: Capsule) -> None:
+        if cap.state == "starting":
+            # pool.call() may claim a starting capsule and read its HELLO
+            # itself: deciding who reads it is done under the lock.
+            with self._lock:
+                if cap.state != "starting":
+                    return
+                cap.state = "greeting"
+        elif cap.call is SYNC:
+            return  # claimed by pool.call() after this fd was reported readable
         try:
             data = cap.sock.recv(_RECV)
         except BlockingIOError:
@@ -139,7 +151,7 @@ class ManagerThread:
         if not data:
             call = cap.call
             self._ep_unregister(cap)
-            if cap.state == "starting":
+            if cap.state == "greeting":
                 self._lost(cap, None)
                 return
             self._lost(cap, call)
@@ -156,7 +168,7 @@ class ManagerThread:
                 self._on_exit(pid, report)
             return
         for raw in cap.reader.feed(data):
-            if cap.state == "starting":
+            if cap.state == "greeting":
                 _, status, payload = pickle.loads(raw)
                 if status == w.HELLO:
                     with self._lock:

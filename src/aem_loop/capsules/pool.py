@@ -55,6 +55,7 @@ _dumps = pickle.dumps
 _HDR_PACK = w.HDR.pack
 _HDR_UNPACK = w.HDR.unpack_from
 _RECV = w.RECV
+_STARTING = ("starting", "greeting")  # forked, HELLO not handled yet
 _STATUS_WAIT = 5.0  # seconds to wait for the zygote's report of a death
 
 
@@ -166,6 +167,13 @@ class CapsulePool(ManagerThread, cf.Executor):
         os.set_blocking(self._wake_w, False)
         self._ep.register(zp.fileno(), select.EPOLLIN)
         self._ep.register(self._wake_r, select.EPOLLIN)
+        # One capsule now (the zygote's warm spare, when it has one), asked
+        # for before the rest of the set-up so that the hand-over overlaps
+        # it; the others when it is ready, so that the zygote's forks for
+        # them do not compete with the first call for this machine's few cores.
+        self._deferred = [i >= size for i in range(1, size + reserve)]  # reserve flags
+        self._spawn_rest = False  # set with _wake(): the manager requests the deferred
+        self._spawn(reserve=False)
         # The manager thread is started with _thread, which does not wait
         # for it to be scheduled (threading.Thread.start() does: ~1 ms here);
         # shutdown() joins it through _manager_done.
@@ -174,14 +182,7 @@ class CapsulePool(ManagerThread, cf.Executor):
         self._finalizer = weakref.finalize(
             self, _emergency_teardown, self._zsock, self._zpid, self._capsules
         )
-        # Started first: it is scheduled while the capsules are requested,
-        # and reads their HELLOs as they come.
         self._manager_ident = _thread.start_new_thread(self._manage, ())
-        # One capsule now (the zygote's warm spare, when it has one); the
-        # others when it is ready, so that the zygote's forks for them do not
-        # compete with the first call for this machine's few cores.
-        self._deferred = [i >= size for i in range(1, size + reserve)]  # reserve flags
-        self._spawn(reserve=False)
 
     # -- public API ---------------------------------------------------------------
 
@@ -206,7 +207,7 @@ class CapsulePool(ManagerThread, cf.Executor):
         return fut
 
     def call(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
-             priority: int | None = None) -> Any:
+             priority: int | None = None, _claim: bool = True) -> Any:
         """Run ``fn(*args)`` in a capsule and wait here for the result.
 
         The calling thread reads the reply itself (the fastest path).  On
@@ -227,6 +228,8 @@ class CapsulePool(ManagerThread, cf.Executor):
             if self._closing or self._broken:
                 self._check_open()
             cap = self._take(prio)
+            if cap is None and _claim and not self._backlog and not self._ready_waiters:
+                cap = self._claim(prio)
             if cap is None:
                 # None idle: wait here for one (this thread then reads the
                 # reply itself; no hand-off through the manager thread).
@@ -253,7 +256,18 @@ class CapsulePool(ManagerThread, cf.Executor):
         raw: Any
         try:
             sock.sendall(payload)
-            if timeout is None:
+            if not cap.pid:  # claimed while starting: its HELLO comes first
+                t0 = time.monotonic()
+                if not self._read_hello(cap, timeout):
+                    # it died before it read anything: the request never ran
+                    return self.call(fn, *args, timeout=timeout, priority=priority,
+                                     _claim=False)
+                if timeout is not None:
+                    timeout = max(0.0, timeout - (time.monotonic() - t0))
+            ahead = cap.reader.frames
+            if ahead:  # the reply came with the HELLO
+                raw = ahead.pop(0)
+            elif timeout is None:
                 data = w.recv_spinning(sock, self.spin)
                 # one whole reply in one read (the usual case), else reassemble
                 if len(data) > 4 and _HDR_UNPACK(data)[0] == len(data) - 4 and not cap.reader.buf:
@@ -394,7 +408,7 @@ class CapsulePool(ManagerThread, cf.Executor):
             try:
                 return self._idle_cond.wait_for(
                     lambda: self._broken is not None or (not self._deferred and not any(
-                        c.state == "starting" for c in self._capsules.values())),
+                        c.state in _STARTING for c in self._capsules.values())),
                     timeout,
                 )
             finally:
@@ -410,7 +424,7 @@ class CapsulePool(ManagerThread, cf.Executor):
                 "busy": sum(1 for c in self._capsules.values()
                             if c.state == "busy" and not c.dedicated),
                 "dedicated": sum(1 for c in self._capsules.values() if c.dedicated),
-                "starting": sum(1 for c in self._capsules.values() if c.state == "starting"),
+                "starting": sum(1 for c in self._capsules.values() if c.state in _STARTING),
                 "queued": len(self._backlog),
                 "started": self.started,
                 "died": self.died,
@@ -466,6 +480,52 @@ class CapsulePool(ManagerThread, cf.Executor):
         if prio >= _CRITICAL and self._idle_reserve:
             return self._idle_reserve.pop()
         return None
+
+    def _claim(self, prio: int) -> Capsule | None:
+        """A starting capsule for pool.call() (lock held), or None.
+
+        Nobody waits for it (checked by the caller), so instead of waiting
+        for the manager thread to read its HELLO and hand it over, the caller
+        sends its request at once and reads the HELLO before the reply: the
+        first call of a new pool saves two hand-offs between processes.
+        """
+        for cap in self._capsules.values():
+            if cap.state == "starting" and (not cap.reserve or prio >= _CRITICAL):
+                cap.state = "busy"  # the manager no longer reads it (see _capsule_readable)
+                cap.call = SYNC
+                try:
+                    self._ep.unregister(cap.fd)
+                except (OSError, ValueError):
+                    pass
+                return cap
+        return None
+
+    def _read_hello(self, cap: Capsule, timeout: float | None) -> bool:
+        """Read the HELLO of a claimed capsule; False if it died first.
+
+        A reply that came in the same read waits in ``cap.reader.frames``.
+        Raises BrokenCapsulePool if the pool's initializer raised in it, and
+        TimeoutError (call() then closes the capsule's socket: without its pid
+        it cannot be killed; it exits once it has run the request).
+        """
+        reader = cap.reader
+        raw = w.recv_frame_blocking(cap.sock, reader, timeout)  # TimeoutError: see call()
+        if raw is None:
+            self._lost(cap, SYNC)  # counts this call out; the retry counts itself in
+            return False
+        _, status, payload = pickle.loads(raw)
+        if status != w.HELLO:  # the initializer raised
+            self._set_broken("a capsule's initializer raised:\n" + payload[1])
+            self._lost(cap, SYNC)
+            self._check_open()
+        with self._lock:
+            cap.pid = payload
+            if payload not in self._exits:  # else it is already gone: EOF comes next
+                self._by_pid[payload] = cap
+            if self._deferred:  # the first capsule is up: the manager requests the rest
+                self._spawn_rest = True
+                self._wake()
+        return True
 
     def _release(self, cap: Capsule) -> None:
         """*cap* is free again: the next waiting call that may use it gets it."""
