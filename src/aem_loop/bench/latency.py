@@ -7,6 +7,10 @@ their own lateness (so a stall of 50 ms counts as 25 late samples, not one).
 On aem loops the probe runs at CRITICAL and the tasks at NORMAL; on stock
 loops priority does not exist, so the probe waits for the whole backlog.
 
+The garbage collector's pauses during the probing are recorded apart
+(``gc_max``): a full collection stops the process for milliseconds whatever
+the loop, and is the usual cause of a p99.9/max above the slice.
+
 The first WARMUP seconds of probing are not counted, on every loop alike
 (steady state, as cyclictest): on aem's uvloop backend they contain the
 one-time switch from uvloop's fast path to core dispatch, during which the
@@ -16,6 +20,8 @@ backlog already queued in uvloop runs once (docs/design.md).
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 
 import numpy as np
 
@@ -28,7 +34,22 @@ WORK = 50e-6
 WARMUP = 0.2
 
 
-async def _measure(tasks: int, duration: float) -> list[float]:
+class _GCPauses:
+    """The garbage collector's pauses (seconds) while it is installed: a
+    full collection stops every loop alike and shows as probe lateness."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._t)
+
+
+async def _measure(tasks: int, duration: float) -> tuple[list[float], list[float]]:
     loop = asyncio.get_running_loop()
     flood = Flood(tasks, WORK)
     await asyncio.sleep(0.02)  # let the backlog build up
@@ -51,14 +72,21 @@ async def _measure(tasks: int, duration: float) -> list[float]:
 
     with aem_loop.priority(aem_loop.Priority.CRITICAL):
         loop.call_at(start, probe)
-    await done
+    gcp = _GCPauses()
+    gc.callbacks.append(gcp)
+    try:
+        await done
+    finally:
+        gc.callbacks.remove(gcp)
     await flood.stop()
-    return lateness
+    return lateness, gcp.pauses
 
 
 def run_once(loop_name: str, tasks: int, duration: float) -> dict[str, float]:
     with asyncio.Runner(loop_factory=loop_factory(loop_name)) as r:
-        lat = np.array(r.run(_measure(tasks, duration))) * 1000.0
+        late, pauses = r.run(_measure(tasks, duration))
+    lat = np.array(late) * 1000.0
     p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
     return {"p50": float(p50), "p99": float(p99), "p99.9": float(p999),
-            "max": float(lat.max()), "samples": int(lat.size)}
+            "max": float(lat.max()), "samples": int(lat.size),
+            "gc_max": max(pauses, default=0.0) * 1000.0, "gc_n": len(pauses)}

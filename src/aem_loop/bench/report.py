@@ -92,17 +92,20 @@ def run_latency(*, quick: bool, runs: int, duration: float | None, out: str | No
                         latency.run_once(lp, n, duration))
                     prog.advance(task)
     table = Table(title=f"urgent probe lateness, ms (2 ms period; median of {runs} x {duration}s)")
-    for col in ("loop", "tasks", "p50", "p99", "p99.9", "max"):
+    qs = ("p50", "p99", "p99.9", "max", "gc_max")
+    for col in ("loop", "tasks", "p50", "p99", "p99.9", "max", "gc pause"):
         table.add_column(col, justify="right")
     md = [f"Priority latency (probe every 2 ms at CRITICAL, N tasks burning 50 us/step), "
-          f"lateness in ms, median of {runs} runs of {duration}s; {machine()}", "",
-          "| loop | tasks | p50 | p99 | p99.9 | max |", "|---|---|---|---|---|---|"]
+          f"lateness in ms, median of {runs} runs of {duration}s; gc pause: the longest "
+          f"garbage-collector pause while probing (it stops any loop); {machine()}", "",
+          "| loop | tasks | p50 | p99 | p99.9 | max | gc pause |",
+          "|---|---|---|---|---|---|---|"]
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for lp in loops:
         for n in counts:
-            m = {q: median([r[q] for r in res[lp][n]]) for q in ("p50", "p99", "p99.9", "max")}
+            m = {q: median([r[q] for r in res[lp][n]]) for q in qs}
             summary.setdefault(lp, {})[str(n)] = m
-            row = [f"{m[q]:.3f}" for q in ("p50", "p99", "p99.9", "max")]
+            row = [f"{m[q]:.3f}" for q in qs]
             table.add_row(lp, str(n), *row)
             md.append(f"| {lp} | {n} | " + " | ".join(row) + " |")
     console.print(table)
