@@ -128,6 +128,7 @@ def run_timers(*, quick: bool, runs: int, out: str | None,
     jobs: list[tuple[str, tuple[Any, ...]]] = []
     for n in sizes:
         jobs += [("bulk", (lp, n)) for lp in loops] + [("churn", (lp, n)) for lp in loops]
+        jobs.append(("floor", (n,)))
     jobs += [("memory", (lp, 100_000)) for lp in loops]
     jobs += [("periodic", (lp, 1000, pdur)) for lp in loops]
     jobs += [("slack", (lp, 10_000, pdur, s)) for lp in aem for s in slacks]
@@ -176,6 +177,17 @@ def run_timers(*, quick: bool, runs: int, out: str | None,
             data.setdefault("speed", {})[f"{w} {n}"] = {
                 "median": m, "asyncio_over_aem_selector": r1, "uvloop_over_aem_uvloop": r2}
     console.print(t)
+    md += ["", "Floor: building the handles alone (object + context copy, as any call_later "
+           "returning an asyncio TimerHandle must), nothing scheduled or cancelled; the "
+           "largest bulk speed-up over asyncio a pure-Python loop can reach is asyncio's "
+           "bulk time / this.", "", "| N | ns per handle | asyncio bulk / floor |", "|---|---|---|"]
+    for n in sizes:
+        fl = med("floor", n)["total_ns"]
+        ceiling = med("bulk", "asyncio", n)["total_ns"] / fl if "asyncio" in loops else 0
+        md.append(f"| {n:,} | {fl:,.0f} | {ceiling:.2f}x |")
+        console.print(f"floor N={n:,}: {fl:,.0f} ns per handle; asyncio bulk / floor "
+                      f"{ceiling:.2f}x")
+        data.setdefault("floor", {})[str(n)] = {"ns": fl, "asyncio_bulk_over_floor": ceiling}
     md += pauses
     mem = {lp: med("memory", lp, 100_000)["bytes_per_timer"] for lp in loops}
     md += ["", "Memory per pending timer (tracemalloc; uvloop's libuv timers live in C "

@@ -13,6 +13,9 @@ collector state left by one loop do not bill the next.  Workloads:
   the loop runs one iteration.  ns per operation; the longest iteration, also
   without the garbage collector's pauses in it (those are not the timers'
   housekeeping, and hit every loop alike).
+- ``floor``: only build N handles as call_later must (object + context
+  copy), nothing scheduled: stock's bulk time over this bounds what any
+  pure-Python loop returning asyncio TimerHandles can reach.
 - ``memory``: bytes per pending timer (tracemalloc, N = 100k).
 - ``periodic``: a 2 ms periodic job under a flood of 1000 tasks burning
   50 us per step.  aem: ``call_every(..., priority=CRITICAL)``; stock asyncio
@@ -75,6 +78,29 @@ def bulk(loop_name: str, n: int) -> dict[str, float]:
             "total_ns": (t3 - t0) / n * 1e9,
             "pause_ms": (t3 - t2) * 1e3,
         }
+    finally:
+        loop.close()
+
+
+def floor(n: int) -> dict[str, float]:
+    """What any call_later that returns an asyncio TimerHandle must at least
+    do, without scheduling or cancelling anything: build the handle and copy
+    the context (aem's own construction, as in bulk).  Bounds the speed-up a
+    pure-Python loop can reach on bulk: stock's bulk time / this."""
+    from aem_loop.core.loopbase import _fast_timer
+
+    loop = loop_factory("aem-selector")()
+    try:
+        rng = random.Random(1)
+        delays = [rng.uniform(100, 400) for _ in range(n)]
+        cb = _noop
+        mono = time.monotonic
+        gc.collect()
+        t0 = time.perf_counter()
+        hs = [_fast_timer(loop, mono() + d, cb, (), None) for d in delays]
+        t1 = time.perf_counter()
+        del hs
+        return {"total_ns": (t1 - t0) / n * 1e9}
     finally:
         loop.close()
 
@@ -251,7 +277,7 @@ def slack(loop_name: str, n: int, duration: float, timer_slack: float) -> dict[s
 
 
 WORKLOADS: dict[str, Any] = {"bulk": bulk, "churn": churn, "memory": memory, "periodic": periodic,
-             "slack": slack}
+             "slack": slack, "floor": floor}
 
 
 def run_one(workload: str, *args: Any) -> dict[str, float]:
