@@ -37,6 +37,15 @@ OK, ERR, HELLO = 0, 1, 2
 # on this VM), so stay below it; big frames take a few reads.
 RECV = 65536
 
+# What pool.call() and a capsule read into: a buffer of this size kept per
+# capsule (recv_into: no allocation per read, a reply up to this size in one
+# read, and the pickle loaded from the buffer without a copy).  Bigger frames
+# get a buffer of their own size.
+RBUF = 256 * 1024
+# Frames from this size are sent as header + body with one sendmsg (no copy
+# to join them); smaller ones are joined (one syscall, a cheap copy).
+BIG = 16384
+
 # Busy-poll window (seconds), the pool's default *spin*: after sending a
 # reply a capsule polls its socket this long before it sleeps in recv(), and
 # CapsulePool.call() polls for its reply this long before it blocks.  Waking
@@ -112,6 +121,77 @@ def recv_spinning(sock: socket.socket, spin: float) -> bytes:
             if clock() >= end:
                 return recv(RECV)
             pause()
+
+
+def recv_into_spinning(sock: socket.socket, buf: bytearray, spin: float) -> int:
+    """``sock.recv_into(buf)``, polling as :func:`recv_spinning` does."""
+    recv_into = sock.recv_into
+    if spin <= 0:
+        return recv_into(buf)
+    clock = time.perf_counter
+    end = clock() + spin
+    pause = os.sched_yield
+    while True:
+        try:
+            return recv_into(buf, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if clock() >= end:
+                return recv_into(buf)
+            pause()
+
+
+def frame_from(sock: socket.socket, buf: bytearray, n: int, reader: Reader) -> Any:
+    """The first frame of the *n* bytes a recv_into put at the start of *buf*.
+
+    For request/reply traffic (the peer sends one frame and waits): a
+    memoryview of *buf* when the frame is whole (valid until the next read
+    into *buf*), else the rest is read straight into a buffer of the frame's
+    size.  More than one frame (a HELLO and a reply), or bytes left over in
+    *reader*, go through *reader* (further frames wait in ``reader.frames``).
+    None at EOF.
+    """
+    if not n:
+        return None
+    if reader.buf or n < 4:
+        frames = reader.feed(bytes(buf[:n]))
+        if frames:
+            reader.frames.extend(frames[1:])
+            return frames[0]
+        return recv_frame_blocking(sock, reader, None)
+    (size,) = HDR.unpack_from(buf)
+    if size + 4 == n:
+        return memoryview(buf)[4:n]
+    if size + 4 < n:
+        frames = reader.feed(bytes(buf[:n]))
+        reader.frames.extend(frames[1:])
+        return frames[0]
+    big = bytearray(size)
+    view = memoryview(big)
+    got = n - 4
+    view[:got] = memoryview(buf)[4:n]
+    while got < size:
+        try:
+            r = sock.recv_into(view[got:])
+        except OSError:
+            return None
+        if not r:
+            return None
+        got += r
+    return big
+
+
+def send_frame(sock: socket.socket, body: bytes) -> None:
+    """Send *body* as one frame; a big one without joining it to its header."""
+    if len(body) < BIG:
+        sock.sendall(HDR.pack(len(body)) + body)
+        return
+    hdr = HDR.pack(len(body))
+    sent = sock.sendmsg([hdr, body])
+    if sent < 4:  # a partial send (a signal): the rest of the header first
+        sock.sendall(hdr[sent:])
+        sent = 4
+    if sent - 4 < len(body):
+        sock.sendall(memoryview(body)[sent - 4:])
 
 
 def recv_frame_blocking(sock: socket.socket, reader: Reader, timeout: float | None) -> Any:
@@ -391,21 +471,20 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
             return
     sock.sendall(frame(dumps((0, HELLO, os.getpid()))))
     reader = Reader()
-    rbuf = reader.buf
+    rbuf = bytearray(RBUF)
     fns: dict[bytes, Any] = {}  # function pickles seen -> functions
     loads = pickle.loads
-    unpack = HDR.unpack_from
     while True:
         try:
-            data = recv_spinning(sock, spin)
+            raw = frame_from(sock, rbuf, recv_into_spinning(sock, rbuf, spin), reader)
         except OSError:
             return
-        if not data:
+        if raw is None:
             return  # the pool closed our socket or died: leave
-        if not rbuf and len(data) > 4 and unpack(data)[0] == len(data) - 4:
-            frames: list[Any] = [memoryview(data)[4:]]  # one whole request
-        else:
-            frames = reader.feed(data)
+        frames = [raw]
+        if reader.frames:
+            frames += reader.frames
+            reader.frames.clear()
         for raw in frames:
             call_id = 0
             fn: Any = None
@@ -437,5 +516,5 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
                     out = dumps((call_id, ERR, (exc, tb, repr(exc))))
                 except Exception:
                     out = dumps((call_id, ERR, (None, tb, repr(exc))))
-            sock.sendall(HDR.pack(len(out)) + out)
+            send_frame(sock, out)
 

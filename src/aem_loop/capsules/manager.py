@@ -27,7 +27,8 @@ SYNC = object()  # cap.call while pool.call() runs on it (the caller reads)
 
 
 class Capsule:
-    __slots__ = ("call", "dedicated", "fd", "id", "pid", "reader", "reserve", "sock", "state")
+    __slots__ = ("call", "dedicated", "fd", "id", "pid", "rbuf", "reader", "reserve", "sock",
+                 "state")
 
     def __init__(self, cid: int, sock: socket.socket, reserve: bool) -> None:
         self.id = cid
@@ -35,6 +36,7 @@ class Capsule:
         self.fd = sock.fileno()
         self.pid = 0
         self.reader = w.Reader()
+        self.rbuf = bytearray(w.RBUF)  # pool.call() reads replies into it
         self.state = "starting"  # greeting (the manager reads its HELLO), idle, busy, dead
         self.call: Any = None  # a Call, SYNC, or None
         self.reserve = reserve

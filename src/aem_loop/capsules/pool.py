@@ -55,6 +55,7 @@ _dumps = pickle.dumps
 _HDR_PACK = w.HDR.pack
 _HDR_UNPACK = w.HDR.unpack_from
 _RECV = w.RECV
+_BIG = w.BIG
 _STARTING = ("starting", "greeting")  # forked, HELLO not handled yet
 _STATUS_WAIT = 5.0  # seconds to wait for the zygote's report of a death
 
@@ -215,6 +216,7 @@ class CapsulePool(ManagerThread, cf.Executor):
         """
         prio = _PRIO.get(_NORMAL) if priority is None else check_priority(priority)
         fnb = self._fn_cache.get(fn) if type(fn) in _BY_REFERENCE else None
+        big = None  # a big request body, sent apart from its header
         if fnb is None:
             payload = self._payload(fn, args, None, None)
         else:  # the usual case, inlined: a known function
@@ -223,7 +225,10 @@ class CapsulePool(ManagerThread, cf.Executor):
             except Exception:
                 payload = self._payload(fn, args, None, None)  # raises the clear error
             else:
-                payload = _HDR_PACK(len(body)) + body
+                if len(body) < _BIG:
+                    payload = _HDR_PACK(len(body)) + body
+                else:
+                    payload = big = body
         with self._lock:
             if self._closing or self._broken:
                 self._check_open()
@@ -255,7 +260,10 @@ class CapsulePool(ManagerThread, cf.Executor):
         sock = cap.sock
         raw: Any
         try:
-            sock.sendall(payload)
+            if big is not None:
+                w.send_frame(sock, big)
+            else:
+                sock.sendall(payload)
             if not cap.pid:  # claimed while starting: its HELLO comes first
                 t0 = time.monotonic()
                 if not self._read_hello(cap, timeout):
@@ -268,14 +276,9 @@ class CapsulePool(ManagerThread, cf.Executor):
             if ahead:  # the reply came with the HELLO
                 raw = ahead.pop(0)
             elif timeout is None:
-                data = w.recv_spinning(sock, self.spin)
-                # one whole reply in one read (the usual case), else reassemble
-                if len(data) > 4 and _HDR_UNPACK(data)[0] == len(data) - 4 and not cap.reader.buf:
-                    raw = memoryview(data)[4:]
-                else:
-                    frames = cap.reader.feed(data) if data else None
-                    raw = frames[0] if frames else (
-                        w.recv_frame_blocking(sock, cap.reader, None) if data else None)
+                rbuf = cap.rbuf
+                raw = w.frame_from(sock, rbuf, w.recv_into_spinning(sock, rbuf, self.spin),
+                                   cap.reader)
             else:
                 raw = w.recv_frame_blocking(sock, cap.reader, timeout)
         except TimeoutError:
