@@ -42,7 +42,7 @@ import numpy as np
 
 import aem_loop
 from aem_loop.capsules import CapsulePool, prestart
-from aem_loop.capsules._wire import SPIN, recv_spinning
+from aem_loop.capsules._wire import RBUF, SPIN, recv_into_spinning
 
 WORKERS = 2
 KIB64 = b"x" * 65536
@@ -151,20 +151,24 @@ def measure(kind: str, n: int, n_big: int) -> dict[str, Any]:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child
             a.close()
+            buf = bytearray(RBUF)
+            view = memoryview(buf)
             while True:
-                d = recv_spinning(b, spin)
-                if not d:
+                k = recv_into_spinning(b, buf, spin)
+                if not k:
                     os._exit(0)
-                b.sendall(d)
+                b.sendall(view[:k])
         b.close()
         try:
             small = b"x" * 60
+
+            rbuf = bytearray(RBUF)
 
             def rt(msg: bytes) -> None:
                 a.sendall(msg)
                 got = 0
                 while got < len(msg):
-                    got += len(recv_spinning(a, spin))
+                    got += recv_into_spinning(a, rbuf, spin)
 
             out["first_result_ms"] = 0.0
             out["trivial"] = _latency(rt, small, n)

@@ -104,32 +104,16 @@ class Reader:
         return out
 
 
-def recv_spinning(sock: socket.socket, spin: float) -> bytes:
-    """``sock.recv(RECV)``, polling without blocking for up to *spin* seconds first."""
-    recv = sock.recv
-    if spin <= 0:
-        return recv(RECV)
-    clock = time.perf_counter
-    end = clock() + spin
-    # Between polls whoever else wants this CPU runs first: on 2 cores a
-    # bare spin cost ~30% of a busy pool's throughput here.
-    pause = os.sched_yield
-    while True:
-        try:
-            return recv(RECV, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            if clock() >= end:
-                return recv(RECV)
-            pause()
-
-
 def recv_into_spinning(sock: socket.socket, buf: bytearray, spin: float) -> int:
-    """``sock.recv_into(buf)``, polling as :func:`recv_spinning` does."""
+    """``sock.recv_into(buf)``, polling without blocking for up to *spin*
+    seconds first; the number of bytes read (0 at EOF)."""
     recv_into = sock.recv_into
     if spin <= 0:
         return recv_into(buf)
     clock = time.perf_counter
     end = clock() + spin
+    # Between polls whoever else wants this CPU runs first: on 2 cores a
+    # bare spin cost ~30% of a busy pool's throughput here.
     pause = os.sched_yield
     while True:
         try:
