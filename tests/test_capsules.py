@@ -9,6 +9,7 @@ Waiting for a process to end uses a pidfd (an event), never a sleep.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import ctypes
 import os
 import select
@@ -235,6 +236,47 @@ def test_crash_fails_only_its_call(pool: CapsulePool, fn: object, code: int | No
     assert pool.wait_ready(10)
     assert len(pool.pids()) == 3 and e.pid not in pool.pids()
     assert pool.statistics()["died"] >= 1
+
+
+def test_waiting_thread_reads_its_reply(pool: CapsulePool) -> None:
+    # result() on a running submit() future reads the reply in the waiting
+    # thread (no timeout: polling; with one: select), crashes included.
+    assert pool.submit(add, 40, 2).result() == 42
+    assert pool.submit(sleep_for, 0.05).result(10) == 0.05
+    with pytest.raises(CapsuleDied, match="exited with status 5"):
+        pool.submit(exit_with, 5).result()
+    with pytest.raises(TimeoutError):
+        pool.submit(sleep_for, 0.3).result(0.01)  # left to the manager thread
+    fut = pool.submit(sleep_for, 0.1)
+    with pytest.raises(TimeoutError):
+        fut.result(0.001)
+    assert fut.result() == 0.1  # helped after all
+    assert pool.wait_ready(10)
+    assert pool.call(add, 1, 1) == 2
+
+
+def test_cancel_while_a_thread_reads_the_reply(pool: CapsulePool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fut = pool.submit(block_until, str(tmp_path / "never"))
+    while not fut.running():
+        select.select([], [], [], 0.001)
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(fut.result())
+        except BaseException as exc:  # what result() raised is the outcome
+            outcome.append(type(exc))
+
+    t = threading.Thread(target=wait)
+    t.start()
+    cap = next(c for c in pool._capsules.values() if c.call is fut._aem_call)
+    while not cap.helper and t.is_alive():
+        select.select([], [], [], 0.001)
+    assert fut.cancel()
+    t.join(10)
+    assert not t.is_alive() and outcome == [cf.CancelledError]
+    assert pool.call(add, 1, 1) == 2
+    assert pool.wait_ready(10)
 
 
 def test_sync_call_crash(pool: CapsulePool) -> None:

@@ -27,8 +27,8 @@ SYNC = object()  # cap.call while pool.call() runs on it (the caller reads)
 
 
 class Capsule:
-    __slots__ = ("call", "dedicated", "fd", "id", "pid", "rbuf", "reader", "reserve", "sock",
-                 "state")
+    __slots__ = ("call", "dedicated", "fd", "helper", "id", "pid", "rbuf", "reader", "reading",
+                 "reserve", "sock", "state")
 
     def __init__(self, cid: int, sock: socket.socket, reserve: bool) -> None:
         self.id = cid
@@ -37,6 +37,8 @@ class Capsule:
         self.pid = 0
         self.reader = w.Reader()
         self.rbuf = bytearray(w.RBUF)  # pool.call() reads replies into it
+        self.reading = False  # the manager thread is reading a reply
+        self.helper = False  # the thread waiting on a submit() future reads it
         self.state = "starting"  # greeting (the manager reads its HELLO), idle, busy, dead
         self.call: Any = None  # a Call, SYNC, or None
         self.reserve = reserve
@@ -142,10 +144,26 @@ class ManagerThread:
                 if cap.state != "starting":
                     return
                 cap.state = "greeting"
-        elif cap.call is SYNC:
-            return  # claimed by pool.call() after this fd was reported readable
+        elif cap.state != "greeting":
+            # Only submit() replies are read here.  The thread waiting on
+            # the future may read it itself (CapsuleFuture.result): who reads
+            # is decided under the lock, and a reply this thread has begun
+            # stays its own.  Readiness reported before another reader took
+            # the reply (or the capsule went on to a call() or run()) is
+            # stale: left alone.
+            with self._lock:
+                call = cap.call
+                if cap.helper or not isinstance(call, Call) or call.kind != "thread":
+                    return
+                cap.reading = True
         try:
-            data = cap.sock.recv(_RECV)
+            self._read_capsule(cap)
+        finally:
+            cap.reading = False
+
+    def _read_capsule(self, cap: Capsule) -> None:
+        try:
+            data = cap.sock.recv(_RECV, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
         except OSError:
@@ -158,16 +176,7 @@ class ManagerThread:
                 return
             self._lost(cap, call)
             if isinstance(call, Call) and call.kind == "thread":
-                pid, fn, fut = cap.pid, call.fn, call.fut
-
-                def report(status: int | None) -> None:
-                    if not fut.done():
-                        try:
-                            fut.set_exception(CapsuleDied(pid, status, describe(fn)))
-                        except cf.InvalidStateError:
-                            pass
-
-                self._on_exit(pid, report)
+                self._thread_call_died(cap, call)
             return
         for raw in cap.reader.feed(data):
             if cap.state == "greeting":
@@ -193,23 +202,40 @@ class ManagerThread:
                 continue
             call = cap.call
             self._ep_unregister(cap)
-            if not isinstance(call, Call) or call.kind != "thread":
-                continue
-            fut = call.fut
-            try:
-                result = self._finish(cap, call.fn, raw)
-            except BaseException as exc:
-                if not fut.done():
-                    try:
-                        fut.set_exception(exc)
-                    except cf.InvalidStateError:
-                        pass
-            else:
-                if not fut.done():
-                    try:
-                        fut.set_result(result)
-                    except cf.InvalidStateError:
-                        pass
+            if isinstance(call, Call) and call.kind == "thread":
+                self._thread_call_done(cap, call, raw)
+
+    def _thread_call_done(self, cap: Capsule, call: Call, raw: Any) -> None:
+        """The reply of a submit() call: settle its future."""
+        fut = call.fut
+        try:
+            result = self._finish(cap, call.fn, raw)
+        except BaseException as exc:
+            if not fut.done():
+                try:
+                    fut.set_exception(exc)
+                except cf.InvalidStateError:
+                    pass
+        else:
+            if not fut.done():
+                try:
+                    fut.set_result(result)
+                except cf.InvalidStateError:
+                    pass
+
+    def _thread_call_died(self, cap: Capsule, call: Call) -> None:
+        """The capsule of a submit() call died (it is forgotten): fail the
+        future with CapsuleDied once the zygote reports the exit status."""
+        pid, fn, fut = cap.pid, call.fn, call.fut
+
+        def report(status: int | None) -> None:
+            if not fut.done():
+                try:
+                    fut.set_exception(CapsuleDied(pid, status, describe(fn)))
+                except cf.InvalidStateError:
+                    pass
+
+        self._on_exit(pid, report)
 
     def _ep_unregister(self, cap: Capsule) -> None:
         try:

@@ -75,6 +75,20 @@ class CapsuleFuture(cf.Future):  # type: ignore[type-arg]
             call.pool._abort(call)
         return super().cancel()
 
+    def result(self, timeout: float | None = None) -> Any:
+        # A thread that blocks on a running call reads its reply itself, as
+        # pool.call() does, instead of waiting for the manager thread to
+        # read it and wake this one (two thread hand-offs).
+        call = self._aem_call
+        if call is not None and self._state == "RUNNING":
+            if timeout is None:
+                call.pool._help(call, None)
+            else:
+                deadline = time.monotonic() + timeout
+                call.pool._help(call, timeout)
+                timeout = max(0.0, deadline - time.monotonic())
+        return super().result(timeout)
+
 
 _ids = itertools.count(1)
 
@@ -483,6 +497,40 @@ class CapsulePool(ManagerThread, cf.Executor):
         if prio >= _CRITICAL and self._idle_reserve:
             return self._idle_reserve.pop()
         return None
+
+    def _help(self, call: Call, timeout: float | None) -> None:
+        """Read the reply of the running submit() *call* in this thread and
+        settle its future, unless the manager thread has begun reading it
+        (then the manager settles it, as usual).  With a *timeout*, a reply
+        that has not begun to arrive by then is left to the manager."""
+        with self._lock:
+            cap = call.capsule
+            if (cap is None or cap.call is not call or cap.state != "busy" or cap.helper
+                    or cap.reading or cap.reader.buf or cap.reader.frames):
+                return
+            cap.helper = True
+            self._ep_unregister(cap)
+        sock, rbuf = cap.sock, cap.rbuf
+        try:
+            if timeout is None:
+                raw = w.frame_from(sock, rbuf, w.recv_into_spinning(sock, rbuf, self.spin),
+                                   cap.reader)
+            elif select.select([sock], [], [], timeout)[0]:
+                raw = w.frame_from(sock, rbuf, sock.recv_into(rbuf), cap.reader)
+            else:  # not yet: the manager reads it when it comes
+                with self._lock:
+                    cap.helper = False
+                    if cap.call is call and cap.state == "busy":
+                        self._ep.register(cap.fd, select.EPOLLIN)
+                return
+        except (OSError, ValueError):  # closed by cancel(), which killed it
+            raw = None
+        cap.helper = False  # (its fd is no longer registered: the manager cannot see it)
+        if raw is None:
+            self._lost(cap, call)
+            self._thread_call_died(cap, call)
+        else:
+            self._thread_call_done(cap, call, raw)
 
     def _claim(self, prio: int) -> Capsule | None:
         """A starting capsule for pool.call() (lock held), or None.
