@@ -246,6 +246,46 @@ async def test_reader_removed_by_a_done_callback_runs_once_per_wait():
 
 @pytest.mark.asyncio
 @pytest.mark.conformance
+async def test_reader_of_a_closed_socket_removed_in_the_same_round_does_not_run():
+    """Two sockets become readable in one poll; the reader that runs first
+    closes the other socket and then removes its reader by the closed object.
+    The other reader must not run (on the aem loops its activation is
+    already queued: removing the reader has to cancel it)."""
+    loop = asyncio.get_running_loop()
+    with aem_loop.priority(60):  # on uvloop: from now on the core dispatches
+        loop.call_soon(lambda: None)
+    await asyncio.sleep(0)
+    pairs = [socket.socketpair() for _ in range(2)]
+    ran: list[int] = []
+    done = loop.create_future()
+
+    def reader(i: int) -> None:
+        ran.append(i)
+        mine, other = pairs[i][0], pairs[1 - i][0]
+        other.close()
+        loop.remove_reader(other)
+        loop.remove_reader(mine)
+        done.set_result(None)
+
+    try:
+        for i, (a, _) in enumerate(pairs):
+            a.setblocking(False)
+            loop.add_reader(a, reader, i)
+        for _, b in pairs:
+            b.send(b"x")  # both readable before the loop polls again
+        await done
+        await asyncio.sleep(0)
+    finally:
+        for a, b in pairs:
+            if a.fileno() != -1:
+                loop.remove_reader(a)
+            a.close()
+            b.close()
+    assert len(ran) == 1, ran
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
 async def test_reader_writer_invalid_file_object():
     loop = asyncio.get_running_loop()
     with aem_loop.priority(60):  # on uvloop: the core's reader path, not the fast one
