@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SYNC", "Call", "Capsule", "ManagerThread"]
 
-_RECV = w.RECV
 SYNC = object()  # cap.call while pool.call() runs on it (the caller reads)
 
 
@@ -162,13 +161,17 @@ class ManagerThread:
             cap.reading = False
 
     def _read_capsule(self, cap: Capsule) -> None:
+        # Into the capsule's buffer, as pool.call() reads (the rest of a big
+        # frame follows at once: the capsule sends a frame in one sendmsg).
+        rbuf = cap.rbuf
         try:
-            data = cap.sock.recv(_RECV, socket.MSG_DONTWAIT)
+            raw = w.frame_from(cap.sock, rbuf, cap.sock.recv_into(rbuf, 0, socket.MSG_DONTWAIT),
+                               cap.reader)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            raw = None
+        if raw is None:
             call = cap.call
             self._ep_unregister(cap)
             if cap.state == "greeting":
@@ -178,7 +181,11 @@ class ManagerThread:
             if isinstance(call, Call) and call.kind == "thread":
                 self._thread_call_died(cap, call)
             return
-        for raw in cap.reader.feed(data):
+        frames = [raw]
+        if cap.reader.frames:
+            frames += cap.reader.frames
+            cap.reader.frames.clear()
+        for raw in frames:
             if cap.state == "greeting":
                 _, status, payload = pickle.loads(raw)
                 if status == w.HELLO:
