@@ -220,7 +220,46 @@ def describe_status(status: int) -> str:
 # -- the zygote ------------------------------------------------------------------
 
 
+def _fd_targets() -> dict[int, str]:
+    """This process's open fds and what each refers to ("pipe:[123]", ...)."""
+    out: dict[int, str] = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+# Fds the at-fork handlers opened in this process when it was forked (see
+# fork_clean); kept by _close_fds_except.
+_ATFORK_FDS: set[int] = set()
+
+
+def fork_clean() -> int:
+    """``os.fork()``; the child also learns which fds at-fork handlers opened in it.
+
+    Libraries re-create some state in every child: libuv (uvloop) closes its
+    signal lock pipe by fd number and makes a new one.  A template process
+    that closed that new pipe as "inherited" would later reuse its numbers
+    for its own sockets, and libuv would close those in the template's next
+    child (a capsule then died before its HELLO).  Such fds are kept.
+    """
+    global _ATFORK_FDS
+    before = _fd_targets()
+    pid = os.fork()
+    if pid == 0:
+        _ATFORK_FDS = {fd for fd, what in _fd_targets().items() if before.get(fd) != what}
+    return pid
+
+
 def _close_fds_except(keep: set[int]) -> None:
+    """Close every inherited fd above 2 but *keep* and those of at-fork handlers."""
+    keep = keep | _ATFORK_FDS
     try:
         fds = [int(f) for f in os.listdir("/proc/self/fd")]
     except OSError:
@@ -311,7 +350,7 @@ def zygote_main(
 
     def fork_spare() -> None:
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        pid = fork_clean()
         if pid == 0:  # pragma: no cover - a spare capsule
             try:
                 _close_fds_except({b.fileno()})
@@ -395,7 +434,7 @@ def zygote_main(
                         pass  # that spare died: try the next, or fork
                     a.close()
                 if not handed:
-                    pid = os.fork()
+                    pid = fork_clean()
                     if pid == 0:  # pragma: no cover - a capsule
                         try:
                             _close_fds_except({fds[0]})

@@ -17,7 +17,7 @@ __all__ = ["adopt_prestarted", "close_zygote", "fork_zygote", "prestart"]
 def fork_zygote(preload: tuple[str, ...], initializer: Any,
                  initargs: tuple[Any, ...]) -> tuple[socket.socket, int]:
     zp, zc = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
+    pid = w.fork_clean()
     if pid == 0:  # pragma: no cover - runs in the zygote
         try:
             zp.close()
