@@ -453,6 +453,79 @@ def test_first_call_survives_a_capsule_dying_before_hello(tmp_path) -> None:  # 
     assert all(wait_gone(x) for x in seen)
 
 
+def test_first_submit_takes_a_starting_capsule(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # As call(): the request goes before the HELLO (the manager reads both).
+    p = CapsulePool(2, reserve=1)
+    try:
+        first = p.submit(pid).result(10)
+        assert p.wait_ready(10)
+        assert first in p.pids() and p.statistics()["started"] == 3
+    finally:
+        p.shutdown()
+    assert gone(p.zygote_pid)
+    # the capsule dies before its HELLO: the request never ran, it goes on
+    q = CapsulePool(1, reserve=0, initializer=exit_first_time,
+                    initargs=(str(tmp_path / "died"),))
+    try:
+        assert q.submit(add, 20, 22).result(10) == 42
+        assert q.statistics()["died"] == 1
+        seen = set(q.pids())
+    finally:
+        q.shutdown()
+    assert gone(q.zygote_pid)
+    assert all(wait_gone(x) for x in seen)
+    # the initializer raises: the pool is broken and the call fails
+    r = CapsulePool(1, reserve=0, initializer=init_fail)
+    try:
+        with pytest.raises(aem_loop.BrokenCapsulePool, match="no init for you"):
+            r.submit(add, 1, 1).result(10)
+    finally:
+        r.shutdown()
+    assert gone(r.zygote_pid)
+
+
+_ATFORK_SCRIPT = r'''
+import os, stat, sys
+from aem_loop.capsules import CapsulePool
+from aem_loop.capsules import _wire as w
+
+# Like libuv's signal lock pipe: every child closes the recorded pipe by
+# number and makes a new one.
+pipe = list(os.pipe())
+
+def reinit():
+    os.close(pipe[0])
+    os.close(pipe[1])
+    pipe[:] = os.pipe()
+
+os.register_at_fork(after_in_child=reinit)
+pid = w.fork_clean()
+if pid == 0:  # a template closing what it inherited keeps the handler's fds
+    w._close_fds_except(set())
+    ok = all(stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in pipe)
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, "at-fork fds were closed"
+for _ in range(3):
+    p = CapsulePool(2, reserve=1)
+    assert p.call(abs, -1) == 1 and p.submit(abs, -2).result(10) == 2
+    assert p.wait_ready(10)
+    st = p.statistics()
+    p.shutdown()
+    assert st["died"] == 0 and st["started"] == 3, st
+print("ok")
+'''
+
+
+def test_fds_of_at_fork_handlers_survive_in_the_template() -> None:
+    # libuv (uvloop) re-creates a pipe in every forked child and later closes
+    # it by number: the zygote must keep it, or it reuses the numbers for its
+    # sockets and capsules die before their HELLO.
+    r = subprocess.run([sys.executable, "-c", _ATFORK_SCRIPT], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 def test_failing_initializer_on_the_first_call() -> None:
     p = CapsulePool(1, reserve=0, initializer=init_fail)
     try:

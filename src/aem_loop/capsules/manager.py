@@ -45,7 +45,8 @@ class Capsule:
 
 
 class Call:
-    __slots__ = ("capsule", "event", "fn", "fut", "kind", "loop", "payload", "pool", "priority")
+    __slots__ = ("capsule", "event", "fn", "fut", "kind", "loop", "payload", "pool", "priority",
+                 "running")
 
     def __init__(self, pool: CapsulePool, kind: str, fn: Any, payload: bytes, priority: int,
                  fut: Any = None, loop: Any = None, event: Any = None) -> None:
@@ -58,6 +59,7 @@ class Call:
         self.loop = loop
         self.capsule: Capsule | None = None
         self.event = event
+        self.running = False  # a thread call whose future is marked running
 
 
 class ManagerThread:
@@ -176,6 +178,8 @@ class ManagerThread:
             self._ep_unregister(cap)
             if cap.state == "greeting":
                 self._lost(cap, None)
+                if isinstance(call, Call):  # it died before it read the request
+                    self._redispatch(call)
                 return
             self._lost(cap, call)
             if isinstance(call, Call) and call.kind == "thread":
@@ -188,6 +192,18 @@ class ManagerThread:
         for raw in frames:
             if cap.state == "greeting":
                 _, status, payload = pickle.loads(raw)
+                call = cap.call
+                if status == w.HELLO and isinstance(call, Call):
+                    # a submit() sent its request before this HELLO: the
+                    # reply comes next (perhaps in this very read)
+                    with self._lock:
+                        cap.pid = payload
+                        if payload not in self._exits:
+                            self._by_pid[payload] = cap
+                        cap.state = "busy"
+                    if self._deferred:
+                        self._spawn_deferred()
+                    continue
                 if status == w.HELLO:
                     with self._lock:
                         cap.pid = payload
@@ -206,11 +222,30 @@ class ManagerThread:
                         "a capsule's initializer raised:\n" + payload[1]
                     )
                     self._lost(cap, None)
+                    if isinstance(call, Call):  # a submit() sent before the HELLO
+                        self._fail(call, BrokenCapsulePool(self._broken or "broken"))
                 continue
             call = cap.call
             self._ep_unregister(cap)
             if isinstance(call, Call) and call.kind == "thread":
                 self._thread_call_done(cap, call, raw)
+
+    def _redispatch(self, call: Call) -> None:
+        """A submit() call whose capsule died before reading it goes to the
+        next capsule (it never ran)."""
+        with self._lock:
+            broken = self._broken
+            if call.fut.done():  # cancelled meanwhile
+                self._inflight -= 1
+                return
+            cap = None if broken else self._take(call.priority)
+            if cap is None and not broken:
+                self._backlog.appendleft(call)
+                return
+        if cap is None:
+            self._fail(call, BrokenCapsulePool(broken or "the pool was shut down"))
+        else:
+            self._dispatch(cap, call)
 
     def _thread_call_done(self, cap: Capsule, call: Call, raw: Any) -> None:
         """The reply of a submit() call: settle its future."""

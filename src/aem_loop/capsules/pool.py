@@ -215,10 +215,26 @@ class CapsulePool(ManagerThread, cf.Executor):
             self._check_open()
             self._inflight += 1
             cap = self._take(call.priority)
+            if cap is None and not self._backlog and not self._ready_waiters:
+                # a capsule still starting: the request goes now, and the
+                # manager reads the HELLO and then the reply (first calls
+                # of a new pool do not wait for the HELLO to be handled)
+                cap = self._starting(call.priority)
+                if cap is not None:
+                    fut.set_running_or_notify_cancel()  # a new future: running
+                    call.running = True
+                    call.capsule = cap
+                    cap.call = call
             if cap is None:
                 self._backlog.append(call)
                 return fut
-        self._dispatch(cap, call)
+        if call.running:
+            try:
+                cap.sock.sendall(call.payload)
+            except OSError:
+                pass  # it died: the manager sees EOF
+        else:
+            self._dispatch(cap, call)
         return fut
 
     def call(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
@@ -540,14 +556,21 @@ class CapsulePool(ManagerThread, cf.Executor):
         sends its request at once and reads the HELLO before the reply: the
         first call of a new pool saves two hand-offs between processes.
         """
+        cap = self._starting(prio)
+        if cap is not None:
+            cap.state = "busy"  # the manager no longer reads it (see _capsule_readable)
+            cap.call = SYNC
+            try:
+                self._ep.unregister(cap.fd)
+            except (OSError, ValueError):
+                pass
+        return cap
+
+    def _starting(self, prio: int) -> Capsule | None:
+        """A starting capsule no call has taken yet, usable at *prio* (lock held)."""
         for cap in self._capsules.values():
-            if cap.state == "starting" and (not cap.reserve or prio >= _CRITICAL):
-                cap.state = "busy"  # the manager no longer reads it (see _capsule_readable)
-                cap.call = SYNC
-                try:
-                    self._ep.unregister(cap.fd)
-                except (OSError, ValueError):
-                    pass
+            if (cap.state == "starting" and cap.call is None
+                    and (not cap.reserve or prio >= _CRITICAL)):
                 return cap
         return None
 
@@ -620,11 +643,13 @@ class CapsulePool(ManagerThread, cf.Executor):
                 self._release(cap)
             return
         fut = call.fut
-        if not fut.set_running_or_notify_cancel():
-            with self._lock:
-                self._inflight -= 1
-            self._release(cap)
-            return
+        if not call.running:
+            if not fut.set_running_or_notify_cancel():
+                with self._lock:
+                    self._inflight -= 1
+                self._release(cap)
+                return
+            call.running = True
         call.capsule = cap
         cap.call = call
         cap.state = "busy"
@@ -840,7 +865,7 @@ class CapsulePool(ManagerThread, cf.Executor):
                 pass
         elif call.fut is not None:
             try:
-                if call.fut.set_running_or_notify_cancel() or call.fut.running():
+                if call.fut.running() or call.fut.set_running_or_notify_cancel():
                     call.fut.set_exception(exc)
             except (cf.InvalidStateError, RuntimeError):
                 pass
