@@ -484,6 +484,16 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
     global CAPSULE_SPIN
     CAPSULE_SPIN = spin
     sock = socket.socket(fileno=fd)
+    try:
+        _serve(sock, initializer, initargs, spin)
+    finally:
+        sock.close()
+
+
+def _serve(sock: socket.socket, initializer: Any, initargs: tuple[Any, ...],
+           spin: float) -> None:
+    """A capsule's life: HELLO (or the initializer's error), then one reply
+    per request until the pool closes the socket."""
     sock.setblocking(True)
     if initializer is not None:
         try:
