@@ -136,32 +136,42 @@ def frame_from(sock: socket.socket, buf: bytearray, n: int, reader: Reader) -> A
     """
     if not n:
         return None
-    if reader.buf or n < 4:
-        frames = reader.feed(bytes(buf[:n]))
-        if frames:
-            reader.frames.extend(frames[1:])
-            return frames[0]
+    if not reader.buf and n >= 4:
+        (size,) = HDR.unpack_from(buf)
+        if size + 4 == n:
+            return memoryview(buf)[4:n]
+        if size + 4 > n:
+            big = bytearray(size)
+            view = memoryview(big)
+            got = n - 4
+            view[:got] = memoryview(buf)[4:n]
+            while got < size:
+                try:
+                    r = sock.recv_into(view[got:])
+                except OSError:
+                    return None
+                if not r:
+                    return None
+                got += r
+            return big
+    frames = reader.feed(bytes(buf[:n]))
+    if not frames:
         return recv_frame_blocking(sock, reader, None)
-    (size,) = HDR.unpack_from(buf)
-    if size + 4 == n:
-        return memoryview(buf)[4:n]
-    if size + 4 < n:
-        frames = reader.feed(bytes(buf[:n]))
-        reader.frames.extend(frames[1:])
-        return frames[0]
-    big = bytearray(size)
-    view = memoryview(big)
-    got = n - 4
-    view[:got] = memoryview(buf)[4:n]
-    while got < size:
-        try:
-            r = sock.recv_into(view[got:])
-        except OSError:
-            return None
-        if not r:
-            return None
-        got += r
-    return big
+    reader.frames.extend(frames[1:])
+    return frames[0]
+
+
+def frames_from(sock: socket.socket, buf: bytearray, n: int, reader: Reader) -> list[Any] | None:
+    """:func:`frame_from` and the frames read ahead with it, in order; None at EOF."""
+    first = frame_from(sock, buf, n, reader)
+    if first is None:
+        return None
+    ahead = reader.frames
+    if not ahead:
+        return [first]
+    frames = [first, *ahead]
+    ahead.clear()
+    return frames
 
 
 def send_frame(sock: socket.socket, body: bytes) -> None:
@@ -509,15 +519,11 @@ def _serve(sock: socket.socket, initializer: Any, initargs: tuple[Any, ...],
     loads = pickle.loads
     while True:
         try:
-            raw = frame_from(sock, rbuf, recv_into_spinning(sock, rbuf, spin), reader)
+            frames = frames_from(sock, rbuf, recv_into_spinning(sock, rbuf, spin), reader)
         except OSError:
             return
-        if raw is None:
+        if frames is None:
             return  # the pool closed our socket or died: leave
-        frames = [raw]
-        if reader.frames:
-            frames += reader.frames
-            reader.frames.clear()
         for raw in frames:
             call_id = 0
             fn: Any = None

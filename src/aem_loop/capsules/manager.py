@@ -35,7 +35,7 @@ class Capsule:
         self.fd = sock.fileno()
         self.pid = 0
         self.reader = w.Reader()
-        self.rbuf = bytearray(w.RBUF)  # pool.call() reads replies into it
+        self.rbuf = bytearray(w.RBUF)  # whoever reads its replies reads into it (not run())
         self.reading = False  # the manager thread is reading a reply
         self.helper = False  # the thread waiting on a submit() future reads it
         self.state = "starting"  # greeting (the manager reads its HELLO), idle, busy, dead
@@ -167,13 +167,13 @@ class ManagerThread:
         # frame follows at once: the capsule sends a frame in one sendmsg).
         rbuf = cap.rbuf
         try:
-            raw = w.frame_from(cap.sock, rbuf, cap.sock.recv_into(rbuf, 0, socket.MSG_DONTWAIT),
-                               cap.reader)
+            frames = w.frames_from(cap.sock, rbuf,
+                                   cap.sock.recv_into(rbuf, 0, socket.MSG_DONTWAIT), cap.reader)
         except BlockingIOError:
             return
         except OSError:
-            raw = None
-        if raw is None:
+            frames = None
+        if frames is None:
             call = cap.call
             self._ep_unregister(cap)
             if cap.state == "greeting":
@@ -185,10 +185,6 @@ class ManagerThread:
             if isinstance(call, Call) and call.kind == "thread":
                 self._thread_call_died(cap, call)
             return
-        frames = [raw]
-        if cap.reader.frames:
-            frames += cap.reader.frames
-            cap.reader.frames.clear()
         for raw in frames:
             if cap.state == "greeting":
                 _, status, payload = pickle.loads(raw)
@@ -196,21 +192,17 @@ class ManagerThread:
                 if status == w.HELLO and isinstance(call, Call):
                     # a submit() sent its request before this HELLO: the
                     # reply comes next (perhaps in this very read)
-                    with self._lock:
-                        cap.pid = payload
-                        if payload not in self._exits:
-                            self._by_pid[payload] = cap
-                        cap.state = "busy"
+                    self._greeted(cap, payload)
+                    cap.state = "busy"
                     if self._deferred:
                         self._spawn_deferred()
                     continue
                 if status == w.HELLO:
-                    with self._lock:
-                        cap.pid = payload
-                        self._by_pid[payload] = cap
-                        gone = self._exits.pop(payload, None) is not None
+                    gone = self._greeted(cap, payload)
                     self._ep_unregister(cap)
-                    if gone:
+                    if gone:  # exited already; nobody waits for its status
+                        with self._lock:
+                            self._exits.pop(payload, None)
                         self._lost(cap, None)
                     else:
                         self._release(cap)
@@ -229,6 +221,16 @@ class ManagerThread:
             self._ep_unregister(cap)
             if isinstance(call, Call) and call.kind == "thread":
                 self._thread_call_done(cap, call, raw)
+
+    def _greeted(self, cap: Capsule, pid: int) -> bool:
+        """*cap* said HELLO as *pid*: learn it; True if its exit is already
+        reported (then it is not mapped: no exit report will come again)."""
+        with self._lock:
+            cap.pid = pid
+            gone = pid in self._exits
+            if not gone:
+                self._by_pid[pid] = cap
+        return gone
 
     def _redispatch(self, call: Call) -> None:
         """A submit() call whose capsule died before reading it goes to the

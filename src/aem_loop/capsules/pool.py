@@ -306,9 +306,7 @@ class CapsulePool(ManagerThread, cf.Executor):
             if ahead:  # the reply came with the HELLO
                 raw = ahead.pop(0)
             elif timeout is None:
-                rbuf = cap.rbuf
-                raw = w.frame_from(sock, rbuf, w.recv_into_spinning(sock, rbuf, self.spin),
-                                   cap.reader)
+                raw = self._read_reply(cap)
             else:
                 raw = w.recv_frame_blocking(sock, cap.reader, timeout)
         except TimeoutError:
@@ -526,13 +524,12 @@ class CapsulePool(ManagerThread, cf.Executor):
                 return
             cap.helper = True
             self._ep_unregister(cap)
-        sock, rbuf = cap.sock, cap.rbuf
+        sock = cap.sock
         try:
             if timeout is None:
-                raw = w.frame_from(sock, rbuf, w.recv_into_spinning(sock, rbuf, self.spin),
-                                   cap.reader)
+                raw = self._read_reply(cap)
             elif select.select([sock], [], [], timeout)[0]:
-                raw = w.frame_from(sock, rbuf, sock.recv_into(rbuf), cap.reader)
+                raw = w.frame_from(sock, cap.rbuf, sock.recv_into(cap.rbuf), cap.reader)
             else:  # not yet: the manager reads it when it comes
                 with self._lock:
                     cap.helper = False
@@ -548,6 +545,12 @@ class CapsulePool(ManagerThread, cf.Executor):
         else:
             self._thread_call_done(cap, call, raw)
 
+    def _read_reply(self, cap: Capsule) -> Any:
+        """The next reply of *cap*, read in this thread (polling up to *spin*
+        first); None at EOF."""
+        sock, rbuf = cap.sock, cap.rbuf
+        return w.frame_from(sock, rbuf, w.recv_into_spinning(sock, rbuf, self.spin), cap.reader)
+
     def _claim(self, prio: int) -> Capsule | None:
         """A starting capsule for pool.call() (lock held), or None.
 
@@ -560,10 +563,7 @@ class CapsulePool(ManagerThread, cf.Executor):
         if cap is not None:
             cap.state = "busy"  # the manager no longer reads it (see _capsule_readable)
             cap.call = SYNC
-            try:
-                self._ep.unregister(cap.fd)
-            except (OSError, ValueError):
-                pass
+            self._ep_unregister(cap)
         return cap
 
     def _starting(self, prio: int) -> Capsule | None:
@@ -592,10 +592,8 @@ class CapsulePool(ManagerThread, cf.Executor):
             self._set_broken("a capsule's initializer raised:\n" + payload[1])
             self._lost(cap, SYNC)
             self._check_open()
+        self._greeted(cap, payload)  # if it is already gone, EOF comes next
         with self._lock:
-            cap.pid = payload
-            if payload not in self._exits:  # else it is already gone: EOF comes next
-                self._by_pid[payload] = cap
             if self._deferred:  # the first capsule is up: the manager requests the rest
                 self._spawn_rest = True
                 self._wake()
