@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import platform
 import statistics
@@ -12,6 +13,33 @@ from collections.abc import Callable
 
 # The loops every benchmark compares, in table order.
 LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
+
+
+class GCPauses:
+    """The garbage collector's pauses while installed (``with GCPauses() as
+    g:``): each in seconds (``pauses``) and their sum (``total``).  A full
+    collection stops the process whatever the loop, so benchmarks report it
+    apart from the loop's own delays."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self.total = 0.0
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            d = time.perf_counter() - self._t
+            self.pauses.append(d)
+            self.total += d
+
+    def __enter__(self) -> GCPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

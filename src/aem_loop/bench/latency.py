@@ -20,33 +20,16 @@ backlog already queued in uvloop runs once (docs/design.md).
 from __future__ import annotations
 
 import asyncio
-import gc
-import time
 
 import numpy as np
 
 import aem_loop
 
-from .common import Flood, loop_factory
+from .common import Flood, GCPauses, loop_factory
 
 PERIOD = 0.002
 WORK = 50e-6
 WARMUP = 0.2
-
-
-class _GCPauses:
-    """The garbage collector's pauses (seconds) while it is installed: a
-    full collection stops every loop alike and shows as probe lateness."""
-
-    def __init__(self) -> None:
-        self.pauses: list[float] = []
-        self._t = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._t = time.perf_counter()
-        else:
-            self.pauses.append(time.perf_counter() - self._t)
 
 
 async def _measure(tasks: int, duration: float) -> tuple[list[float], list[float]]:
@@ -72,12 +55,8 @@ async def _measure(tasks: int, duration: float) -> tuple[list[float], list[float
 
     with aem_loop.priority(aem_loop.Priority.CRITICAL):
         loop.call_at(start, probe)
-    gcp = _GCPauses()
-    gc.callbacks.append(gcp)
-    try:
+    with GCPauses() as gcp:
         await done
-    finally:
-        gc.callbacks.remove(gcp)
     await flood.stop()
     return lateness, gcp.pauses
 

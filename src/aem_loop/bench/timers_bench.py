@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import Flood, loop_factory
+from .common import Flood, GCPauses, loop_factory
 
 
 def _noop() -> None:
@@ -105,23 +105,8 @@ def floor(n: int) -> dict[str, float]:
         loop.close()
 
 
-class _GCClock:
-    """Time spent in the garbage collector (to tell its pauses from the loop's)."""
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self._t = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._t = time.perf_counter()
-        else:
-            self.total += time.perf_counter() - self._t
-
-
 async def _churn(n: int) -> dict[str, float]:
     loop = asyncio.get_running_loop()
-    gcc = _GCClock()
     rng = random.Random(2)
     cb = _noop
     hs = [loop.call_later(rng.uniform(100, 400), cb) for _ in range(n)]
@@ -132,8 +117,7 @@ async def _churn(n: int) -> dict[str, float]:
     delays = [rng.uniform(100, 400) for _ in range(ops)]
     worst = worst_nogc = 0.0
     perf = time.perf_counter
-    gc.callbacks.append(gcc)
-    try:
+    with GCPauses() as gcc:
         t0 = perf()
         for i in range(ops):
             j = idx[i]
@@ -147,8 +131,6 @@ async def _churn(n: int) -> dict[str, float]:
                 worst = max(worst, d)
                 worst_nogc = max(worst_nogc, d - (gcc.total - g))
         t1 = perf()
-    finally:
-        gc.callbacks.remove(gcc)
     for h in hs:
         h.cancel()
     return {"op_ns": (t1 - t0) / ops * 1e9, "max_iteration_ms": worst * 1e3,
