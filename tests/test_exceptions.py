@@ -19,14 +19,45 @@ async def test_exception_in_callback_goes_to_handler_and_loop_continues():
         raise ZeroDivisionError("boom")
 
     with aem_loop.priority(90):
-        loop.call_soon(boom)
+        h1 = loop.call_soon(boom)
     loop.call_soon(ran.set_result, "after")
-    loop.call_later(0.001, boom)
+    h2 = loop.call_later(0.001, boom)
     assert await ran == "after"
     await asyncio.sleep(0.005)
     assert len(caught) == 2
     assert all(isinstance(c["exception"], ZeroDivisionError) for c in caught)
+    # the report is Handle._run's: the same keys, message and handle as stock
+    assert [c["handle"] for c in caught] == [h1, h2]
+    assert all(set(c) == {"message", "exception", "handle"} for c in caught)
+    assert all(c["message"].startswith("Exception in callback ") for c in caught)
+    assert all("boom" in c["message"] for c in caught)
     loop.set_exception_handler(None)
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "aem-selector"])
+def test_handle_with_its_own_run_queued_by_base_code_runs_its_run(loop_name):
+    """asyncio's base code queues handles on loop._ready; the core calls a
+    plain handle's callback itself, so a Handle class with its own _run must
+    still see that _run called (and a cancelled one skipped)."""
+    from aem_loop.bench.common import loop_factory
+
+    ran = []
+
+    class Traced(asyncio.Handle):
+        def _run(self):
+            ran.append(self._args[0])
+            super()._run()
+
+    loop = loop_factory(loop_name)()
+    try:
+        loop._ready.append(Traced(ran.append, ("a",), loop, None))
+        skipped = Traced(ran.append, ("b",), loop, None)
+        loop._ready.append(skipped)
+        skipped.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    assert ran == ["a", "a"]
 
 
 @pytest.mark.asyncio

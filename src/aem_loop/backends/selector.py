@@ -23,13 +23,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..capsules.cloner import CapsuleLoopMixin
+from ..core.handles import AEMHandle
 from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, make_scheduler
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
-from ..core.scheduler import Scheduler
+from ..core.scheduler import Scheduler, own_handle
 
 __all__ = ["SelectorLoop"]
 
-_Handle = events.Handle
+_Handle = AEMHandle
 _new_handle = object.__new__
 _copy_context = contextvars.copy_context
 _EVENT_READ = selectors.EVENT_READ
@@ -53,7 +54,7 @@ class _ReadyView:
         self._sched = sched
 
     def append(self, handle: Any) -> None:
-        self._sched.push(handle)
+        self._sched.push(own_handle(handle))
 
     def __len__(self) -> int:
         return len(self._sched)
@@ -116,7 +117,7 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
     ) -> events.Handle:
         # Reached through BaseEventLoop.call_soon only in debug mode (or with
         # an unknown Handle layout): call_soon above builds its own otherwise.
-        handle = events.Handle(callback, args, self, context)
+        handle = AEMHandle(callback, args, self, context)
         if handle._source_traceback:
             del handle._source_traceback[-1]
         if context is None or self._aem_creating:
@@ -131,7 +132,7 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
             self._aem.push_ready(handle)
 
     def _add_callback_signalsafe(self, handle: events.Handle) -> None:
-        self._aem.push_threadsafe(handle)
+        self._aem.push_threadsafe(own_handle(handle))
         self._write_to_self()
 
     def call_soon_threadsafe(
@@ -143,7 +144,7 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         self._check_closed()
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")  # type: ignore[attr-defined]
-        handle = events.Handle(callback, args, self, context)
+        handle = AEMHandle(callback, args, self, context)
         if handle._source_traceback:
             del handle._source_traceback[-1]
         self._aem.push_threadsafe(handle)
@@ -166,17 +167,31 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         if new is not None:
             sched.io_register(new._context.get(PRIORITY_VAR, DEFAULT_PRIORITY))
 
-    def _add_reader(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
-        old = self._aem_io_handles(fd)[0]
-        handle = super()._add_reader(fd, callback, *args)  # type: ignore[misc]
+    def _aem_add_io(self, fd: Any, event: int, callback: Any, args: Any) -> events.Handle:
+        """asyncio's _add_reader/_add_writer, with the core's handle (see core.handles)."""
+        self._check_closed()
+        handle = AEMHandle(callback, args, self, None)
+        handle._aem_q = False
+        read = event == _EVENT_READ
+        sel: Any = self._selector
+        key = sel.get_map().get(fd)
+        if key is None:
+            old = None
+            sel.register(fd, event, (handle, None) if read else (None, handle))
+        else:
+            reader, writer = key.data
+            old = reader if read else writer
+            sel.modify(fd, key.events | event, (handle, writer) if read else (reader, handle))
         self._aem_io_swap(old, handle)
+        if old is not None:
+            old.cancel()
         return handle
 
+    def _add_reader(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
+        return self._aem_add_io(fd, _EVENT_READ, callback, args)
+
     def _add_writer(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
-        old = self._aem_io_handles(fd)[1]
-        handle = super()._add_writer(fd, callback, *args)  # type: ignore[misc]
-        self._aem_io_swap(old, handle)
-        return handle
+        return self._aem_add_io(fd, _EVENT_WRITE, callback, args)
 
     def _remove_reader(self, fd: Any) -> bool:
         old = self._aem_io_handles(fd)[0]

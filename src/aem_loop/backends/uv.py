@@ -48,6 +48,7 @@ from typing import Any
 import uvloop
 
 from ..capsules.cloner import CapsuleLoopMixin
+from ..core.handles import AEMHandle
 from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, fast_handle, make_scheduler
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
 from .uvproto import PriorityServerMixin
@@ -129,7 +130,7 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
         if self._aem.debug or not FAST_HANDLES:
-            handle = events.Handle(callback, args, self, context)  # type: ignore[arg-type]
+            handle = AEMHandle(callback, args, self, context)  # type: ignore[arg-type]
             if handle._source_traceback:  # captured in debug mode only
                 self._aem_check_thread()
                 del handle._source_traceback[-1]
@@ -154,7 +155,7 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
             self._aem_mixed = True
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
-        handle = events.Handle(callback, args, self, context)  # type: ignore[arg-type]
+        handle = AEMHandle(callback, args, self, context)  # type: ignore[arg-type]
         if handle._source_traceback:
             del handle._source_traceback[-1]
         self._aem.push_threadsafe(handle)
@@ -176,7 +177,8 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
             add(self, fd, callback, *args)
             return
         self._aem_check_open()
-        handle = events.Handle(callback, args, self, None)
+        handle = AEMHandle(callback, args, self, None)
+        handle._aem_q = False
         sched = self._aem
 
         def ready() -> None:

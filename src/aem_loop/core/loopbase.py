@@ -13,6 +13,7 @@ from asyncio import coroutines, events
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .handles import AEMHandle
 from .periodic import PeriodicJob
 from .priority import PRIORITY_VAR, check_priority
 from .scheduler import DEFAULT_AGING, DEFAULT_TIME_SLICE, Scheduler
@@ -29,7 +30,9 @@ FAST_HANDLES = set(events.Handle.__slots__) | set(events.TimerHandle.__slots__) 
     "__weakref__", "_context", "_scheduled", "_when",
 }
 
-__all__ = ["FAST_HANDLES", "LOOP_OPTIONS", "AEMLoopMixin", "fast_handle", "make_scheduler"]
+__all__ = [
+    "FAST_HANDLES", "LOOP_OPTIONS", "AEMLoopMixin", "fast_handle", "make_scheduler",
+]
 
 
 def _fast_timer(loop: Any, when: float, callback: Any, args: tuple[Any, ...],
@@ -51,7 +54,7 @@ def fast_handle(loop: Any, callback: Any, args: tuple[Any, ...],
                 context: contextvars.Context | None) -> Any:
     """An asyncio Handle with every slot set, without Handle.__init__ (which
     costs a get_debug() call): for call_soon outside debug mode."""
-    h: Any = _new_handle(events.Handle)
+    h: Any = _new_handle(AEMHandle)
     h._callback = callback
     h._args = args
     h._cancelled = False

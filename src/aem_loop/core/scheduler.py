@@ -41,17 +41,20 @@ also be boosted explicitly (:meth:`boost`), see :class:`aem_loop.Lock`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
+from asyncio import format_helpers
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .handles import AEMHandle
 from .priority import DEFAULT_PRIORITY, NLEVELS, PRIORITY_VAR
 from .readyqueue import ReadyQueue
 from .stats import LatencyRecorder, LoopStatistics
-from .timers import TimerWheel
+from .timers import AEMTimerHandle, TimerWheel
 
-__all__ = ["DEFAULT_AGING", "DEFAULT_TIME_SLICE", "Scheduler"]
+__all__ = ["DEFAULT_AGING", "DEFAULT_TIME_SLICE", "Scheduler", "own_handle"]
 
 # A round of dispatch polls I/O again after this long.  Far below a
 # millisecond so an urgent callback waits at most ~one slice behind a
@@ -85,6 +88,48 @@ _IN_FLIGHT = 1 << 62
 _TASK_TYPES = tuple({asyncio.Task, asyncio.tasks._PyTask})  # type: ignore[attr-defined]
 
 
+# Handle._run formats the callback with the loop's debug flag on 3.13+ only.
+_FORMAT_TAKES_DEBUG = (
+    "debug" in inspect.signature(format_helpers._format_callback_source).parameters
+)
+
+
+def report_callback_error(handle: Any, exc: BaseException) -> None:
+    """What ``Handle._run`` does when the callback raises: the dispatch loop
+    calls the callback itself (one Python frame less per callback than
+    ``handle._run()``) and reports through this, to the same effect."""
+    if _FORMAT_TAKES_DEBUG:
+        cb = format_helpers._format_callback_source(
+            handle._callback, handle._args, debug=handle._loop.get_debug()  # type: ignore[call-arg]
+        )
+    else:
+        cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
+
+
+def _run_foreign(handle: Any) -> None:
+    if not handle._cancelled:
+        handle._run()
+
+
+def foreign_handle(handle: Any) -> AEMHandle:
+    """An AEMHandle that runs *handle*, one the core did not make (e.g. a
+    Handle of a class with its own ``_run``, queued by base-class code): the
+    dispatch loop calls an AEMHandle's callback itself, not ``_run``, and
+    marks it (see core.handles).  It is queued at the priority of *handle*'s
+    context (a copy: the inner ``_run`` enters the original)."""
+    return AEMHandle(_run_foreign, (handle,), handle._loop, handle._context.copy())
+
+
+def own_handle(handle: Any) -> Any:
+    """*handle* if the core made it, else :func:`foreign_handle` of it."""
+    cls = type(handle)
+    return handle if cls is AEMHandle or cls is AEMTimerHandle else foreign_handle(handle)
+
+
 def _is_wakeup(callback: Any) -> bool:
     """False for a task rescheduling its own next step (a bare yield, e.g.
     ``sleep(0)``), which keeps the task's level; True for a task woken by a
@@ -100,7 +145,6 @@ class Scheduler(ReadyQueue):
         "_clock",
         "_io_bits",
         "_io_counts",
-        "_io_queued",
         "_probe",
         "_probe_t",
         "_since",
@@ -151,7 +195,6 @@ class Scheduler(ReadyQueue):
         # Entry for other threads and signal handlers: deque.append is
         # atomic, the bucket bitmap update is not.
         self.inbox: deque[Any] = deque()
-        self._io_queued: set[Any] = set()
         # Registered I/O waiters per level (maintained by the backend); None
         # means the backend cannot say, so a slice always ends in a poll.
         self._io_counts: list[int] | None = None
@@ -244,10 +287,9 @@ class Scheduler(ReadyQueue):
         """Queue an I/O readiness handle once: while it waits in the queue,
         further readiness of the same fd coalesces into that one activation
         (a poll after a time slice sees level-triggered fds ready again)."""
-        queued = self._io_queued
-        if handle in queued:
+        if handle._aem_q:
             return
-        queued.add(handle)
+        handle._aem_q = True
         self.push(handle)
 
     def push_io(self, handles: list[Any]) -> None:
@@ -260,7 +302,6 @@ class Scheduler(ReadyQueue):
         """
         if self.inbox:
             self.drain_inbox()
-        queued = self._io_queued
         levels = self._levels
         boosts = self.boosts
         bits = self._bits
@@ -268,9 +309,9 @@ class Scheduler(ReadyQueue):
         h: Any = None
         level = 0
         for handle in handles:
-            if handle in queued:
+            if handle._aem_q:
                 continue
-            queued.add(handle)
+            handle._aem_q = True
             level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
             if boosts:
                 level = self._boosted(handle, level)
@@ -411,8 +452,6 @@ class Scheduler(ReadyQueue):
         clock = self._clock
         probe = self._probe
         debug = self.debug
-        io_queued = self._io_queued
-        io_discard = io_queued.discard
         # A round of one callback needs no clock: nothing can wait behind it.
         deadline = clock() + self.slice if n > 1 else _INF
         try:
@@ -439,6 +478,9 @@ class Scheduler(ReadyQueue):
                     k = n
                 popped = skipped = 0  # skipped: cancelled ones
                 poll = False
+                # The lateness probe of this level, if one is in flight: one
+                # started meanwhile is on a handle pushed after this share's k.
+                p = probe[level]
                 try:
                     for popped in range(1, k + 1):
                         try:
@@ -446,15 +488,21 @@ class Scheduler(ReadyQueue):
                         except IndexError:  # a boost moved its handles away
                             popped -= 1
                             break
-                        if io_queued:
-                            io_discard(handle)
+                        handle._aem_q = False  # see push_io
                         if handle._cancelled:
                             skipped += 1
                         elif debug:
                             self._run_debug(handle)
                         else:
-                            handle._run()
-                        if handle is probe[level]:
+                            # handle._run(), inlined (see report_callback_error)
+                            try:
+                                handle._context.run(handle._callback, *handle._args)
+                            except (SystemExit, KeyboardInterrupt):
+                                raise
+                            except BaseException as exc:
+                                report_callback_error(handle, exc)
+                        if handle is p:
+                            p = None
                             if handle._cancelled:
                                 self._end_probe(level)
                             else:
@@ -521,7 +569,7 @@ class Scheduler(ReadyQueue):
             if now - s < aging:
                 continue
             handle = self.pop_level(level)
-            self._io_queued.discard(handle)
+            handle._aem_q = False
             since[level] = now if self._levels[level] else 0.0
             ran += 1
             if handle._cancelled:
@@ -561,9 +609,10 @@ class Scheduler(ReadyQueue):
     # -- teardown and statistics --------------------------------------------
 
     def clear(self) -> None:
+        for handle in self:  # dropped: a reader may be queued again later
+            handle._aem_q = False
         super().clear()
         self.inbox.clear()
-        self._io_queued.clear()
         self.timers.clear()
         self._probe = [None] * NLEVELS
         self._skip = [1] * NLEVELS

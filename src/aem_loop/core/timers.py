@@ -76,7 +76,8 @@ class AEMTimerHandle(events.TimerHandle):
     Equality and hashing stay asyncio's.
     """
 
-    __slots__ = ("_aem_bucket", "_aem_fire", "_aem_idx", "_aem_wheel")
+    # _aem_q: see core.handles (the dispatch loop clears it on every handle)
+    __slots__ = ("_aem_bucket", "_aem_fire", "_aem_idx", "_aem_q", "_aem_wheel")
     _aem_bucket: list[Any] | None  # [tick or ~far key, live, handles or None...]
     _aem_fire: float  # when it fires: its time, or later by its slack
     _aem_idx: int  # its index in its bucket
