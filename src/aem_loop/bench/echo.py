@@ -1,10 +1,16 @@
-"""Echo server throughput: the loop under test serves, a separate process loads.
+"""Echo server throughput: the loops under test serve, a separate process loads.
 
-Each cell starts a fresh server process on the loop under test (asyncio
-Protocol or streams), then a client process (stock asyncio + uvloop, the same
-for every server) keeps N connections each doing request/response round trips
-of S bytes for D seconds and reports round trips per second.  Cells are
-interleaved across loops and repeated; the medians are compared.
+A run of a cell starts one server process per loop under test (asyncio
+Protocol or streams; each on the same CPU) and one client process (uvloop,
+on the other CPU) with N connections to every server.  The client loads one
+server at a time in short bursts (each connection doing request/response
+round trips of S bytes) and goes round the servers, cycle after cycle, in a
+rotating order.  On a VM whose speed drifts by 2-3x within seconds, runs of
+seconds each measured one after the other differ by +-25% between two runs
+of the same loop; bursts of 0.1 s side by side see the same machine, so the
+ratio of two loops in one cycle is what the figures are made of.
+
+``run_cell`` (one loop, one server, one load) serves the vmtable benchmark.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ import sys
 import time
 
 from .common import LOOPS, loop_factory, pin, settle_malloc
+
+# Seconds a server is loaded in one turn: long enough for thousands of round
+# trips, short enough that the loops compared in one cycle see one machine.
+BURST = 0.1
 
 # -- server (child process) ----------------------------------------------------
 
@@ -130,20 +140,144 @@ def _client_main(port: int, conns: int, size: int, duration: float) -> None:
     print(json.dumps({"rps": total / elapsed, "total": total}), flush=True)
 
 
+class _Burst:
+    """One burst on one server's connections."""
+
+    def __init__(self, msg: bytes, nconns: int, done: asyncio.Future[None]) -> None:
+        self.msg, self.nconns, self.done = msg, nconns, done
+        self.live = True
+        self.count = 0
+        self.idle = 0
+
+
+class _BurstConn(asyncio.Protocol):
+    """A connection that round-trips while its server's burst is live."""
+
+    burst: _Burst
+
+    def __init__(self, size: int, lost: asyncio.Future[None]) -> None:
+        self.size, self.lost = size, lost
+        self.got = 0
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self.t = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.got += len(data)
+        if self.got < self.size:
+            return
+        if self.got != self.size:
+            raise RuntimeError("echo returned more bytes than sent")
+        self.got = 0
+        b = self.burst
+        b.count += 1
+        if b.live:
+            self.t.write(b.msg)
+        else:
+            b.idle += 1
+            if b.idle == b.nconns:
+                b.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+async def _bursts(ports: list[int], conns: int, size: int, burst: float,
+                  cycles: int) -> list[list[float]]:
+    """Round trips/s of every burst, per server, in cycle order."""
+    loop = asyncio.get_running_loop()
+    msg = os.urandom(size)
+    groups: list[list[_BurstConn]] = []
+    for port in ports:
+        group = []
+        for _ in range(conns):
+            c = _BurstConn(size, loop.create_future())
+            await loop.create_connection(lambda c=c: c, "127.0.0.1", port)  # type: ignore[misc]
+            group.append(c)
+        groups.append(group)
+    rates: list[list[float]] = [[] for _ in ports]
+    n = len(ports)
+    for cycle in range(cycles):
+        for i in [(cycle + j) % n for j in range(n)]:  # each server in each position
+            group = groups[i]
+            b = _Burst(msg, len(group), loop.create_future())
+            for c in group:
+                c.burst = b
+            t0 = time.perf_counter()
+            for c in group:
+                c.t.write(msg)
+            await asyncio.sleep(burst)
+            b.live = False
+            await b.done  # every connection's last round trip is back
+            rates[i].append(b.count / (time.perf_counter() - t0))
+    for group in groups:
+        for c in group:
+            c.t.close()
+    await asyncio.gather(*(c.lost for group in groups for c in group))
+    return rates
+
+
+def _bursts_main(ports: list[int], conns: int, size: int, burst: float, cycles: int) -> None:
+    import uvloop
+
+    pin(1)
+    rates = uvloop.run(_bursts(ports, conns, size, burst, cycles))
+    print(json.dumps(rates), flush=True)
+
+
 # -- driver ------------------------------------------------------------------------
 
-def run_cell(loop_name: str, kind: str, conns: int, size: int, duration: float) -> float:
-    """Round trips per second for one cell (fresh server and client processes)."""
+def _start_server(loop_name: str, kind: str) -> tuple[subprocess.Popen[str], int]:
     server = subprocess.Popen(
         [sys.executable, "-m", "aem_loop.bench.echo", "serve", loop_name, kind],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    if not line.startswith("READY"):
+        _stop_server(server)
+        raise RuntimeError(f"echo server on {loop_name} did not start: {line!r}")
+    return server, int(line.split()[1])
+
+
+def _stop_server(server: subprocess.Popen[str]) -> None:
+    assert server.stdin is not None
+    server.stdin.close()
     try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        if not line.startswith("READY"):
-            raise RuntimeError(f"echo server on {loop_name} did not start: {line!r}")
-        port = int(line.split()[1])
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def run_interleaved(loops: list[str], kind: str, conns: int, size: int, burst: float,
+                    cycles: int) -> dict[str, list[float]]:
+    """One run of a cell: {loop: round trips/s of each of its *cycles* bursts}."""
+    servers: list[subprocess.Popen[str]] = []
+    try:
+        ports = []
+        for lp in loops:
+            server, port = _start_server(lp, kind)
+            servers.append(server)
+            ports.append(port)
+        out = subprocess.run(
+            [sys.executable, "-m", "aem_loop.bench.echo", "bursts", json.dumps(ports),
+             str(conns), str(size), str(burst), str(cycles)],
+            capture_output=True, text=True, check=True,
+            timeout=cycles * len(loops) * (burst * 10 + 1) + 60,
+        )
+        rates = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        for server in servers:
+            _stop_server(server)
+    return dict(zip(loops, rates, strict=True))
+
+
+def run_cell(loop_name: str, kind: str, conns: int, size: int, duration: float) -> float:
+    """Round trips per second for one cell (fresh server and client processes)."""
+    server, port = _start_server(loop_name, kind)
+    try:
         out = subprocess.run(
             [sys.executable, "-m", "aem_loop.bench.echo", "load", str(port), str(conns),
              str(size), str(duration)],
@@ -151,13 +285,7 @@ def run_cell(loop_name: str, kind: str, conns: int, size: int, duration: float) 
         )
         return float(json.loads(out.stdout.strip().splitlines()[-1])["rps"])
     finally:
-        assert server.stdin is not None
-        server.stdin.close()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop_server(server)
 
 
 def cells(quick: bool) -> list[tuple[str, int, int]]:
@@ -172,16 +300,22 @@ def main(argv: list[str] | None = None) -> None:
         _server_main(argv[1], argv[2])
     elif argv and argv[0] == "load":
         _client_main(int(argv[1]), int(argv[2]), int(argv[3]), float(argv[4]))
+    elif argv and argv[0] == "bursts":
+        _bursts_main(json.loads(argv[1]), int(argv[2]), int(argv[3]), float(argv[4]),
+                     int(argv[5]))
     else:
         ap = argparse.ArgumentParser(description=__doc__)
         ap.add_argument("--quick", action="store_true")
         ap.add_argument("--runs", type=int, default=3)
-        ap.add_argument("--duration", type=float, default=None)
+        ap.add_argument("--duration", type=float, default=None,
+                        help="seconds of bursts per loop in one run (default 5, quick 0.5)")
+        ap.add_argument("--burst", type=float, default=BURST)
         ap.add_argument("--out", default=None, help="write the results as JSON here")
         a = ap.parse_args(argv)
         from .report import run_echo
 
-        run_echo(quick=a.quick, runs=a.runs, duration=a.duration, out=a.out, loops=LOOPS)
+        run_echo(quick=a.quick, runs=a.runs, duration=a.duration, out=a.out, loops=LOOPS,
+                 burst=a.burst)
 
 
 if __name__ == "__main__":

@@ -31,49 +31,52 @@ def _save(out: str | None, name: str, data: dict[str, Any], markdown: str) -> No
 
 
 def run_echo(*, quick: bool, runs: int, duration: float | None, out: str | None,
-             loops: Sequence[str] = LOOPS) -> dict[str, Any]:
-    duration = duration or (0.5 if quick else 1.5)
+             loops: Sequence[str] = LOOPS, burst: float = echo.BURST) -> dict[str, Any]:
+    """Every cell *runs* times; a run serves it on all *loops* at once and
+    loads them in turns of *burst* seconds for *duration* seconds each (see
+    aem_loop.bench.echo).  A ratio is the median, over every cycle of every
+    run, of the aem loop's burst over its reference's burst in that cycle."""
+    duration = duration or (0.5 if quick else 5.0)
+    cycles = max(1, round(duration / burst))
     cells = echo.cells(quick)
     results: dict[str, dict[str, list[float]]] = {}
-    # Each aem loop is measured right after its reference, so that the pair
-    # sees the same machine: on a VM whose speed drifts by 2-3x over minutes,
-    # the median of these paired ratios is the figure to trust.
-    order = [lp for pair in _PAIRS for lp in pair if lp in loops]
-    order += [lp for lp in loops if lp not in order]
     with Progress(console=console, transient=True) as prog:
-        task = prog.add_task("echo", total=len(cells) * len(loops) * runs)
-        for _ in range(runs):  # interleave loops so drift hits all equally
+        task = prog.add_task("echo", total=len(cells) * runs)
+        for _ in range(runs):
             for kind, conns, size in cells:
                 key = f"{kind} {size // 1024}KiB x{conns}"
-                for lp in order:
-                    rps = echo.run_cell(lp, kind, conns, size, duration)
-                    results.setdefault(key, {}).setdefault(lp, []).append(rps)
-                    prog.advance(task)
-    table = Table(title=f"echo round trips/s (median of {runs} x {duration}s)")
-    md = [f"Echo, round trips/s, median of {runs} runs of {duration}s each; ratios are "
-          f"medians of the {runs} paired runs (aem measured right after its reference); "
-          f"{machine()}", "",
-          "| cell | " + " | ".join(loops) + " | aem-sel/asyncio | aem-uv/uvloop |",
-          "|---" * (len(loops) + 3) + "|"]
+                rates = echo.run_interleaved(list(loops), kind, conns, size, burst, cycles)
+                for lp, r in rates.items():
+                    results.setdefault(key, {}).setdefault(lp, []).extend(r)
+                prog.advance(task)
+    pairs = [(ref, aem) for ref, aem in _PAIRS if ref in loops and aem in loops]
+    title = (f"{runs} runs x {cycles} cycles of {burst}s bursts per loop; ratios are "
+             f"medians of the per-cycle ratios")
+    table = Table(title=f"echo round trips/s, median burst ({title})")
+    md = [f"Echo, round trips/s: median burst; {title} (all loops served at once, "
+          f"loaded in turns); {machine()}", "",
+          "| cell | " + " | ".join(loops) + " | "
+          + " | ".join(f"{aem}/{ref}" for ref, aem in pairs) + " |",
+          "|---" * (len(loops) + len(pairs) + 1) + "|"]
     table.add_column("cell")
     for lp in loops:
         table.add_column(lp, justify="right")
-    table.add_column("aem-sel/asyncio", justify="right")
-    table.add_column("aem-uv/uvloop", justify="right")
+    for ref, aem in pairs:
+        table.add_column(f"{aem}/{ref}", justify="right")
     summary = {}
     for key, per in results.items():
         med = {lp: median(v) for lp, v in per.items()}
-        r1 = median([a / b for a, b in zip(per["aem-selector"], per["asyncio"], strict=True)])
-        r2 = median([a / b for a, b in zip(per["aem-uvloop"], per["uvloop"], strict=True)])
-        summary[key] = {"median": med, "runs": per, "aem_selector_vs_asyncio": r1,
-                        "aem_uvloop_vs_uvloop": r2}
+        ratios = {f"{aem}/{ref}": median([a / b for a, b in zip(per[aem], per[ref], strict=True)])
+                  for ref, aem in pairs}
+        summary[key] = {"median": med, "bursts": per, "ratios": ratios}
         row = [f"{med[lp]:,.0f}" for lp in loops]
-        table.add_row(key, *row, f"{r1:.2f}x", f"{r2:.2f}x")
-        md.append(f"| {key} | " + " | ".join(row) + f" | {r1:.2f}x | {r2:.2f}x |")
+        cols = [f"{r:.3f}x" for r in ratios.values()]
+        table.add_row(key, *row, *cols)
+        md.append(f"| {key} | " + " | ".join(row + cols) + " |")
     console.print(table)
     console.print(f"[dim]{machine()}[/dim]")
     data = {"machine": machine(), "date": datetime.datetime.now().isoformat(),
-            "duration": duration, "runs": runs, "cells": summary}
+            "burst": burst, "cycles": cycles, "runs": runs, "cells": summary}
     _save(out, "echo", data, "\n".join(md) + "\n")
     return data
 
