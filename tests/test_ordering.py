@@ -214,3 +214,34 @@ async def test_threadsafe_then_call_soon_keep_fifo():
     loop.call_soon(done.set_result, None)
     await done
     assert order == ["threadsafe", "soon"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_callbacks_get_their_arguments_and_context():
+    """Callbacks with no, one and several arguments (the dispatch loop calls
+    them in three ways) get exactly their arguments, in their own context."""
+    import contextvars
+
+    loop = asyncio.get_running_loop()
+    await enter_priority_mode(loop)
+    var = contextvars.ContextVar("var", default="unset")
+    got = []
+
+    def record(*args):
+        got.append((args, var.get()))
+
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "mine")
+    done = loop.create_future()
+    loop.call_soon(record)
+    loop.call_soon(record, None)
+    loop.call_soon(record, (1, 2))
+    loop.call_soon(record, "a", "b", "c", context=ctx)
+    loop.call_later(0, record, "t")
+    loop.call_later(0, done.set_result, None)
+    await done
+    assert got == [
+        ((), "unset"), ((None,), "unset"), (((1, 2),), "unset"),
+        (("a", "b", "c"), "mine"), (("t",), "unset"),
+    ]

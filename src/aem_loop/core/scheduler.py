@@ -494,9 +494,18 @@ class Scheduler(ReadyQueue):
                         elif debug:
                             self._run_debug(handle)
                         else:
-                            # handle._run(), inlined (see report_callback_error)
+                            # handle._run(), inlined (see report_callback_error);
+                            # a call with *args builds a list and a tuple, one
+                            # without does not: readers take no arguments, task
+                            # wakeups one.
+                            args = handle._args
                             try:
-                                handle._context.run(handle._callback, *handle._args)
+                                if not args:
+                                    handle._context.run(handle._callback)
+                                elif len(args) == 1:
+                                    handle._context.run(handle._callback, args[0])
+                                else:
+                                    handle._context.run(handle._callback, *args)
                             except (SystemExit, KeyboardInterrupt):
                                 raise
                             except BaseException as exc:
