@@ -72,6 +72,8 @@ _NOT_DISPATCHING = -1
 # and building one on every push was a measurable share of the push.
 _BIT = tuple(1 << i for i in range(NLEVELS))
 _INF = float("inf")
+# _io_bits while the backend has not said which levels have I/O: above all.
+_IO_UNKNOWN = 1 << NLEVELS
 
 # Lateness is sampled, not measured for every callback: a probe starts at one
 # in this many pushes to a level with no probe in flight (counted per level,
@@ -195,10 +197,12 @@ class Scheduler(ReadyQueue):
         # Entry for other threads and signal handlers: deque.append is
         # atomic, the bucket bitmap update is not.
         self.inbox: deque[Any] = deque()
-        # Registered I/O waiters per level (maintained by the backend); None
-        # means the backend cannot say, so a slice always ends in a poll.
+        # Registered I/O waiters per level (maintained by the backend), and
+        # the bitmap of levels that have some.  Until the backend registers
+        # one it cannot say: a bit above every level makes each share watch
+        # the clock and each spent slice end in a poll.
         self._io_counts: list[int] | None = None
-        self._io_bits = 0
+        self._io_bits = _IO_UNKNOWN
         self.current = _NOT_DISPATCHING
         self.boosts: dict[Any, int] = {}
         self._boost_sources: dict[Any, dict[Any, int]] = {}
@@ -337,6 +341,7 @@ class Scheduler(ReadyQueue):
         counts = self._io_counts
         if counts is None:
             counts = self._io_counts = [0] * NLEVELS
+            self._io_bits = 0
         counts[level] += 1
         self._io_bits |= 1 << level
 
@@ -350,8 +355,6 @@ class Scheduler(ReadyQueue):
 
     def _must_poll(self) -> bool:
         """At a slice boundary: can I/O more urgent than the backlog be waiting?"""
-        if self._io_counts is None:
-            return True
         return self._io_bits.bit_length() > self._bits.bit_length()
 
     def push_threadsafe(self, handle: Any) -> None:
@@ -469,7 +472,7 @@ class Scheduler(ReadyQueue):
                 # callback (threadsafe work shows up in the inbox).  A timer
                 # first created during this level's share can wait for it to
                 # end (the loop's next iteration), as in asyncio.
-                watch = self._io_counts is None or self._io_bits >= above or self.timers.n
+                watch = self._io_bits >= above or self.timers.n
                 self.current = level
                 # This level's share of the round: what it holds now (what is
                 # pushed to it meanwhile waits for the loop below to return).
