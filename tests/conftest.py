@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import os
 import threading
 
@@ -70,6 +71,20 @@ def _children() -> set[int]:
             return {int(p) for p in f.read().split()}
     except FileNotFoundError:  # kernels without CONFIG_PROC_CHILDREN
         return set()
+
+
+@pytest.fixture(autouse=True)
+def fresh_priority_use():
+    """Each test starts as a fresh process would: no priority used yet, so a
+    uvloop-backend loop starts on its fast path whatever ran before (the
+    first non-default priority a test checks ends it, as in a program).  A
+    test must not leave a priority set in the main thread's context."""
+    prio = importlib.import_module("aem_loop.core.priority")  # the module, not the class
+    assert aem_loop.current_priority() == aem_loop.Priority.NORMAL, "a test left a priority set"
+    prio._Use.used = False
+    prio._Use.watchers.clear()
+    yield
+    assert aem_loop.current_priority() == aem_loop.Priority.NORMAL, "the test left a priority set"
 
 
 @pytest.fixture(autouse=True)

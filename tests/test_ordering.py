@@ -177,7 +177,7 @@ def test_uvloop_fast_path_until_first_priority(fast_path):
         for i in range(3):
             loop.call_soon(order.append, ("default", i))
         await asyncio.sleep(0)
-        direct = loop.statistics().direct
+        fast = loop.statistics().fast_path
         with aem_loop.priority(10):
             loop.call_soon(order.append, ("low", 0))
         loop.call_soon(order.append, ("default", 3))
@@ -185,15 +185,66 @@ def test_uvloop_fast_path_until_first_priority(fast_path):
             loop.call_soon(order.append, ("high", 0))
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        return direct
+        assert not loop.statistics().fast_path
+        return fast
 
     try:
-        direct = loop.run_until_complete(main())
+        fast = loop.run_until_complete(main())
     finally:
         loop.close()
-    assert (direct > 0) == fast_path
+    assert fast == fast_path
     assert order == [("default", 0), ("default", 1), ("default", 2),
                      ("high", 0), ("default", 3), ("low", 0)]
+
+
+def test_uvloop_fast_path_is_uvloops_own_call_soon():
+    """On the fast path a future's callbacks reach uvloop's call_soon with no
+    Python frame of aem's in between; a loop made after the process first
+    used a priority starts off it; the first priority checked in another
+    thread ends it for a loop running in this one."""
+    import sys
+    import threading
+
+    def python_calls_while(fn):
+        calls = []
+
+        def profile(frame, event, arg):
+            if event == "call":
+                calls.append(frame.f_code.co_name)
+
+        sys.setprofile(profile)
+        try:
+            fn()
+        finally:
+            sys.setprofile(None)
+        return calls
+
+    loop = aem_loop.new_event_loop(backend="uvloop")
+    try:
+        assert loop.statistics().fast_path
+        fut = loop.create_future()
+        fut.add_done_callback(lambda f: None)
+        # set_result schedules the callback through loop.call_soon
+        assert "call_soon" not in python_calls_while(lambda: fut.set_result(None))
+        loop.run_until_complete(fut)
+
+        t = threading.Thread(target=aem_loop.priority, args=(aem_loop.Priority.HIGH,))
+        t.start()
+        t.join()
+        assert not loop.statistics().fast_path
+        order = []
+        with aem_loop.priority(aem_loop.Priority.LOW):
+            loop.call_soon(order.append, "low")
+        loop.call_soon(order.append, "default")
+        loop.run_until_complete(asyncio.sleep(0))
+        assert order == ["default", "low"]
+    finally:
+        loop.close()
+    later = aem_loop.new_event_loop(backend="uvloop")
+    try:
+        assert not later.statistics().fast_path
+    finally:
+        later.close()
 
 
 def test_fast_path_option_checked():

@@ -50,7 +50,7 @@ import uvloop
 from ..capsules.cloner import CapsuleLoopMixin
 from ..core.handles import AEMHandle
 from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, fast_handle, make_scheduler
-from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
+from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
 from .uvproto import PriorityServerMixin
 from .uvsendfile import sendfile_fallback
 
@@ -100,9 +100,19 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
             raise
         self._aem.debug = self.get_debug()
         self._aem_armed = False
-        # False until something runs at a non-default priority: until then
-        # callbacks go straight to uvloop (see call_soon).
-        self._aem_mixed = not fast_path or self.get_debug()
+        # The fast path: until the process first uses a non-default priority
+        # there is nothing to order, and uvloop's own call_soon is this
+        # loop's (an instance attribute, found before the class's method):
+        # the futures and tasks of an unmodified program call it with no
+        # Python frame of ours in between (a frame that forwards costs ~20%
+        # of a streams echo round trip on uvloop).  The first priority
+        # (checked in core.priority) ends it for every loop.
+        self._aem_mixed = True
+        if fast_path and not self.get_debug():
+            self._aem_mixed = False
+            self._aem.fast_path = True
+            self.__dict__["call_soon"] = _uv_call_soon.__get__(self)
+            on_first_priority(self)
         self._aem_closed = False
         self._aem_thread: int | None = None
         self._aem_uv_timer: Any = None
@@ -123,10 +133,11 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
                 level = PRIORITY_VAR.get(DEFAULT_PRIORITY)
             else:
                 level = context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+            # Reached through the class only (e.g. super().call_soon): the
+            # loop's own attribute is uvloop's method on the fast path.
             if level == DEFAULT_PRIORITY:
-                self._aem.direct += 1
                 return _uv_call_soon(self, callback, *args, context=context)
-            self._aem_mixed = True
+            self._aem_leave_fast_path()
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
         if self._aem.debug or not FAST_HANDLES:
@@ -152,7 +163,7 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
             ctx = contextvars.copy_context() if context is None else context
             if ctx.get(PRIORITY_VAR, DEFAULT_PRIORITY) == DEFAULT_PRIORITY:
                 return _uv_call_soon_threadsafe(self, callback, *args, context=ctx)
-            self._aem_mixed = True
+            self._aem_leave_fast_path()
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
         handle = AEMHandle(callback, args, self, context)  # type: ignore[arg-type]
@@ -254,7 +265,7 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
             not self._aem_mixed
             and timer._context.get(PRIORITY_VAR, DEFAULT_PRIORITY) != DEFAULT_PRIORITY
         ):
-            self._aem_mixed = True
+            self._aem_leave_fast_path()
         fire = timer._aem_fire  # type: ignore[attr-defined]
         if fire < self._aem_timer_when:
             self._aem_arm_timer(fire)
@@ -319,7 +330,16 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
             # Debug handles record where they were created; the core's path
             # trims its own frame from that record as asyncio does, uvloop's
             # fast path cannot.
-            self._aem_mixed = True
+            self._aem_leave_fast_path()
+
+    def _aem_leave_fast_path(self) -> None:
+        """From now on every callback goes through the core (for good).  May
+        be called from another thread (the first priority set there)."""
+        self._aem_mixed = True
+        self._aem.fast_path = False
+        self.__dict__.pop("call_soon", None)
+
+    _aem_priority_used = _aem_leave_fast_path  # see core.priority.on_first_priority
 
     def run_forever(self) -> None:
         self._aem_thread = threading.get_ident()
@@ -331,6 +351,7 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
     def close(self) -> None:
         super().close()
         self._aem_closed = True
+        self.__dict__.pop("call_soon", None)  # a bound method of the loop: a cycle
         self._aem_uv_timer = None
         self._aem_timer_when = _INF
         self._aem.clear()

@@ -117,7 +117,7 @@ def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
     level = current_priority()
     if level == DEFAULT_PRIORITY:
         return factory
-    loop._aem_mixed = True
+    loop._aem_leave_fast_path()
 
     def make() -> Any:
         inner = factory()

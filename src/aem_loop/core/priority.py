@@ -12,6 +12,7 @@ import contextvars
 import enum
 import functools
 import inspect
+import weakref
 from asyncio import events as _events
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,6 +25,8 @@ __all__ = [
     "check_priority",
     "current_priority",
     "effective_priority",
+    "on_first_priority",
+    "priorities_used",
     "priority",
     "set_priority",
 ]
@@ -52,9 +55,49 @@ PRIORITY_VAR: contextvars.ContextVar[int] = contextvars.ContextVar(
 )
 
 
+class _Use:
+    """Whether this process has given any context a priority other than the
+    default, and what to tell the moment it first does."""
+
+    used = False
+    # objects with an _aem_priority_used() method (uvloop backend loops on
+    # their fast path), told once
+    watchers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def priorities_used() -> bool:
+    """True once any priority other than the default has been checked (every
+    way of giving a context a priority checks it first), in this process."""
+    return _Use.used
+
+
+def on_first_priority(obj: Any) -> None:
+    """Call ``obj._aem_priority_used()`` when a non-default priority is first
+    checked (at once if that happened already)."""
+    if _Use.used:
+        obj._aem_priority_used()
+    else:
+        _Use.watchers.add(obj)
+
+
+def _first_use() -> None:
+    _Use.used = True
+    watchers = list(_Use.watchers)
+    _Use.watchers.clear()
+    for w in watchers:
+        w._aem_priority_used()
+
+
 def check_priority(value: object, what: str = "priority") -> int:
-    """Return *value* as an int priority, or raise TypeError/ValueError."""
+    """Return *value* as an int priority, or raise TypeError/ValueError.
+
+    Every path that gives a context a priority checks it here first, so a
+    valid non-default value marks the process as using priorities
+    (:func:`priorities_used`; the uvloop backend leaves its fast path).
+    """
     if type(value) is int and MIN_PRIORITY <= value <= MAX_PRIORITY:  # fast path
+        if value != DEFAULT_PRIORITY and not _Use.used:
+            _first_use()
         return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
@@ -65,6 +108,8 @@ def check_priority(value: object, what: str = "priority") -> int:
         raise ValueError(
             f"{what} must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {value!r}"
         )
+    if value != DEFAULT_PRIORITY and not _Use.used:
+        _first_use()
     return int(value)
 
 

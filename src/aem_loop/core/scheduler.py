@@ -156,8 +156,8 @@ class Scheduler(ReadyQueue):
         "boosts",
         "current",
         "debug",
-        "direct",
         "dispatched",
+        "fast_path",
         "inbox",
         "inherit",
         "inherited",
@@ -220,7 +220,7 @@ class Scheduler(ReadyQueue):
         self.slices = 0
         self.aged = 0
         self.inherited = 0
-        self.direct = 0
+        self.fast_path = False  # kept by a backend that has one
 
     # -- entry -------------------------------------------------------------
 
@@ -639,7 +639,7 @@ class Scheduler(ReadyQueue):
             slices=self.slices,
             aged=self.aged,
             inherited=self.inherited,
-            direct=self.direct,
+            fast_path=self.fast_path,
             timers_pending=self.timers.n,
             timers_fired=self.timers.fired,
             timer_wakeups=self.timers.wakeups,

@@ -66,8 +66,8 @@ class LoopStatistics:
     - ``timers_pending``/``timers_fired``; ``timer_wakeups``: polls that fired
       timers; ``timer_wakeups_saved``: further wakeups the fired timers' exact
       deadlines would have needed (timer slack, or timers due close together).
-    - ``direct``: callbacks the backend ran on its fast path, without the
-      core's queue (uvloop backend before any non-default priority is used).
+    - ``fast_path``: True while callbacks bypass the core's queue (uvloop
+      backend, until the process first uses a non-default priority).
     """
 
     backend: str
@@ -78,7 +78,7 @@ class LoopStatistics:
     slices: int
     aged: int
     inherited: int
-    direct: int
+    fast_path: bool
     timers_pending: int
     timers_fired: int
     timer_wakeups: int
