@@ -149,6 +149,10 @@ class _Collect(unittest.TestResult):
 
 def _child(variant: str, module: str, out: str) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
+    # A shell starts a background job with SIGINT ignored; then
+    # asyncio.Runner installs no SIGINT handler and _thread.interrupt_main()
+    # does nothing, and test_runners' interrupt tests spin on every loop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _patch(variant)
     name = f"test.test_asyncio.test_{module}"
     suite = unittest.defaultTestLoader.loadTestsFromName(name)
