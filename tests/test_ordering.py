@@ -296,3 +296,24 @@ async def test_callbacks_get_their_arguments_and_context():
         ((), "unset"), ((None,), "unset"), (((1, 2),), "unset"),
         (("a", "b", "c"), "mine"), (("t",), "unset"),
     ]
+
+
+def test_uvloop_subclass_call_soon_is_not_shadowed_by_the_fast_path():
+    from aem_loop.backends.uv import UVLoop
+
+    calls = []
+
+    class Mine(UVLoop):
+        def call_soon(self, callback, *args, context=None):
+            calls.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    loop = Mine()
+    try:
+        assert loop.statistics().fast_path
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, 1)
+        assert loop.run_until_complete(fut) == 1
+        assert calls and calls[0] == fut.set_result
+    finally:
+        loop.close()

@@ -111,7 +111,8 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         if fast_path and not self.get_debug():
             self._aem_mixed = False
             self._aem.fast_path = True
-            self.__dict__["call_soon"] = _uv_call_soon.__get__(self)
+            if type(self).call_soon is UVLoop.call_soon:  # not a subclass's own
+                self.__dict__["call_soon"] = _uv_call_soon.__get__(self)
             on_first_priority(self)
         self._aem_closed = False
         self._aem_thread: int | None = None
