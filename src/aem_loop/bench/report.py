@@ -47,7 +47,7 @@ def run_echo(*, quick: bool, runs: int, duration: float | None, out: str | None,
                 key = f"{kind} {size // 1024}KiB x{conns}"
                 rates = echo.run_interleaved(list(loops), kind, conns, size, burst, cycles)
                 for lp, r in rates.items():
-                    results.setdefault(key, {}).setdefault(lp, []).extend(r)
+                    results.setdefault(key, {}).setdefault(lp, []).extend(round(x) for x in r)
                 prog.advance(task)
     pairs = [(ref, aem) for ref, aem in _PAIRS if ref in loops and aem in loops]
     title = (f"{runs} runs x {cycles} cycles of {burst}s bursts per loop; ratios are "
