@@ -81,6 +81,8 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         super().__init__(selector)
         self._ready = _ReadyView(sched)  # type: ignore[assignment]
         sched.debug = self.get_debug()
+        # the fused poll serves the stdlib's epoll selector (decided once)
+        self._aem_epoll = type(self._selector) is selectors.EpollSelector
 
     # -- entry points into the core -------------------------------------------
 
@@ -266,7 +268,7 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
                 timeout = None
             else:
                 timeout = min(max(0.0, when - self.time()), _MAXIMUM_SELECT_TIMEOUT)
-        if type(self._selector) is selectors.EpollSelector:
+        if self._aem_epoll:
             self._aem_poll_epoll(timeout)
         else:
             event_list = self._selector.select(timeout)
