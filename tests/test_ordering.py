@@ -317,3 +317,24 @@ def test_uvloop_subclass_call_soon_is_not_shadowed_by_the_fast_path():
         assert calls and calls[0] == fut.set_result
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_debug_mode_from_the_environment(backend):
+    """PYTHONASYNCIODEBUG=1 turns debug mode on while the loop is being
+    built (uvloop's __init__ calls set_debug before the core exists)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, aem_loop\n"
+        f"loop = aem_loop.new_event_loop(backend={backend!r})\n"
+        "assert loop.get_debug() and not loop.statistics().fast_path\n"
+        "print(loop.run_until_complete(asyncio.sleep(0, 'ok')))\n"
+        "loop.close()\n"
+    )
+    env = dict(os.environ, PYTHONASYNCIODEBUG="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

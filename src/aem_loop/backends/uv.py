@@ -337,7 +337,9 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         """From now on every callback goes through the core (for good).  May
         be called from another thread (the first priority set there)."""
         self._aem_mixed = True
-        self._aem.fast_path = False
+        sched = getattr(self, "_aem", None)  # None while uvloop's __init__ runs
+        if sched is not None:
+            sched.fast_path = False
         self.__dict__.pop("call_soon", None)
 
     _aem_priority_used = _aem_leave_fast_path  # see core.priority.on_first_priority
