@@ -12,6 +12,7 @@ import contextvars
 import enum
 import functools
 import inspect
+import threading
 import weakref
 from asyncio import events as _events
 from collections.abc import Callable
@@ -63,6 +64,10 @@ class _Use:
     # objects with an _aem_priority_used() method (uvloop backend loops on
     # their fast path), told once
     watchers: weakref.WeakSet[Any] = weakref.WeakSet()
+    # held to mark or to watch, so that a loop made in one thread while the
+    # first priority is checked in another is either told or starts off its
+    # fast path (the check of `used` on the hot path takes no lock)
+    lock = threading.Lock()
 
 
 def priorities_used() -> bool:
@@ -74,16 +79,20 @@ def priorities_used() -> bool:
 def on_first_priority(obj: Any) -> None:
     """Call ``obj._aem_priority_used()`` when a non-default priority is first
     checked (at once if that happened already)."""
-    if _Use.used:
-        obj._aem_priority_used()
-    else:
-        _Use.watchers.add(obj)
+    with _Use.lock:
+        if not _Use.used:
+            _Use.watchers.add(obj)
+            return
+    obj._aem_priority_used()
 
 
 def _first_use() -> None:
-    _Use.used = True
-    watchers = list(_Use.watchers)
-    _Use.watchers.clear()
+    with _Use.lock:
+        if _Use.used:
+            return
+        _Use.used = True
+        watchers = list(_Use.watchers)
+        _Use.watchers.clear()
     for w in watchers:
         w._aem_priority_used()
 
