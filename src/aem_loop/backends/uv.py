@@ -110,7 +110,6 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         self._aem_mixed = True
         if fast_path and not self.get_debug():
             self._aem_mixed = False
-            self._aem.fast_path = True
             if type(self).call_soon is UVLoop.call_soon:  # not a subclass's own
                 self.__dict__["call_soon"] = _uv_call_soon.__get__(self)
             on_first_priority(self)
@@ -337,9 +336,6 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         """From now on every callback goes through the core (for good).  May
         be called from another thread (the first priority set there)."""
         self._aem_mixed = True
-        sched = getattr(self, "_aem", None)  # None while uvloop's __init__ runs
-        if sched is not None:
-            sched.fast_path = False
         self.__dict__.pop("call_soon", None)
 
     _aem_priority_used = _aem_leave_fast_path  # see core.priority.on_first_priority

@@ -123,6 +123,7 @@ class AEMLoopMixin:
     _aem_backend: str = "?"
     _aem_creating = False  # inside create_task: the next call_soon is a first step
     _aem_closed = False
+    _aem_mixed = True  # False while a backend's fast path bypasses the core (uvloop)
 
     # The loop's clock.  Both backends use CLOCK_MONOTONIC at full resolution
     # (uvloop's own clock is cached per iteration in milliseconds).
@@ -278,7 +279,7 @@ class AEMLoopMixin:
 
     def statistics(self) -> LoopStatistics:
         """Per-priority queue depth, dispatch counts, lateness; polls, slices."""
-        return self._aem.statistics(self._aem_backend)
+        return self._aem.statistics(self._aem_backend, fast_path=not self._aem_mixed)
 
     @property
     def backend(self) -> str:

@@ -157,7 +157,6 @@ class Scheduler(ReadyQueue):
         "current",
         "debug",
         "dispatched",
-        "fast_path",
         "inbox",
         "inherit",
         "inherited",
@@ -220,7 +219,6 @@ class Scheduler(ReadyQueue):
         self.slices = 0
         self.aged = 0
         self.inherited = 0
-        self.fast_path = False  # kept by a backend that has one
 
     # -- entry -------------------------------------------------------------
 
@@ -629,7 +627,7 @@ class Scheduler(ReadyQueue):
         self._probe = [None] * NLEVELS
         self._skip = [1] * NLEVELS
 
-    def statistics(self, backend: str) -> LoopStatistics:
+    def statistics(self, backend: str, fast_path: bool = False) -> LoopStatistics:
         return LoopStatistics(
             backend=backend,
             queued=self.depths(),
@@ -639,7 +637,7 @@ class Scheduler(ReadyQueue):
             slices=self.slices,
             aged=self.aged,
             inherited=self.inherited,
-            fast_path=self.fast_path,
+            fast_path=fast_path,
             timers_pending=self.timers.n,
             timers_fired=self.timers.fired,
             timer_wakeups=self.timers.wakeups,
