@@ -167,10 +167,12 @@ async def test_threadsafe_carries_caller_priority():
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
-def test_uvloop_fast_path_until_first_priority(fast_path):
-    """uvloop backend: default-only work bypasses the core; the first
-    non-default priority switches to core dispatch, with strict order after."""
-    loop = aem_loop.new_event_loop(backend="uvloop", fast_path=fast_path)
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_fast_path_until_first_priority(backend, fast_path):
+    """Default-only work takes the backend's fast path (uvloop: uvloop's own
+    queue; selector: the core's one-level dispatch); the first non-default
+    priority switches to leveled dispatch, with strict order after."""
+    loop = aem_loop.new_event_loop(backend=backend, fast_path=fast_path)
     order = []
 
     async def main():
@@ -199,11 +201,8 @@ def test_uvloop_fast_path_until_first_priority(fast_path):
 
 def test_uvloop_fast_path_is_uvloops_own_call_soon():
     """On the fast path a future's callbacks reach uvloop's call_soon with no
-    Python frame of aem's in between; a loop made after the process first
-    used a priority starts off it; the first priority checked in another
-    thread ends it for a loop running in this one."""
+    Python frame of aem's in between."""
     import sys
-    import threading
 
     def python_calls_while(fn):
         calls = []
@@ -227,31 +226,78 @@ def test_uvloop_fast_path_is_uvloops_own_call_soon():
         # set_result schedules the callback through loop.call_soon
         assert "call_soon" not in python_calls_while(lambda: fut.set_result(None))
         loop.run_until_complete(fut)
+    finally:
+        loop.close()
 
-        t = threading.Thread(target=aem_loop.priority, args=(aem_loop.Priority.HIGH,))
-        t.start()
-        t.join()
-        assert not loop.statistics().fast_path
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_first_priority_in_another_thread_ends_the_fast_path(backend):
+    """The first priority checked in another thread ends the fast path of a
+    loop that runs in this one (order by level from then on); a loop made
+    after the process first used a priority starts off it."""
+    import threading
+
+    loop = aem_loop.new_event_loop(backend=backend)
+    try:
         order = []
-        with aem_loop.priority(aem_loop.Priority.LOW):
-            loop.call_soon(order.append, "low")
-        loop.call_soon(order.append, "default")
-        loop.run_until_complete(asyncio.sleep(0))
+
+        async def main():
+            assert loop.statistics().fast_path
+            t = threading.Thread(target=aem_loop.priority, args=(aem_loop.Priority.HIGH,))
+            t.start()
+            await loop.run_in_executor(None, t.join)
+            assert not loop.statistics().fast_path
+            with aem_loop.priority(aem_loop.Priority.LOW):
+                loop.call_soon(order.append, "low")
+            loop.call_soon(order.append, "default")
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
+        loop.run_until_complete(main())
         assert order == ["default", "low"]
     finally:
         loop.close()
-    later = aem_loop.new_event_loop(backend="uvloop")
+    later = aem_loop.new_event_loop(backend=backend)
     try:
         assert not later.statistics().fast_path
     finally:
         later.close()
 
 
-def test_fast_path_option_checked():
+def test_selector_fast_path_round_yields_to_the_first_priority():
+    """selector backend: a callback on the fast path that first uses a
+    priority and queues urgent work: the urgent callback runs next, before
+    the rest of the round (on uvloop's fast path the rest of uvloop's own
+    queue runs first: see backends/uv.py)."""
+    loop = aem_loop.new_event_loop(backend="selector")
+    order = []
+
+    def first():
+        order.append("first")
+        with aem_loop.priority(aem_loop.Priority.CRITICAL):
+            loop.call_soon(order.append, "urgent")
+
+    try:
+        assert loop.statistics().fast_path
+        loop.call_soon(first)
+        for i in range(3):
+            loop.call_soon(order.append, i)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert order == ["first", "urgent", 0, 1, 2]
+        assert not loop.statistics().fast_path
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_fast_path_option_checked(backend):
     with pytest.raises(TypeError, match="fast_path"):
-        aem_loop.new_event_loop(backend="uvloop", fast_path=1)
-    with pytest.raises(TypeError, match="fast_path"):
-        aem_loop.new_event_loop(backend="selector", fast_path=True)
+        aem_loop.new_event_loop(backend=backend, fast_path=1)
+    loop = aem_loop.new_event_loop(backend=backend, fast_path=False)
+    try:
+        assert not loop.statistics().fast_path
+    finally:
+        loop.close()
 
 
 @pytest.mark.asyncio

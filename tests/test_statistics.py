@@ -64,3 +64,40 @@ async def test_lateness_keeps_sampling_under_load():
     await done
     after = loop.statistics().lateness[60]
     assert after.samples - (before.samples if before else 0) > 100
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector")
+async def test_selector_fast_path_keeps_counts_and_lateness():
+    """On the selector backend's fast path (no priority used yet) the core
+    still counts what it dispatches, skips cancelled handles, samples
+    lateness at the default level and reports a failing callback as asyncio."""
+    loop = asyncio.get_running_loop()
+    assert loop.statistics().fast_path
+    default = int(aem_loop.Priority.NORMAL)
+    before = loop.statistics()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    ran = []
+    for i in range(100):
+        loop.call_soon(ran.append, i)
+    dropped = loop.call_soon(ran.append, "cancelled")
+    dropped.cancel()
+
+    def boom():
+        raise ValueError("boom")
+
+    failing = loop.call_soon(boom)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # counts are settled when a round ends
+    loop.set_exception_handler(None)
+    st = loop.statistics()
+    assert st.fast_path
+    assert ran == list(range(100))
+    # 100 appends + boom + this task's step that returned from sleep(0)
+    assert st.dispatched[default] - before.dispatched.get(default, 0) >= 101
+    assert st.lateness[default].samples > (
+        before.lateness[default].samples if default in before.lateness else 0)
+    assert len(errors) == 1 and isinstance(errors[0]["exception"], ValueError)
+    assert errors[0]["handle"] is failing
+    assert errors[0]["message"].startswith("Exception in callback")

@@ -25,7 +25,7 @@ from typing import Any
 from ..capsules.cloner import CapsuleLoopMixin
 from ..core.handles import AEMHandle
 from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, make_scheduler
-from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR
+from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
 from ..core.scheduler import Scheduler, own_handle
 
 __all__ = ["SelectorLoop"]
@@ -71,8 +71,11 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
 
     _aem_backend = "selector"
 
-    def __init__(self, selector: Any = None, **options: Any) -> None:
+    def __init__(self, selector: Any = None, *, fast_path: bool = True,
+                 **options: Any) -> None:
         try:
+            if not isinstance(fast_path, bool):
+                raise TypeError(f"fast_path must be a bool, not {fast_path!r}")
             sched = make_scheduler(self, options)
         except BaseException:
             self._closed = True  # nothing was opened; keep __del__ quiet
@@ -83,6 +86,13 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         sched.debug = self.get_debug()
         # the fused poll serves the stdlib's epoll selector (decided once)
         self._aem_epoll = type(self._selector) is selectors.EpollSelector
+        # The fast path: until the process first uses a non-default priority
+        # (core.priority tells every loop on it, from any thread) the core
+        # queues and dispatches at the one level there is (Scheduler.*_flat).
+        self._aem_mixed = True
+        if fast_path and not sched.debug:
+            self._aem_mixed = False
+            on_first_priority(self)
 
     # -- entry points into the core -------------------------------------------
 
@@ -108,7 +118,9 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         handle._repr = None
         handle._source_traceback = None
         handle._context = _copy_context() if context is None else context
-        if context is None or self._aem_creating:
+        if not self._aem_mixed:
+            self._aem.push_flat(handle)
+        elif context is None or self._aem_creating:
             self._aem.push(handle)
         else:
             self._aem.push_woken(handle)
@@ -212,6 +224,19 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         super().close()
         self._aem_closed = True
 
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        if enabled:  # debug mode's dispatch (slow callbacks) is the general path's
+            self._aem_leave_fast_path()
+
+    def _aem_leave_fast_path(self) -> None:
+        """From now on the core looks up levels (for good).  May be called
+        from another thread (the first priority set there): a round under
+        way stops at the first callback after which more urgent work waits."""
+        self._aem_mixed = True
+
+    _aem_priority_used = _aem_leave_fast_path  # see core.priority.on_first_priority
+
     def _aem_check_thread(self) -> None:
         self._check_thread()  # type: ignore[attr-defined]
 
@@ -256,7 +281,10 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
                     self._remove_writer(key.fileobj)
                 else:
                     add(writer)
-        self._aem.push_io(handles)
+        if self._aem_mixed:
+            self._aem.push_io(handles)
+        else:
+            self._aem.push_io_flat(handles)
 
     def _run_once(self) -> None:
         sched = self._aem
@@ -277,5 +305,8 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         sched.polls += 1
         if sched.timers.n:
             sched.move_due_timers(self.time() + self._clock_resolution)  # type: ignore[attr-defined]
-        sched.run_ready()
+        if self._aem_mixed:
+            sched.run_ready()
+        else:
+            sched.run_flat()
 

@@ -74,6 +74,10 @@ _BIT = tuple(1 << i for i in range(NLEVELS))
 _INF = float("inf")
 # _io_bits while the backend has not said which levels have I/O: above all.
 _IO_UNKNOWN = 1 << NLEVELS
+# The default level, its bit, and every bit up to it (the fast path's).
+_DEF = DEFAULT_PRIORITY
+_DEF_BIT = 1 << _DEF
+_DEF_MASK = (_DEF_BIT << 1) - 1
 
 # Lateness is sampled, not measured for every callback: a probe starts at one
 # in this many pushes to a level with no probe in flight (counted per level,
@@ -145,6 +149,7 @@ class Scheduler(ReadyQueue):
     __slots__ = (
         "_boost_sources",
         "_clock",
+        "_flat_q",
         "_io_bits",
         "_io_counts",
         "_probe",
@@ -193,6 +198,7 @@ class Scheduler(ReadyQueue):
         self._clock = clock
         self.owner = owner  # gets ``_current_handle`` in debug mode, as asyncio
         self.timers = TimerWheel(clock)
+        self._flat_q = self._levels[DEFAULT_PRIORITY]  # the fast path's level
         # Entry for other threads and signal handlers: deque.append is
         # atomic, the bucket bitmap update is not.
         self.inbox: deque[Any] = deque()
@@ -331,6 +337,107 @@ class Scheduler(ReadyQueue):
         skip[level] = c
         if not c:
             self._start_probe(h, level, self._clock())
+
+    # -- one level: while the process has used no other priority ---------------
+    #
+    # Until a non-default priority is first checked (core.priority), every
+    # context is at the default level: there is no level to look up, no
+    # boost or inheritance that could move a handle, no aging between levels
+    # and no more urgent I/O a time slice would poll for.  A backend on its
+    # fast path queues and dispatches with these (the same queue, bitmap and
+    # lateness probe as the methods above, so leaving the fast path, from any
+    # thread, needs no hand-over): a round then costs about what asyncio's
+    # _run_once does, where the general path pays for the levels (~200 more
+    # bytecodes a round).
+
+    def push_flat(self, handle: Any) -> None:
+        """:meth:`push` (and :meth:`push_woken`) on the fast path."""
+        if self.inbox:
+            self.drain_inbox()
+        q = self._flat_q
+        if not q:
+            self._bits |= _DEF_BIT
+        q.append(handle)
+        skip = self._skip
+        c = skip[_DEF] - 1
+        skip[_DEF] = c
+        if not c:
+            self._start_probe(handle, _DEF, self._clock())
+
+    def push_io_flat(self, handles: list[Any]) -> None:
+        """:meth:`push_io` on the fast path."""
+        if self.inbox:
+            self.drain_inbox()
+        q = self._flat_q
+        was = len(q)
+        for handle in handles:
+            if not handle._aem_q:
+                handle._aem_q = True
+                q.append(handle)
+        if len(q) == was:
+            return
+        if not was:
+            self._bits |= _DEF_BIT
+        skip = self._skip
+        c = skip[_DEF] - 1
+        skip[_DEF] = c
+        if not c:
+            self._start_probe(q[-1], _DEF, self._clock())
+
+    def run_flat(self) -> None:
+        """:meth:`run_ready` on the fast path: asyncio's round (what is ready
+        when it begins, FIFO), with the lateness probe and counts kept."""
+        if self.inbox:
+            self.drain_inbox()
+        if self._bits != _DEF_BIT:
+            # empty, or the first other priority was used meanwhile
+            if self._bits:
+                self.run_ready()
+            return
+        q = self._flat_q
+        p = self._probe[_DEF]
+        popped = skipped = 0
+        mask = _DEF_MASK
+        self.current = _DEF
+        try:
+            for popped in range(1, len(q) + 1):
+                try:
+                    handle = q.popleft()
+                except IndexError:  # a boost moved its handles away
+                    popped -= 1
+                    break
+                handle._aem_q = False
+                if handle._cancelled:
+                    skipped += 1
+                else:
+                    # run_ready's call, repeated on purpose: a shared helper
+                    # would be one more Python frame per callback
+                    args = handle._args
+                    try:
+                        if not args:
+                            handle._context.run(handle._callback)
+                        elif len(args) == 1:
+                            handle._context.run(handle._callback, args[0])
+                        else:
+                            handle._context.run(handle._callback, *args)
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        report_callback_error(handle, exc)
+                if handle is p:
+                    p = None
+                    if handle._cancelled:
+                        self._end_probe(_DEF)
+                    else:
+                        self._sample(_DEF, self._clock())
+                if self._bits > mask:
+                    break  # a callback used the first other priority: urgent work
+        finally:
+            self.current = _NOT_DISPATCHING
+            self.dispatched[_DEF] += popped - skipped
+            if not q:
+                self._bits &= ~_DEF_BIT
+                self._since[_DEF] = 0.0
 
     # -- registered I/O levels ----------------------------------------------
 
