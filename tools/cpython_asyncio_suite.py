@@ -97,6 +97,11 @@ def _patch(variant: str) -> None:
     asyncio.set_event_loop_policy(policy_cls())
     asyncio.SelectorEventLoop = selector_loop  # type: ignore[misc,assignment]
     asyncio.unix_events.SelectorEventLoop = selector_loop  # type: ignore[attr-defined]
+    if hasattr(asyncio, "EventLoop"):
+        # 3.13+: the platform's default loop class, an alias of the selector
+        # loop (test_runners: asyncio.run(loop_factory=asyncio.EventLoop))
+        asyncio.EventLoop = selector_loop  # type: ignore[misc,assignment]
+        asyncio.unix_events.EventLoop = selector_loop  # type: ignore[attr-defined]
 
 
 # A test that runs longer than this is stopped with TimeoutError (stock
