@@ -336,3 +336,18 @@ async def test_ticker_close_and_priority() -> None:
     assert len(seen) == 1
     if backend_of(loop) != "asyncio":
         assert seen == [int(aem_loop.Priority.HIGH)]  # woken by its timer
+
+
+def test_benchmark_backfill_counts_every_skipped_tick():
+    """The periodic benchmark's tail counts each tick a stall made the job
+    skip with its own lateness (bench.timers_bench.backfilled)."""
+    from aem_loop.bench.timers_bench import backfilled
+
+    # ticks due at 1, 2, 3, ...; runs at 1.25 and 2.5, then a stall until 6.0
+    late, missed = backfilled(1.0, 1.0, [1.25, 2.5, 6.0, 7.0], 0.0, 8.0)
+    # tick 1 -> 1.25; 2 -> 2.5; 3, 4, 5, 6 -> 6.0 (3, 2, 1, 0 late); 7 -> 7.0
+    assert late == [0.25, 0.5, 3.0, 2.0, 1.0, 0.0, 0.0]
+    assert missed == 3  # ticks 3, 4, 5: run 6.0 is tick 6's
+    # a window counts only the ticks due in it; ticks after the last run end it
+    assert backfilled(1.0, 1.0, [1.25, 2.5, 6.0, 7.0], 2.5, 5.0) == ([3.0, 2.0], 1)
+    assert backfilled(1.0, 1.0, [1.25], 0.0, 10.0) == ([0.25], 0)
