@@ -123,7 +123,7 @@ class AEMLoopMixin:
     _aem_backend: str = "?"
     _aem_creating = False  # inside create_task: the next call_soon is a first step
     _aem_closed = False
-    _aem_mixed = True  # False while a backend's fast path bypasses the core (uvloop)
+    _aem_mixed = True  # False while a backend is on its fast path (no priority used yet)
 
     # The loop's clock.  Both backends use CLOCK_MONOTONIC at full resolution
     # (uvloop's own clock is cached per iteration in milliseconds).

@@ -66,8 +66,11 @@ class LoopStatistics:
     - ``timers_pending``/``timers_fired``; ``timer_wakeups``: polls that fired
       timers; ``timer_wakeups_saved``: further wakeups the fired timers' exact
       deadlines would have needed (timer slack, or timers due close together).
-    - ``fast_path``: True while callbacks bypass the core's queue (uvloop
-      backend, until the process first uses a non-default priority).
+    - ``fast_path``: True until the process first uses a non-default
+      priority (and not in debug mode, nor with ``fast_path=False``): on
+      the uvloop backend callbacks then bypass the core's queue (uvloop's
+      own), on the selector backend the core dispatches its one level
+      without looking up levels.
     """
 
     backend: str
