@@ -24,7 +24,7 @@ from typing import Any
 
 from ..capsules.cloner import CapsuleLoopMixin
 from ..core.handles import AEMHandle
-from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, make_scheduler
+from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, check_fast_path, make_scheduler
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
 from ..core.scheduler import Scheduler, own_handle
 
@@ -74,8 +74,7 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
     def __init__(self, selector: Any = None, *, fast_path: bool = True,
                  **options: Any) -> None:
         try:
-            if not isinstance(fast_path, bool):
-                raise TypeError(f"fast_path must be a bool, not {fast_path!r}")
+            check_fast_path(fast_path)
             sched = make_scheduler(self, options)
         except BaseException:
             self._closed = True  # nothing was opened; keep __del__ quiet
@@ -89,7 +88,6 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         # The fast path: until the process first uses a non-default priority
         # (core.priority tells every loop on it, from any thread) the core
         # queues and dispatches at the one level there is (Scheduler.*_flat).
-        self._aem_mixed = True
         if fast_path and not sched.debug:
             self._aem_mixed = False
             on_first_priority(self)
@@ -223,19 +221,6 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
     def close(self) -> None:
         super().close()
         self._aem_closed = True
-
-    def set_debug(self, enabled: bool) -> None:
-        super().set_debug(enabled)
-        if enabled:  # debug mode's dispatch (slow callbacks) is the general path's
-            self._aem_leave_fast_path()
-
-    def _aem_leave_fast_path(self) -> None:
-        """From now on the core looks up levels (for good).  May be called
-        from another thread (the first priority set there): a round under
-        way stops at the first callback after which more urgent work waits."""
-        self._aem_mixed = True
-
-    _aem_priority_used = _aem_leave_fast_path  # see core.priority.on_first_priority
 
     def _aem_check_thread(self) -> None:
         self._check_thread()  # type: ignore[attr-defined]

@@ -49,7 +49,13 @@ import uvloop
 
 from ..capsules.cloner import CapsuleLoopMixin
 from ..core.handles import AEMHandle
-from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, fast_handle, make_scheduler
+from ..core.loopbase import (
+    FAST_HANDLES,
+    AEMLoopMixin,
+    check_fast_path,
+    fast_handle,
+    make_scheduler,
+)
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
 from .uvproto import PriorityServerMixin
 from .uvsendfile import sendfile_fallback
@@ -91,8 +97,7 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
     def __init__(self, *, fast_path: bool = True, **options: Any) -> None:
         super().__init__()
         try:
-            if not isinstance(fast_path, bool):
-                raise TypeError(f"fast_path must be a bool, not {fast_path!r}")
+            check_fast_path(fast_path)
             self._aem = make_scheduler(self, options)
         except BaseException:
             # uvloop opened its libuv loop on allocation; only close() frees it.
@@ -107,7 +112,6 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         # Python frame of ours in between (a frame that forwards costs ~20%
         # of a streams echo round trip on uvloop).  The first priority
         # (checked in core.priority) ends it for every loop.
-        self._aem_mixed = True
         if fast_path and not self.get_debug():
             self._aem_mixed = False
             if type(self).call_soon is UVLoop.call_soon:  # not a subclass's own
@@ -324,21 +328,11 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def set_debug(self, enabled: bool) -> None:
-        super().set_debug(enabled)
-        if enabled:
-            # Debug handles record where they were created; the core's path
-            # trims its own frame from that record as asyncio does, uvloop's
-            # fast path cannot.
-            self._aem_leave_fast_path()
-
     def _aem_leave_fast_path(self) -> None:
-        """From now on every callback goes through the core (for good).  May
-        be called from another thread (the first priority set there)."""
-        self._aem_mixed = True
+        """From now on every callback goes through the core (for good): also
+        drops uvloop's call_soon bound on the loop."""
+        super()._aem_leave_fast_path()
         self.__dict__.pop("call_soon", None)
-
-    _aem_priority_used = _aem_leave_fast_path  # see core.priority.on_first_priority
 
     def run_forever(self) -> None:
         self._aem_thread = threading.get_ident()

@@ -31,7 +31,8 @@ FAST_HANDLES = set(events.Handle.__slots__) | set(events.TimerHandle.__slots__) 
 }
 
 __all__ = [
-    "FAST_HANDLES", "LOOP_OPTIONS", "AEMLoopMixin", "fast_handle", "make_scheduler",
+    "FAST_HANDLES", "LOOP_OPTIONS", "AEMLoopMixin", "check_fast_path", "fast_handle",
+    "make_scheduler",
 ]
 
 
@@ -105,6 +106,13 @@ def make_scheduler(owner: Any, options: dict[str, Any]) -> Scheduler:
 
 def loop_slack(options: dict[str, Any]) -> float:
     return check_slack(options.get("timer_slack", 0.0))
+
+
+def check_fast_path(fast_path: object) -> bool:
+    """Validate the loop option fast_path (a bool)."""
+    if not isinstance(fast_path, bool):
+        raise TypeError(f"fast_path must be a bool, not {fast_path!r}")
+    return fast_path
 
 
 def check_callback(callback: object, method: str) -> None:
@@ -276,6 +284,23 @@ class AEMLoopMixin:
         sched = getattr(self, "_aem", None)
         if sched is not None:
             sched.debug = bool(enabled)
+        if enabled:
+            # Debug mode is the core's general path on both backends: its
+            # handles record where they were created (trimmed of the core's
+            # own frame, as asyncio does) and it times slow callbacks.
+            # Called before the core exists too (uvloop's __init__).
+            self._aem_leave_fast_path()
+
+    # -- the backends' fast path (until the process first uses a priority) -------
+
+    def _aem_leave_fast_path(self) -> None:
+        """From now on the core orders every callback by level (for good).
+        May be called from another thread (the first priority set there).
+        A backend with more to undo extends it."""
+        self._aem_mixed = True
+
+    def _aem_priority_used(self) -> None:  # see core.priority.on_first_priority
+        self._aem_leave_fast_path()
 
     def statistics(self) -> LoopStatistics:
         """Per-priority queue depth, dispatch counts, lateness; polls, slices."""
