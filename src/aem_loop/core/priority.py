@@ -102,24 +102,23 @@ def check_priority(value: object, what: str = "priority") -> int:
 
     Every path that gives a context a priority checks it here first, so a
     valid non-default value marks the process as using priorities
-    (:func:`priorities_used`; the uvloop backend leaves its fast path).
+    (:func:`priorities_used`; both backends leave their fast path).
     """
-    if type(value) is int and MIN_PRIORITY <= value <= MAX_PRIORITY:  # fast path
-        if value != DEFAULT_PRIORITY and not _Use.used:
-            _first_use()
-        return value
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{what} must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}, "
-            f"not {type(value).__name__} {value!r}"
-        )
-    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
-        raise ValueError(
-            f"{what} must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {value!r}"
-        )
+    if not (type(value) is int and MIN_PRIORITY <= value <= MAX_PRIORITY):
+        # not a plain int in range (the usual case skips all of this)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"{what} must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}, "
+                f"not {type(value).__name__} {value!r}"
+            )
+        if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+            raise ValueError(
+                f"{what} must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {value!r}"
+            )
+        value = int(value)  # an IntEnum such as Priority.HIGH
     if value != DEFAULT_PRIORITY and not _Use.used:
         _first_use()
-    return int(value)
+    return value
 
 
 def current_priority() -> int:
