@@ -5,6 +5,7 @@ dispatch, aging and inheritance, on two I/O backends ("selector", "uvloop").
 See README.md and docs/.
 """
 
+from . import framers
 from .api import (
     EventLoopPolicy,
     cloner,
@@ -36,6 +37,21 @@ from .core.priority import (
     set_priority,
 )
 from .core.stats import LatencySummary, LoopStatistics
+from .events import (
+    Activation,
+    ChildExit,
+    ChildStatus,
+    Event,
+    EventStatistics,
+    Periodic,
+    Readable,
+    Signal,
+    SocketData,
+    UserEvent,
+    Writable,
+    classify,
+    current_event,
+)
 from .locks import Lock
 from .vmprotocol import BlockProtocol
 from .vmtable import Block, VMTable, VMTableError, VMTableExhausted, VMTableStatistics
@@ -45,35 +61,49 @@ __version__ = "0.1.0"
 __all__ = [
     "MAX_PRIORITY",
     "MIN_PRIORITY",
+    "Activation",
     "Block",
     "BlockProtocol",
     "BrokenCapsulePool",
     "CapsuleDied",
     "CapsuleError",
     "CapsulePool",
+    "ChildExit",
     "ChildProcess",
+    "ChildStatus",
     "ClonerEvent",
+    "Event",
     "EventFlags",
     "EventLoopPolicy",
+    "EventStatistics",
     "LatencySummary",
     "Lock",
     "LoopStatistics",
+    "Periodic",
     "PeriodicJob",
     "PeriodicStatistics",
     "Priority",
+    "Readable",
+    "Signal",
+    "SocketData",
     "Tick",
     "Ticker",
+    "UserEvent",
     "VMTable",
     "VMTableError",
     "VMTableExhausted",
     "VMTableStatistics",
+    "Writable",
     "__version__",
+    "classify",
     "cloner",
     "create_task",
+    "current_event",
     "current_events",
     "current_priority",
     "effective_priority",
     "every",
+    "framers",
     "install",
     "loop_factory",
     "new_event_loop",

@@ -24,9 +24,11 @@ from typing import Any
 
 from ..capsules.cloner import CapsuleLoopMixin
 from ..core.handles import AEMHandle
-from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, check_fast_path, make_scheduler
-from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
+from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, check_fast_path, fast_handle, make_scheduler
+from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL, PRIORITY_VAR, on_first_priority
 from ..core.scheduler import Scheduler, own_handle
+from ..events.classify import wrap_factory
+from ..events.loop import EventsLoopMixin
 
 __all__ = ["SelectorLoop"]
 
@@ -66,7 +68,19 @@ class _ReadyView:
         self._sched.clear()
 
 
-class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  # type: ignore[misc]
+def _job_reader(callback: Any) -> bool:
+    """Whether *callback* reads a transport whose protocol (or, under SSL,
+    whose app protocol) decides priorities from the data: such a reader
+    runs at job level (events.classify)."""
+    p = getattr(getattr(callback, "__self__", None), "_protocol", None)
+    if p is None:
+        return False
+    return bool(getattr(p, "_aem_job", False)
+                or getattr(getattr(p, "_app_protocol", None), "_aem_job", False))
+
+
+class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ignore[misc]
+                   asyncio.SelectorEventLoop):  # type: ignore[misc]
     """An asyncio loop on ``selectors`` (epoll) with priority-ordered dispatch."""
 
     _aem_backend = "selector"
@@ -123,6 +137,26 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
         else:
             self._aem.push_woken(handle)
         return handle
+
+    def _aem_schedule(self, callback: Callable[..., object], args: tuple[Any, ...],
+                      context: contextvars.Context) -> events.Handle:
+        """Queue *callback* at the level of *context*, without inheritance
+        (the events package activates handlers at their own priority)."""
+        self._check_closed()
+        handle: Any = fast_handle(self, callback, args, context)
+        if not self._aem_mixed:
+            self._aem.push_flat(handle)
+        else:
+            self._aem.push(handle)
+        return handle  # type: ignore[no-any-return]
+
+    async def create_server(self, protocol_factory: Any, *args: Any, **kw: Any) -> Any:
+        return await super().create_server(wrap_factory(self, protocol_factory), *args, **kw)
+
+    async def create_unix_server(self, protocol_factory: Any, *args: Any, **kw: Any) -> Any:
+        return await super().create_unix_server(
+            wrap_factory(self, protocol_factory), *args, **kw
+        )
 
     def _call_soon(
         self, callback: Callable[..., object], args: Any, context: Any
@@ -182,9 +216,13 @@ class SelectorLoop(CapsuleLoopMixin, AEMLoopMixin, asyncio.SelectorEventLoop):  
     def _aem_add_io(self, fd: Any, event: int, callback: Any, args: Any) -> events.Handle:
         """asyncio's _add_reader/_add_writer, with the core's handle (see core.handles)."""
         self._check_closed()
-        handle = AEMHandle(callback, args, self, None)
-        handle._aem_q = False
         read = event == _EVENT_READ
+        ctx = None
+        if read and _job_reader(callback):
+            ctx = _copy_context()
+            ctx.run(PRIORITY_VAR.set, JOB_LEVEL)
+        handle = AEMHandle(callback, args, self, ctx)
+        handle._aem_q = False
         sel: Any = self._selector
         key = sel.get_map().get(fd)
         if key is None:

@@ -57,6 +57,7 @@ from ..core.loopbase import (
     make_scheduler,
 )
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
+from ..events.loop import EventsLoopMixin
 from .uvproto import PriorityServerMixin
 from .uvsendfile import sendfile_fallback
 
@@ -88,7 +89,8 @@ def _fileno(fd: Any) -> int | None:
 _INF = math.inf
 
 
-class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop):  # type: ignore[misc]
+class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ignore[misc]
+             AEMLoopMixin, uvloop.Loop):
     """A uvloop loop whose callbacks, tasks and timers run in priority order."""
 
     _aem_backend = "uvloop"
@@ -156,6 +158,22 @@ class UVLoop(PriorityServerMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop): 
         else:
             self._aem.push_woken(handle)
         if not self._aem_armed:  # _aem_arm(), inlined on this hot path
+            self._aem_armed = True
+            _uv_call_soon(self, self._aem_dispatch)
+        return handle
+
+    def _aem_schedule(self, callback: Callable[..., object], args: tuple[Any, ...],
+                      context: contextvars.Context) -> Any:
+        """Queue *callback* at the level of *context*, without inheritance
+        (the events package activates handlers at their own priority)."""
+        self._aem_check_open()
+        if not self._aem_mixed:
+            if context.get(PRIORITY_VAR, DEFAULT_PRIORITY) == DEFAULT_PRIORITY:
+                return _uv_call_soon(self, callback, *args, context=context)
+            self._aem_leave_fast_path()
+        handle = fast_handle(self, callback, args, context)
+        self._aem.push(handle)
+        if not self._aem_armed:
             self._aem_armed = True
             _uv_call_soon(self, self._aem_dispatch)
         return handle

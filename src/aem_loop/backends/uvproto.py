@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.priority import DEFAULT_PRIORITY, current_priority
+from ..events.classify import CLASSIFIER, ClassifiedProtocol, wrap_factory
 
 __all__ = ["PriorityServerMixin"]
 
@@ -114,6 +115,12 @@ class _PriorityBufferedProtocol(_PriorityProtocol, asyncio.BufferedProtocol):
 
 
 def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
+    if getattr(factory, "_aem_classified", False):  # its protocols are classified already
+        return factory
+    classifier = CLASSIFIER.get()
+    if classifier is not None:  # the classified protocol keeps the connection's level too
+        loop._aem_leave_fast_path()
+        return wrap_factory(loop, factory, classifier)
     level = current_priority()
     if level == DEFAULT_PRIORITY:
         return factory
@@ -130,7 +137,7 @@ def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
 
 def _unwrap(protocol: Any) -> Any:
     return getattr(protocol, "_aem_inner", protocol) if isinstance(
-        protocol, _PriorityProtocol
+        protocol, (_PriorityProtocol, ClassifiedProtocol)
     ) else protocol
 
 

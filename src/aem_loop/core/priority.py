@@ -19,9 +19,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 __all__ = [
+    "JOB_LEVEL",
     "MAX_PRIORITY",
     "MIN_PRIORITY",
     "NLEVELS",
+    "NQUEUES",
     "Priority",
     "check_priority",
     "current_priority",
@@ -35,6 +37,13 @@ __all__ = [
 MIN_PRIORITY = 0
 MAX_PRIORITY = 99
 NLEVELS = MAX_PRIORITY + 1
+# AEM's job level: above every handler level.  The jobs of events (and the
+# readers of connections whose priority is decided from their data) run
+# here: they read and check what arrived, then activate a handler at its
+# own priority.  Never a user priority (check_priority refuses it); the
+# ready queue has one more level for it.
+JOB_LEVEL = NLEVELS
+NQUEUES = NLEVELS + 1
 
 
 class Priority(enum.IntEnum):

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from .priority import NLEVELS
+from .priority import NQUEUES
 
 __all__ = ["ReadyQueue"]
 
@@ -28,7 +28,7 @@ class ReadyQueue:
     __slots__ = ("_bits", "_levels")
 
     def __init__(self) -> None:
-        self._levels: list[deque[Any]] = [deque() for _ in range(NLEVELS)]
+        self._levels: list[deque[Any]] = [deque() for _ in range(NQUEUES)]
         self._bits = 0
 
     def __len__(self) -> int:
@@ -91,5 +91,5 @@ class ReadyQueue:
 
     def __iter__(self) -> Iterator[Any]:
         """Items in dispatch order (most urgent level first, FIFO within)."""
-        for lv in range(NLEVELS - 1, -1, -1):
+        for lv in range(NQUEUES - 1, -1, -1):
             yield from self._levels[lv]

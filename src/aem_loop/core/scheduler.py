@@ -49,7 +49,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .handles import AEMHandle
-from .priority import DEFAULT_PRIORITY, NLEVELS, PRIORITY_VAR
+from .priority import DEFAULT_PRIORITY, NQUEUES, PRIORITY_VAR
 from .readyqueue import ReadyQueue
 from .stats import LatencyRecorder, LoopStatistics
 from .timers import AEMTimerHandle, TimerWheel
@@ -70,10 +70,10 @@ DEFAULT_AGING = 0.010
 _NOT_DISPATCHING = -1
 # 1 << level for every level, made once: levels above 30 need a two-digit int,
 # and building one on every push was a measurable share of the push.
-_BIT = tuple(1 << i for i in range(NLEVELS))
+_BIT = tuple(1 << i for i in range(NQUEUES))
 _INF = float("inf")
 # _io_bits while the backend has not said which levels have I/O: above all.
-_IO_UNKNOWN = 1 << NLEVELS
+_IO_UNKNOWN = 1 << NQUEUES
 # The default level, its bit, and every bit up to it (the fast path's).
 _DEF = DEFAULT_PRIORITY
 _DEF_BIT = 1 << _DEF
@@ -213,14 +213,14 @@ class Scheduler(ReadyQueue):
         self._boost_sources: dict[Any, dict[Any, int]] = {}
         self.debug = False
         # statistics
-        self.dispatched = [0] * NLEVELS
+        self.dispatched = [0] * NQUEUES
         self.lateness: dict[int, LatencyRecorder] = {}
-        self._probe: list[Any] = [None] * NLEVELS
-        self._probe_t = [0.0] * NLEVELS
-        self._since = [0.0] * NLEVELS
+        self._probe: list[Any] = [None] * NQUEUES
+        self._probe_t = [0.0] * NQUEUES
+        self._since = [0.0] * NQUEUES
         # Per level: pushes until the next probe starts (the first push
         # always samples); _IN_FLIGHT while one is queued.
-        self._skip = [1] * NLEVELS
+        self._skip = [1] * NQUEUES
         self.polls = 0
         self.slices = 0
         self.aged = 0
@@ -445,7 +445,7 @@ class Scheduler(ReadyQueue):
         """A backend registered an I/O waiter at *level*."""
         counts = self._io_counts
         if counts is None:
-            counts = self._io_counts = [0] * NLEVELS
+            counts = self._io_counts = [0] * NQUEUES
             self._io_bits = 0
         counts[level] += 1
         self._io_bits |= 1 << level
@@ -476,6 +476,22 @@ class Scheduler(ReadyQueue):
 
     def has_work(self) -> bool:
         return self._bits != 0 or bool(self.inbox)
+
+    def queued_above(self, level: int) -> bool:
+        """Whether a callback more urgent than *level* waits in the queue.
+
+        The dispatch loop clears a level's bit when it leaves the level, so a
+        set bit may name a level just drained: the deques decide.
+        """
+        b = self._bits
+        levels = self._levels
+        lv = b.bit_length() - 1
+        while lv > level:
+            if levels[lv]:
+                return True
+            b &= ~(1 << lv)
+            lv = b.bit_length() - 1
+        return False
 
     # -- timers ------------------------------------------------------------
 
@@ -731,8 +747,8 @@ class Scheduler(ReadyQueue):
         super().clear()
         self.inbox.clear()
         self.timers.clear()
-        self._probe = [None] * NLEVELS
-        self._skip = [1] * NLEVELS
+        self._probe = [None] * NQUEUES
+        self._skip = [1] * NQUEUES
 
     def statistics(self, backend: str, fast_path: bool = False) -> LoopStatistics:
         return LoopStatistics(

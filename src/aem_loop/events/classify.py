@@ -1,0 +1,385 @@
+"""Content-classified priority for servers of unmodified asyncio code.
+
+``with aem_loop.classify(fn):`` -- servers created inside wrap each
+connection's protocol in a :class:`ClassifiedProtocol`.  Its transport's
+reads run at job level (the selector backend queues that reader above every
+handler level; on the uvloop backend libuv calls the transport between two
+rounds of the core, which is job level there).  Each chunk read is split
+into messages (``messages="http"``: HTTP/1.x requests, bodies and chunked
+encoding skipped, so every request head of a keep-alive connection is
+seen; ``messages="chunk"``: each chunk is one message) and ``fn`` gets each
+message's first bytes (for HTTP, the whole head) and returns the priority
+of that activation, or None for the connection's own.
+
+The protocol's ``data_received`` then runs at that priority: at once when
+nothing more urgent waits (no queue, no extra callback), else queued at it.
+A connection's calls keep their order: a call queued behind an earlier,
+less urgent one of the same connection raises it to its own level
+(inheritance), and ``eof_received``/``connection_lost`` wait for the data
+before them.  What ``data_received`` wakes (a reader task, aiohttp's request
+loop) runs that step at the activation's priority by inheritance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, check_priority, current_priority
+
+__all__ = ["CLASSIFIER", "ClassifiedProtocol", "HTTPScanner", "classify", "wrap_factory"]
+
+# Stop reading a connection while this many bytes wait for its protocol.
+HIGH_WATER = 256 * 1024
+# A request head longer than this is not scanned further (the server
+# protocol refuses it anyway): the rest of the connection keeps its level.
+MAX_SCAN_HEAD = 64 * 1024
+
+MESSAGE_KINDS = ("chunk", "http")
+
+
+class _Classifier:
+    __slots__ = ("fn", "messages")
+
+    def __init__(self, fn: Callable[[bytes], int | None], messages: str) -> None:
+        self.fn = fn
+        self.messages = messages
+
+
+CLASSIFIER: contextvars.ContextVar[_Classifier | None] = contextvars.ContextVar(
+    "aem_loop.classifier", default=None
+)
+
+
+@contextmanager
+def classify(fn: Callable[[bytes], int | None], *, messages: str = "chunk") -> Iterator[None]:
+    """Servers created inside decide each activation's priority from its data.
+
+    ``fn(first_bytes)`` returns a priority (0..99) or None (the connection's
+    own).  *messages*: ``"chunk"`` (each read is a message) or ``"http"``
+    (each HTTP/1.x request head).  Works on both backends, for
+    ``loop.create_server``/``create_unix_server`` and ``asyncio.start_server``.
+    """
+    if not callable(fn):
+        raise TypeError(f"classify() needs a callable fn(data) -> priority | None, got {fn!r}")
+    if messages not in MESSAGE_KINDS:
+        raise ValueError(f"messages must be one of {MESSAGE_KINDS}, got {messages!r}")
+    token = CLASSIFIER.set(_Classifier(fn, messages))
+    try:
+        yield
+    finally:
+        CLASSIFIER.reset(token)
+
+
+def wrap_factory(loop: Any, factory: Callable[[], Any],
+                 classifier: _Classifier | None = None) -> Callable[[], Any]:
+    """*factory*, wrapped when a classifier is in effect (else unchanged)."""
+    c = CLASSIFIER.get() if classifier is None else classifier
+    if c is None:
+        return factory
+
+    def make() -> Any:
+        return ClassifiedProtocol(factory(), c, loop)
+
+    return make
+
+
+# -- HTTP message boundaries ----------------------------------------------------------
+
+_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _OPAQUE = range(6)
+
+
+class HTTPScanner:
+    """Finds where each HTTP/1.x request starts in a stream, without copying it.
+
+    ``feed(data)`` returns the heads completed by *data*.  Bodies with
+    Content-Length or chunked encoding are skipped.  Anything it cannot
+    follow (a head over ``MAX_SCAN_HEAD``, a malformed length) makes it stop
+    for good: the server protocol refuses such a request itself.
+    """
+
+    __slots__ = ("_buf", "_need", "_state")
+
+    def __init__(self) -> None:
+        self._state = _HEAD
+        self._buf = bytearray()
+        self._need = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        heads: list[bytes] = []
+        pos = 0
+        n = len(data)
+        while pos < n:
+            st = self._state
+            if st == _HEAD:
+                buf = self._buf
+                if not buf:
+                    while pos < n and data[pos] in (13, 10):  # CRLFs between requests
+                        pos += 1
+                    if pos == n:
+                        break
+                start = len(buf)
+                buf += data[pos:]
+                end = buf.find(b"\r\n\r\n", max(0, start - 3))
+                if end < 0:
+                    if len(buf) > MAX_SCAN_HEAD:
+                        self._state = _OPAQUE
+                    break
+                head = bytes(buf[:end + 4])
+                pos += end + 4 - start
+                buf.clear()
+                heads.append(head)
+                self._after_head(head)
+            elif st == _BODY:
+                k = min(self._need, n - pos)
+                pos += k
+                self._need -= k
+                if not self._need:
+                    self._state = _HEAD
+            elif st in (_CHUNK_SIZE, _TRAILER):
+                buf = self._buf
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    buf += data[pos:]
+                    if len(buf) > MAX_SCAN_HEAD:
+                        self._state = _OPAQUE
+                    break
+                buf += data[pos:nl + 1]
+                pos = nl + 1
+                line = bytes(buf).strip()
+                buf.clear()
+                if st == _TRAILER:
+                    if not line:
+                        self._state = _HEAD
+                    continue
+                try:
+                    size = int(line.split(b";", 1)[0], 16)
+                except ValueError:
+                    self._state = _OPAQUE
+                    break
+                if size == 0:
+                    self._state = _TRAILER
+                else:
+                    self._state = _CHUNK_DATA
+                    self._need = size + 2  # the data and its CRLF
+            elif st == _CHUNK_DATA:
+                k = min(self._need, n - pos)
+                pos += k
+                self._need -= k
+                if not self._need:
+                    self._state = _CHUNK_SIZE
+            else:  # _OPAQUE
+                break
+        return heads
+
+    def _after_head(self, head: bytes) -> None:
+        length = 0
+        chunked = False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    self._state = _OPAQUE
+                    return
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if chunked:
+            self._state = _CHUNK_SIZE
+        elif length > 0:
+            self._state = _BODY
+            self._need = length
+        else:
+            self._state = _HEAD
+
+
+# -- the protocol in between -------------------------------------------------------------
+
+
+class ClassifiedProtocol(asyncio.Protocol):
+    """Runs the inner protocol's callbacks at the priority decided from the data."""
+
+    # The selector backend reads the transport of such a protocol at job level.
+    _aem_job = True
+
+    def __init__(self, inner: Any, classifier: _Classifier, loop: Any) -> None:
+        self._aem_inner = inner
+        self._aem_fn = classifier.fn
+        self._aem_scanner = HTTPScanner() if classifier.messages == "http" else None
+        self._aem_loop = loop
+        self._aem_sched = loop._aem
+        base = current_priority()
+        self._aem_base = base
+        self._aem_cur = base  # the level of the message in progress
+        ctx = contextvars.copy_context()
+        self._aem_ctxs: dict[int, contextvars.Context] = {base: ctx}
+        self._aem_queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._aem_qlevel = -1
+        self._aem_qbytes = 0
+        self._aem_handle: Any = None
+        self._aem_paused = False
+        self._aem_transport: Any = None
+        self._aem_buffered = isinstance(inner, asyncio.BufferedProtocol)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._aem_inner, name)
+
+    def __repr__(self) -> str:
+        return f"<aem classified protocol for {self._aem_inner!r}>"
+
+    # -- levels and contexts
+
+    def _aem_ctx(self, level: int) -> contextvars.Context:
+        ctx = self._aem_ctxs.get(level)
+        if ctx is None:
+            ctx = self._aem_ctxs[self._aem_base].copy()
+            ctx.run(PRIORITY_VAR.set, level)
+            self._aem_ctxs[level] = ctx
+        return ctx
+
+    def _aem_classify(self, data: bytes) -> int:
+        scanner = self._aem_scanner
+        heads = [data] if scanner is None else scanner.feed(data)
+        if not heads:
+            return self._aem_cur  # the body of the request in progress
+        best = -1
+        base = self._aem_base
+        for head in heads:
+            try:
+                p = self._aem_fn(head)
+                level = base if p is None else check_priority(p, "classifier result")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._aem_loop.call_exception_handler({
+                    "message": f"classifier {self._aem_fn!r} failed; the message keeps "
+                               f"the connection's priority",
+                    "exception": exc,
+                    "protocol": self._aem_inner,
+                })
+                level = base
+            self._aem_cur = level
+            if level > best:
+                best = level
+        return best
+
+    # -- running the inner protocol
+
+    def _aem_direct(self, level: int, fn: Callable[..., Any], *args: Any) -> Any:
+        sched = self._aem_sched
+        prev = sched.current
+        sched.current = level  # what it wakes inherits the level
+        try:
+            return self._aem_ctx(level).run(fn, *args)
+        finally:
+            sched.current = prev
+
+    def _aem_defer(self, level: int, fn: Callable[..., Any], args: tuple[Any, ...],
+                   nbytes: int = 0) -> None:
+        self._aem_queue.append((fn, args))
+        if level > self._aem_qlevel:
+            # (re)queue the drain at the more urgent level: what waits before
+            # this message on the connection is raised with it
+            if self._aem_handle is not None:
+                self._aem_handle.cancel()
+            self._aem_qlevel = level
+            self._aem_handle = self._aem_loop._aem_schedule(
+                self._aem_drain, (), self._aem_ctx(level)
+            )
+        if nbytes:
+            self._aem_qbytes += nbytes
+            t = self._aem_transport
+            if self._aem_qbytes > HIGH_WATER and not self._aem_paused and t is not None:
+                self._aem_paused = True
+                t.pause_reading()
+
+    def _aem_drain(self) -> None:
+        self._aem_handle = None
+        self._aem_qlevel = -1
+        q = self._aem_queue
+        while q:
+            fn, args = q.popleft()
+            try:
+                result = fn(*args)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                # what a transport does when its protocol's callback raises
+                self._aem_loop.call_exception_handler({
+                    "message": f"Fatal error: protocol.{fn.__name__}() call failed.",
+                    "exception": exc,
+                    "transport": self._aem_transport,
+                    "protocol": self._aem_inner,
+                })
+                q.clear()
+                if self._aem_transport is not None:
+                    self._aem_transport.abort()
+                return
+            if fn.__name__ == "eof_received" and not result and self._aem_transport:
+                self._aem_transport.close()
+        self._aem_qbytes = 0
+        if self._aem_paused:
+            self._aem_paused = False
+            t = self._aem_transport
+            if t is not None and not t.is_closing():
+                t.resume_reading()
+
+    def _aem_feed(self, data: bytes) -> None:
+        inner = self._aem_inner
+        if not self._aem_buffered:
+            inner.data_received(data)
+            return
+        view = memoryview(data)
+        while view:
+            buf = inner.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            if not n:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            buf[:n] = view[:n]
+            inner.buffer_updated(n)
+            view = view[n:]
+
+    # -- protocol interface
+
+    def connection_made(self, transport: Any) -> None:
+        self._aem_transport = transport
+        self._aem_direct(self._aem_base, self._aem_inner.connection_made, transport)
+
+    def data_received(self, data: bytes) -> None:
+        level = self._aem_classify(data)
+        if not self._aem_queue and not self._aem_sched.queued_above(level):
+            self._aem_direct(level, self._aem_feed, data)
+        else:
+            self._aem_defer(level, self._aem_feed, (data,), len(data))
+
+    def eof_received(self) -> bool | None:
+        base = self._aem_base
+        if not self._aem_queue and not self._aem_sched.queued_above(base):
+            return self._aem_direct(base, self._aem_inner.eof_received)  # type: ignore[no-any-return]
+        self._aem_defer(base, self._aem_inner.eof_received, ())
+        return True  # keep the transport open until the queued call decides
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._aem_queue:
+            self._aem_defer(self._aem_base, self._aem_inner.connection_lost, (exc,))
+        else:
+            self._aem_direct(self._aem_base, self._aem_inner.connection_lost, exc)
+
+    def pause_writing(self) -> None:
+        self._aem_direct(self._aem_base, self._aem_inner.pause_writing)
+
+    def resume_writing(self) -> None:
+        self._aem_direct(self._aem_base, self._aem_inner.resume_writing)
+
+
+def unwrap(protocol: Any) -> Any:
+    return protocol._aem_inner if isinstance(protocol, ClassifiedProtocol) else protocol
+
+
+DEFAULT = DEFAULT_PRIORITY
