@@ -147,6 +147,7 @@ class Event:
         self._handle: Any = None
         self._registered = True
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self.activations = 0
         self.occurrences = 0
         self.merged = 0
@@ -178,6 +179,29 @@ class Event:
                             f"{self.source!r}")
         trigger(data)
 
+    async def wait_idle(self) -> None:
+        """Wait until no activation of this event is pending or running
+        (``async def`` handlers and FORK/CAPSULE runs included)."""
+        while self._pending is not None or self._tasks:
+            fut = self._loop.create_future()
+            self._idle_waiters.append(fut)
+            await fut
+
+    async def wait_unregistered(self) -> None:
+        """Wait until the event is unregistered (end of stream, ONESHOT, a
+        child's exit, or :meth:`unregister`) and idle."""
+        while self._registered or self._pending is not None or self._tasks:
+            fut = self._loop.create_future()
+            self._idle_waiters.append(fut)
+            await fut
+
+    def _check_idle(self) -> None:
+        if self._pending is None and not self._tasks and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
     def unregister(self) -> None:
         """End the registration: the source's job stops serving it, a pending
         activation is dropped.  Idempotent."""
@@ -189,6 +213,7 @@ class Event:
             self._handle.cancel()
             self._handle = None
         self._pending = None
+        self._check_idle()
         job, self._job = self._job, None
         if job is not None:
             job.detach(self)
@@ -272,6 +297,7 @@ class Event:
         finally:
             _CURRENT.set(None)
         self._destroy(act)
+        self._check_idle()
 
     def _spawn(self, coro: Any, act: Activation | None = None) -> None:
         task = self._loop.create_task(coro)
@@ -283,6 +309,7 @@ class Event:
                 self._failed(t.exception())  # type: ignore[arg-type]
             if act is not None:
                 self._destroy(act)
+            self._check_idle()
 
         task.add_done_callback(done)
 

@@ -46,7 +46,18 @@ DEFAULT_MESSAGE_MAX = 16 * 1024 * 1024
 
 
 class FramingError(ValueError):
-    """The bytes of a source could not be framed into messages."""
+    """The bytes of a source could not be framed into messages.
+
+    ``messages`` holds the messages that ``feed`` completed before the
+    error, in the same call (they are not lost: the job delivers them).
+    """
+
+    messages: list[Any] = []  # (never mutated: _complete sets a new list per instance)
+
+
+def _complete(exc: FramingError, out: list[Any]) -> FramingError:
+    exc.messages = out
+    return exc
 
 
 class FrameTooLarge(FramingError):
@@ -143,10 +154,17 @@ class Lines:
         self._scan = 0  # where the search for sep resumes
 
     def feed(self, data: bytes) -> list[Any]:
+        out: list[Any] = []
+        try:
+            self._feed(data, out)
+        except FramingError as exc:
+            raise _complete(exc, out) from None
+        return out
+
+    def _feed(self, data: bytes, out: list[Any]) -> None:
         buf = self._buf
         buf += data
         sep = self.sep
-        out: list[Any] = []
         start = 0
         pos = buf.find(sep, max(0, self._scan - len(sep) + 1))
         while pos >= 0:
@@ -167,7 +185,7 @@ class Lines:
                 f"more than max_len={self.max_len} bytes without a separator",
                 limit=self.max_len, size=len(buf), what="line",
             )
-        return out
+        return
 
     def eof(self) -> list[Any]:
         rest = bytes(self._buf)
@@ -206,9 +224,16 @@ class LengthPrefixed:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[Any]:
+        out: list[Any] = []
+        try:
+            self._feed(data, out)
+        except FramingError as exc:
+            raise _complete(exc, out) from None
+        return out
+
+    def _feed(self, data: bytes, out: list[Any]) -> None:
         buf = self._buf
         buf += data
-        out: list[Any] = []
         size = self.size
         pos = 0
         while len(buf) - pos >= size:
@@ -224,7 +249,7 @@ class LengthPrefixed:
             pos += size + n
         if pos:
             del buf[:pos]
-        return out
+        return
 
     def eof(self) -> list[Any]:
         rest = bytes(self._buf)
@@ -344,9 +369,16 @@ class HTTPHead:
         self._need = 0
 
     def feed(self, data: bytes) -> list[Any]:
+        out: list[Any] = []
+        try:
+            self._feed(data, out)
+        except FramingError as exc:
+            raise _complete(exc, out) from None
+        return out
+
+    def _feed(self, data: bytes, out: list[Any]) -> None:
         buf = self._buf
         buf += data
-        out: list[Any] = []
         while True:
             if self._head is None:
                 while buf[:2] == b"\r\n":
@@ -358,7 +390,7 @@ class HTTPHead:
                             f"request head over max_len={self.max_len} bytes",
                             limit=self.max_len, size=len(buf), what="head",
                         )
-                    return out
+                    return
                 if end + 4 > self.max_len:
                     raise FrameTooLarge(
                         f"request head of {end + 4} bytes is over max_len={self.max_len}",
@@ -378,7 +410,7 @@ class HTTPHead:
                 self._head = (method, target, version, headers, head)
                 self._need = n
             if len(buf) < self._need:
-                return out
+                return
             method, target, version, headers, head = self._head
             body = bytes(buf[:self._need])
             del buf[:self._need]

@@ -245,7 +245,7 @@ class _SocketJob(_Job):
                 try:
                     got = (framer.feed(data), None)
                 except FramingError as exc:
-                    got = ([], exc)
+                    got = (list(exc.messages), exc)
                 framed[id(framer)] = got
             msgs, err = got
             if err is not None:
@@ -452,16 +452,16 @@ class _UserJob:
 
     def put(self, data: Any) -> None:
         self.inbox.append(data)
+        if _aio_events._get_running_loop() is self.ev._loop:
+            self._drain()  # on the loop: occur now, after what threads put before
+            return
         with self.lock:
             if self.scheduled:
                 return
             self.scheduled = True
         loop = self.ev._loop
         try:
-            if _aio_events._get_running_loop() is loop:
-                self.ev._ctx.run(loop.call_soon, self._drain)  # type: ignore[union-attr]
-            else:
-                loop.call_soon_threadsafe(self._drain, context=self.ev._ctx)
+            loop.call_soon_threadsafe(self._drain, context=self.ev._ctx)
         except BaseException:
             with self.lock:
                 self.scheduled = False
