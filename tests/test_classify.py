@@ -1,0 +1,247 @@
+"""Priority decided from the data: aem_loop.classify and aiohttp route_priorities."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aem_loop
+import aem_loop.aiohttp
+from aem_loop import Priority
+from aem_loop.events.classify import HTTPScanner
+
+
+def _urgent(data: bytes) -> int | None:
+    return Priority.HIGH if data.startswith(b"urgent") else None
+
+
+class _Recorder(asyncio.Protocol):
+    def __init__(self, log: list, acks: asyncio.Queue) -> None:
+        self.log = log
+        self.acks = acks
+
+    def connection_made(self, transport):
+        self.t = transport
+
+    def data_received(self, data):
+        self.log.append((data, aem_loop.current_priority(), aem_loop.effective_priority()))
+        self.t.write(b"k")
+
+    def connection_lost(self, exc):
+        self.log.append(("lost", aem_loop.current_priority(), None))
+        self.acks.put_nowait(None)
+
+
+async def _serve_and_send(chunks: list[bytes], classified: bool) -> list:
+    loop = asyncio.get_running_loop()
+    log: list = []
+    done: asyncio.Queue = asyncio.Queue()
+    if classified:
+        with aem_loop.classify(_urgent):
+            server = await loop.create_server(lambda: _Recorder(log, done), "127.0.0.1", 0)
+    else:
+        server = await loop.create_server(lambda: _Recorder(log, done), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    for c in chunks:  # one chunk at a time: each is read on its own
+        w.write(c)
+        assert await r.readexactly(1) == b"k"
+    w.close()
+    await w.wait_closed()
+    await done.get()
+    server.close()
+    await server.wait_closed()
+    return log
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector", "uvloop")
+async def test_classify_runs_each_chunk_at_the_priority_its_data_gets():
+    log = await _serve_and_send([b"bulk 1", b"urgent 2", b"bulk 3"], classified=True)
+    assert [(d, p) for d, p, _ in log] == [
+        (b"bulk 1", Priority.NORMAL), (b"urgent 2", Priority.HIGH), (b"bulk 3", Priority.NORMAL),
+        ("lost", Priority.NORMAL),
+    ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_without_a_classifier_the_connection_keeps_its_priority():
+    log = await _serve_and_send([b"bulk 1", b"urgent 2"], classified=False)
+    assert [p for _, p, _ in log] == [Priority.NORMAL] * 3
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector", "uvloop")
+async def test_classify_checks_the_classifiers_result():
+    loop = asyncio.get_running_loop()
+    errors: list = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    log: list = []
+    done: asyncio.Queue = asyncio.Queue()
+    with aem_loop.classify(lambda data: 500):
+        server = await loop.create_server(lambda: _Recorder(log, done), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"x")
+    assert await r.readexactly(1) == b"k"
+    w.close()
+    await done.get()
+    server.close()
+    await server.wait_closed()
+    assert log[0][1] == Priority.NORMAL  # a bad result keeps the connection's own
+    assert isinstance(errors[0]["exception"], ValueError)
+    with pytest.raises(TypeError):
+        aem_loop.classify(3).__enter__()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="messages"):
+        aem_loop.classify(_urgent, messages="xml").__enter__()
+
+
+def _requests(specs):
+    out = []
+    for path, body, chunked in specs:
+        if chunked:
+            enc = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7])
+                           for i in range(0, len(body), 7)) + b"0\r\nX-T: 1\r\n\r\n"
+            out.append(f"POST {path} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                       + enc)
+        else:
+            out.append(f"POST {path} HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                       + body)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["/a", "/health", "/b/c"]), st.binary(max_size=40),
+                          st.booleans()), max_size=6),
+       st.lists(st.integers(min_value=0, max_value=5000), max_size=10))
+def test_http_scanner_finds_every_head_whatever_the_chunking_and_bodies(specs, cuts):
+    data = b"".join(_requests(specs))
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    scanner = HTTPScanner()
+    heads, prev = [], 0
+    for p in [*points, len(data)]:
+        heads += scanner.feed(data[prev:p])
+        prev = p
+    assert [h.split(b" ")[1].decode() for h in heads] == [p for p, _, _ in specs]
+
+
+# -- aiohttp ------------------------------------------------------------------------------
+
+BULK_CONNECTIONS = 16
+BULK_PER_CONNECTION = 3
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def _flood_and_probe(route: bool, same_connection: bool) -> tuple[list, bytes]:
+    """Bulk requests from many connections; the health probe is sent the
+    moment the first bulk request runs (so the whole flood is queued ahead
+    of it).  Returns the server's completion order and the probe's answer."""
+    done: list[str] = []
+    probe: socket.socket | None = None  # set once the flood is on its way
+
+    async def bulk(request):
+        nonlocal probe
+        if probe is not None:  # the first bulk request: the flood is queued now
+            probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            probe_sent.set()
+            probe = None
+        _busy(0.002)  # CPU work without a yield: only priorities reorder it
+        done.append("bulk")
+        return web.Response(text="bulk")
+
+    async def health(request):
+        done.append("health")
+        return web.Response(text=f"ok {aem_loop.current_priority()}")
+
+    app = web.Application()
+    app.router.add_get("/bulk", bulk)
+    app.router.add_get("/health", health)
+    if route:
+        aem_loop.aiohttp.route_priorities(app, {"/health": Priority.HIGH})
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    probe_sent = asyncio.Event()
+    probe_sock = socket.create_connection(("127.0.0.1", port))
+    if same_connection:  # a keep-alive connection that carried bulk traffic before
+        probe_sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.to_thread(_read_response, probe_sock)
+        done.clear()
+    flood = []
+    for _ in range(BULK_CONNECTIONS):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        flood.append((r, w))
+    probe = probe_sock
+    for _r, w in flood:
+        w.write(b"GET /bulk HTTP/1.1\r\nHost: x\r\n\r\n" * BULK_PER_CONNECTION)
+    answer = await asyncio.to_thread(_read_response, probe_sock)
+    for r, w in flood:
+        for _ in range(BULK_PER_CONNECTION):
+            await r.readuntil(b"bulk")
+        w.close()
+        await w.wait_closed()
+    probe_sock.close()
+    await runner.cleanup()
+    assert probe_sent.is_set()
+    return done, answer
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(4096)
+    head, body = buf.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += sock.recv(4096)
+    return body
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector", "uvloop")
+@pytest.mark.parametrize("same_connection", [False, True])
+async def test_route_priorities_answers_the_urgent_request_before_the_flood(same_connection):
+    done, answer = await _flood_and_probe(route=True, same_connection=same_connection)
+    assert answer == f"ok {int(Priority.HIGH)}".encode()
+    total = BULK_CONNECTIONS * BULK_PER_CONNECTION
+    assert done.count("bulk") == total
+    # only bulk requests already running when the probe arrived go first
+    assert done.index("health") <= 2, done.index("health")
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_without_route_priorities_the_app_is_served_as_on_stock_asyncio():
+    done, answer = await _flood_and_probe(route=False, same_connection=False)
+    assert answer == f"ok {int(Priority.NORMAL)}".encode()
+    assert sorted(done) == ["bulk"] * (BULK_CONNECTIONS * BULK_PER_CONNECTION) + ["health"]
+
+
+def test_route_priorities_checks_its_input():
+    app = web.Application()
+    with pytest.raises(ValueError, match="starting with '/'"):
+        aem_loop.aiohttp.route_priorities(app, {"health": Priority.HIGH})
+    with pytest.raises(ValueError, match="priority of route"):
+        aem_loop.aiohttp.route_priorities(app, {"/health": 120})
+    with pytest.raises(TypeError, match="Application"):
+        aem_loop.aiohttp.route_priorities(object(), {})  # type: ignore[arg-type]
+    table = aem_loop.aiohttp.route_priorities(app, {"/a": 60, "/a/b": 70})
+    assert table.level("/a/b/c") == 70 and table.level("/a/x") == 60 and table.level("/") is None
+    assert table.classify_head(b"GET /a/b?q HTTP/1.1\r\n\r\n") == 70
+    assert table.classify_head(b"GET http://h/a HTTP/1.1\r\n\r\n") == 60
+    with pytest.raises(RuntimeError, match="already"):
+        aem_loop.aiohttp.route_priorities(app, {"/a": 60})
