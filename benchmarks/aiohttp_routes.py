@@ -1,0 +1,233 @@
+"""An aiohttp app under a /bulk flood: how fast is /health answered, and at what cost?
+
+    python benchmarks/aiohttp_routes.py [--runs 3] [--duration 3] [--out benchmarks/results]
+
+One aiohttp app, one port: /bulk does 8 slices of 0.5 ms CPU with a yield
+in between; wrk (pinned to the second CPU) floods it with 64 keep-alive
+connections; a probe process (plain blocking socket, its own keep-alive
+connection) asks /health every 5 ms.  The server process is pinned to the
+first CPU.  For each loop (stock asyncio, uvloop, aem on both backends)
+and each way of using priorities:
+
+- plain: no priorities at all (must be stock speed);
+- routes: ``aem_loop.aiohttp.route_priorities(app, {"/health": HIGH})``;
+- site: /health's probe connects to a second site started under
+  ``priority(HIGH)`` (per-site priority, a second port).
+
+Reported: /health p50/p99/max (ms) and /bulk requests/s (wrk), medians
+over the runs (runs interleaved); the stock loops run the same app without
+priorities in every mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from aem_loop.bench.common import machine
+
+LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
+MODES = ("plain", "routes", "site")
+PROBE_INTERVAL = 0.005
+
+
+# -- the server (a child process) --------------------------------------------------------
+
+def serve(loop_name: str, mode: str) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    import aem_loop
+    import aem_loop.aiohttp
+
+    os.sched_setaffinity(0, {0})
+
+    async def bulk(request: web.Request) -> web.Response:
+        for _ in range(8):
+            end = time.perf_counter() + 0.0005
+            while time.perf_counter() < end:
+                pass
+            await asyncio.sleep(0)
+        return web.Response(text="bulk")
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/bulk", bulk)
+    app.router.add_get("/health", health)
+    aem = loop_name.startswith("aem-")
+    if aem and mode == "routes":
+        aem_loop.aiohttp.route_priorities(app, {"/health": aem_loop.Priority.HIGH})
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        probe_port = port
+        if mode == "site":
+            if aem:
+                with aem_loop.priority(aem_loop.Priority.HIGH):
+                    site2 = web.TCPSite(runner, "127.0.0.1", 0)
+                    await site2.start()
+            else:
+                site2 = web.TCPSite(runner, "127.0.0.1", 0)
+                await site2.start()
+            probe_port = runner.addresses[1][1]
+        print(port, probe_port, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await runner.cleanup()
+
+    if loop_name == "asyncio":
+        asyncio.run(main())
+    elif loop_name == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        aem_loop.run(main(), backend=loop_name.split("-", 1)[1])
+
+
+# -- the probe (a child process) ---------------------------------------------------------
+
+def probe(port: int, duration: float) -> None:
+    os.sched_setaffinity(0, {1})
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    out = []
+    end = time.perf_counter() + duration
+    nxt = time.perf_counter()
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        sock.sendall(req)
+        buf = b""
+        while not buf.endswith(b"ok"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise SystemExit("server closed the probe connection")
+            buf += chunk
+        out.append(time.perf_counter() - t0)
+        nxt += PROBE_INTERVAL
+        delay = nxt - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            nxt = time.perf_counter()
+    print(json.dumps(out))
+
+
+# -- one measurement ---------------------------------------------------------------------
+
+def measure(loop_name: str, mode: str, duration: float) -> dict[str, float]:
+    me = os.path.abspath(__file__)
+    srv = subprocess.Popen([sys.executable, me, "--serve", loop_name, mode],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout is not None and srv.stdin is not None
+        port, probe_port = map(int, srv.stdout.readline().split())
+        wrk = subprocess.Popen(
+            ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{math.ceil(duration) + 1}s",
+             f"http://127.0.0.1:{port}/bulk"],
+            stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)  # the flood is on before the probe starts
+        pr = subprocess.run([sys.executable, me, "--probe", str(probe_port), str(duration)],
+                            capture_output=True, text=True, check=True)
+        wout, _ = wrk.communicate(timeout=duration + 30)
+        srv.stdin.write("\n")
+        srv.stdin.flush()
+        srv.wait(timeout=30)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    lat = np.array(json.loads(pr.stdout)) * 1e3
+    m = re.search(r"Requests/sec:\s+([\d.]+)", wout)
+    return {
+        "health_p50_ms": float(np.percentile(lat, 50)),
+        "health_p99_ms": float(np.percentile(lat, 99)),
+        "health_max_ms": float(lat.max()),
+        "probes": len(lat),
+        "bulk_rps": float(m.group(1)) if m else float("nan"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--loops", default=",".join(LOOPS))
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.serve:
+        serve(*a.serve)
+        return
+    if a.probe:
+        probe(int(a.probe[0]), float(a.probe[1]))
+        return
+    loops = a.loops.split(",")
+    modes = a.modes.split(",")
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for run in range(a.runs):
+        for mode in modes:
+            for name in loops:
+                r = measure(name, mode, a.duration)
+                results.setdefault(mode, {}).setdefault(name, []).append(r)
+                print(f"run {run + 1}/{a.runs} {mode:6} {name:13} /health p50 "
+                      f"{r['health_p50_ms']:7.2f} p99 {r['health_p99_ms']:7.2f} ms, "
+                      f"/bulk {r['bulk_rps']:8.0f} req/s", flush=True)
+    lines = [
+        "# aiohttp: /health latency under a /bulk flood",
+        "",
+        f"Machine: {machine()}. wrk -t1 -c64 on CPU 1, server on CPU 0, probe every "
+        f"{PROBE_INTERVAL * 1e3:.0f} ms on CPU 1; {a.duration:.0f} s per cell, medians of "
+        f"{a.runs} interleaved runs.",
+        "Command: `python benchmarks/aiohttp_routes.py "
+        f"--runs {a.runs} --duration {a.duration:g}`",
+        "",
+        "| mode | loop | /health p50 ms | /health p99 ms | /health max ms | /bulk req/s "
+        "| /bulk vs stock |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode in modes:
+        med = {
+            name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+            for name, rs in results[mode].items()
+        }
+        for name in loops:
+            m = med[name]
+            ref = med.get("uvloop" if name == "aem-uvloop" else "asyncio")
+            ratio = f"{m['bulk_rps'] / ref['bulk_rps']:.3f}x" if ref and name.startswith(
+                "aem") else ""
+            lines.append(f"| {mode} | {name} | {m['health_p50_ms']:.2f} | "
+                         f"{m['health_p99_ms']:.2f} | {m['health_max_ms']:.2f} | "
+                         f"{m['bulk_rps']:.0f} | {ratio} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "aiohttp_routes.md"), "w") as f:
+            f.write(text)
+        with open(os.path.join(a.out, "aiohttp_routes.json"), "w") as f:
+            json.dump({"machine": machine(), "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
