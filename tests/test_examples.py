@@ -35,3 +35,10 @@ def test_capsule_workers_example_runs(backend):
     assert "accumulated 6" in out
     assert "exited with status 7" in out
     assert "no process left" in out
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_events_demo_runs(backend):
+    out = run_example("events_demo.py", backend)
+    assert out.count("2000 lines complete and in order: True") == 2
+    assert "4000 values from 4 threads, none lost: True" in out
