@@ -245,3 +245,33 @@ def test_route_priorities_checks_its_input():
     assert table.classify_head(b"GET http://h/a HTTP/1.1\r\n\r\n") == 60
     with pytest.raises(RuntimeError, match="already"):
         aem_loop.aiohttp.route_priorities(app, {"/a": 60})
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector", "uvloop")
+async def test_connection_lost_runs_after_what_connection_made_queued():
+    """A client that connects and closes at once: the protocol's own queued
+    work (aiohttp starts its request loop this way) runs before connection_lost,
+    as on stock asyncio, though the transport ends the connection at job level."""
+    loop = asyncio.get_running_loop()
+    aem_loop.priority(Priority.HIGH)  # a program that uses priorities: leveled dispatch
+    order: list[str] = []
+    lost = loop.create_future()
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            loop.call_soon(order.append, "first step")
+
+        def connection_lost(self, exc):
+            order.append("lost")
+            lost.set_result(None)
+
+    with aem_loop.classify(_urgent):
+        server = await loop.create_server(P, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.close()  # before the server has accepted it: EOF is there at once
+    await lost
+    assert order == ["first step", "lost"]
+    server.close()
+    await server.wait_closed()

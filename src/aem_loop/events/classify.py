@@ -366,10 +366,11 @@ class ClassifiedProtocol(asyncio.Protocol):
         return True  # keep the transport open until the queued call decides
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._aem_queue:
-            self._aem_defer(self._aem_base, self._aem_inner.connection_lost, (exc,))
-        else:
-            self._aem_direct(self._aem_base, self._aem_inner.connection_lost, exc)
+        # Always queued at the connection's level: the transport calls this
+        # from a job-level callback, and the protocol may have queued work at
+        # its own level that must run first (aiohttp's request loop, whose
+        # first step would otherwise find the connection gone).
+        self._aem_defer(self._aem_base, self._aem_inner.connection_lost, (exc,))
 
     def pause_writing(self) -> None:
         self._aem_direct(self._aem_base, self._aem_inner.pause_writing)
