@@ -134,7 +134,23 @@ class Raw:
         return "Raw()"
 
 
-class Lines:
+class _Framing:
+    """feed() for the framers that buffer: _feed appends to *out*; what it
+    completed before an error travels with the error."""
+
+    def _feed(self, data: bytes, out: list[Any]) -> None:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> list[Any]:
+        out: list[Any] = []
+        try:
+            self._feed(data, out)
+        except FramingError as exc:
+            raise _complete(exc, out) from None
+        return out
+
+
+class Lines(_Framing):
     """Messages separated by *sep* (not included in the message).
 
     A line longer than *max_len* bytes is a :class:`FrameTooLarge`; so is a
@@ -152,14 +168,6 @@ class Lines:
         self.require_final_sep = bool(require_final_sep)
         self._buf = bytearray()
         self._scan = 0  # where the search for sep resumes
-
-    def feed(self, data: bytes) -> list[Any]:
-        out: list[Any] = []
-        try:
-            self._feed(data, out)
-        except FramingError as exc:
-            raise _complete(exc, out) from None
-        return out
 
     def _feed(self, data: bytes, out: list[Any]) -> None:
         buf = self._buf
@@ -204,7 +212,7 @@ class Lines:
         return f"Lines(sep={self.sep!r}, max_len={self.max_len})"
 
 
-class LengthPrefixed:
+class LengthPrefixed(_Framing):
     """Messages preceded by their length: *size* bytes (1, 2, 4 or 8), *byteorder*.
 
     A declared length over *max_len* is a :class:`FrameTooLarge` at once,
@@ -222,14 +230,6 @@ class LengthPrefixed:
         self._order: Literal["big", "little"] = "big" if byteorder == "big" else "little"
         self.max_len = _check_limit(max_len, "max_len")
         self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        out: list[Any] = []
-        try:
-            self._feed(data, out)
-        except FramingError as exc:
-            raise _complete(exc, out) from None
-        return out
 
     def _feed(self, data: bytes, out: list[Any]) -> None:
         buf = self._buf
@@ -348,7 +348,7 @@ def body_length(headers: tuple[tuple[str, str], ...]) -> int | None:
     return int(lengths[0])
 
 
-class HTTPHead:
+class HTTPHead(_Framing):
     """HTTP/1.x requests: each message is an :class:`HTTPRequest`.
 
     The head (request line and headers, up to the blank line) may be at
@@ -367,14 +367,6 @@ class HTTPHead:
         self._buf = bytearray()
         self._head: tuple[Any, ...] | None = None  # parsed head waiting for its body
         self._need = 0
-
-    def feed(self, data: bytes) -> list[Any]:
-        out: list[Any] = []
-        try:
-            self._feed(data, out)
-        except FramingError as exc:
-            raise _complete(exc, out) from None
-        return out
 
     def _feed(self, data: bytes, out: list[Any]) -> None:
         buf = self._buf
