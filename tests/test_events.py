@@ -10,11 +10,11 @@ import sys
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import aem_loop
 from aem_loop import EventFlags, Priority, framers
-
-pytestmark = pytest.mark.asyncio
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
@@ -28,6 +28,7 @@ async def _until_eof(ev: aem_loop.Event, acts: list) -> None:
     assert acts and acts[-1].eof
 
 
+@pytest.mark.asyncio
 async def test_socket_data_lines_in_order_with_eof():
     loop = asyncio.get_running_loop()
     a, b = _pair()
@@ -46,6 +47,7 @@ async def test_socket_data_lines_in_order_with_eof():
     b.close()
 
 
+@pytest.mark.asyncio
 async def test_one_source_two_priorities_both_get_all_data():
     loop = asyncio.get_running_loop()
     a, b = _pair()
@@ -69,6 +71,7 @@ async def test_one_source_two_priorities_both_get_all_data():
     a.close()
 
 
+@pytest.mark.asyncio
 async def test_user_event_merges_occurrences_into_one_activation():
     loop = asyncio.get_running_loop()
     acts: list = []
@@ -82,6 +85,7 @@ async def test_user_event_merges_occurrences_into_one_activation():
     ev.unregister()
 
 
+@pytest.mark.asyncio
 async def test_user_events_from_8_threads_none_lost():
     loop = asyncio.get_running_loop()
     got: list = []
@@ -103,6 +107,7 @@ async def test_user_events_from_8_threads_none_lost():
     ev.unregister()
 
 
+@pytest.mark.asyncio
 async def test_oversize_message_is_an_error_to_the_handler_and_ends_the_event():
     loop = asyncio.get_running_loop()
     a, b = _pair()
@@ -118,6 +123,7 @@ async def test_oversize_message_is_an_error_to_the_handler_and_ends_the_event():
     b.close()
 
 
+@pytest.mark.asyncio
 async def test_incomplete_message_at_eof_is_reported():
     loop = asyncio.get_running_loop()
     a, b = _pair()
@@ -131,6 +137,7 @@ async def test_incomplete_message_at_eof_is_reported():
     a.close()
 
 
+@pytest.mark.asyncio
 async def test_sender_outrunning_the_handler_is_paused_memory_bounded_nothing_lost():
     loop = asyncio.get_running_loop()
     a, b = _pair()
@@ -168,6 +175,7 @@ async def test_sender_outrunning_the_handler_is_paused_memory_bounded_nothing_lo
     b.close()
 
 
+@pytest.mark.asyncio
 async def test_oneshot_unregisters_after_one_activation():
     loop = asyncio.get_running_loop()
     acts: list = []
@@ -180,6 +188,7 @@ async def test_oneshot_unregisters_after_one_activation():
         src.trigger("b")
 
 
+@pytest.mark.asyncio
 async def test_constructor_and_destructor_around_the_handler_also_when_it_raises():
     loop = asyncio.get_running_loop()
     table = aem_loop.VMTable(1 << 16)
@@ -209,6 +218,7 @@ async def test_constructor_and_destructor_around_the_handler_also_when_it_raises
     table.close()
 
 
+@pytest.mark.asyncio
 async def test_async_handler_runs_as_a_task_at_the_events_priority():
     loop = asyncio.get_running_loop()
     got: list = []
@@ -224,6 +234,7 @@ async def test_async_handler_runs_as_a_task_at_the_events_priority():
     ev.unregister()
 
 
+@pytest.mark.asyncio
 async def test_children_parent_and_the_loops_list():
     loop = asyncio.get_running_loop()
     children: list = []
@@ -243,6 +254,7 @@ async def test_children_parent_and_the_loops_list():
     assert loop.events() == []
 
 
+@pytest.mark.asyncio
 async def test_readable_and_writable():
     loop = asyncio.get_running_loop()
     r, w = os.pipe()
@@ -269,6 +281,7 @@ async def test_readable_and_writable():
     os.close(w)
 
 
+@pytest.mark.asyncio
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
                     reason="signals need the main thread")
 async def test_signal_event():
@@ -280,6 +293,7 @@ async def test_signal_event():
     ev.unregister()
 
 
+@pytest.mark.asyncio
 async def test_child_exit_event_reaps_and_reports_the_code():
     loop = asyncio.get_running_loop()
     pid = os.posix_spawn(sys.executable, [sys.executable, "-c", "raise SystemExit(3)"],
@@ -300,6 +314,7 @@ def _record(path, act):  # runs in the child (module level: picklable)
     return len(act.data)
 
 
+@pytest.mark.asyncio
 async def test_fork_handler_runs_in_a_child(tmp_path):
     import functools
 
@@ -315,6 +330,7 @@ async def test_fork_handler_runs_in_a_child(tmp_path):
     ev.unregister()
 
 
+@pytest.mark.asyncio
 async def test_capsule_handler_runs_in_a_capsule(tmp_path):
     import functools
 
@@ -333,6 +349,7 @@ async def test_capsule_handler_runs_in_a_capsule(tmp_path):
         pool.shutdown(wait=True)
 
 
+@pytest.mark.asyncio
 async def test_periodic_event_ticks():
     loop = asyncio.get_running_loop()
     count = 0
@@ -350,6 +367,7 @@ async def test_periodic_event_ticks():
     assert ev.statistics().occurrences >= 3
 
 
+@pytest.mark.asyncio
 async def test_unregister_on_loop_close_leaves_no_reader():
     # (the no_leaks fixture checks fds; here the loop's own list)
     loop = asyncio.get_running_loop()
@@ -362,6 +380,7 @@ async def test_unregister_on_loop_close_leaves_no_reader():
     b.close()
 
 
+@pytest.mark.asyncio
 async def test_bad_input_is_named():
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()
@@ -392,3 +411,58 @@ async def test_bad_input_is_named():
         e.unregister()
     a.close()
     b.close()
+
+
+# -- any chunking, then a close or a reset: no byte of a complete message lost or duplicated
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        client = socket.create_connection(ls.getsockname())
+        server, _ = ls.accept()
+    server.setblocking(False)
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return server, client
+
+
+def _run_stream(backend: str, msgs: list[bytes], cuts: list[int], end: str) -> list:
+    data = b"".join(len(m).to_bytes(4, "big") + m for m in msgs)
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks, prev = [], 0
+    for p in [*points, len(data)]:
+        chunks.append(data[prev:p])
+        prev = p
+
+    async def main() -> list:
+        loop = asyncio.get_running_loop()
+        server, client = _tcp_pair()
+        acts: list = []
+        ev = loop.add_event(aem_loop.SocketData(server, framers.LengthPrefixed(4)), acts.append)
+        for c in chunks:
+            if c:
+                client.sendall(c)
+                await asyncio.sleep(0)  # let the job read between some chunks
+        if end == "reset":
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+        client.close()
+        await ev.wait_unregistered()
+        server.close()
+        return acts
+
+    return aem_loop.run(main(), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(max_size=3000), max_size=12),
+       st.lists(st.integers(min_value=0, max_value=40_000), max_size=8),
+       st.sampled_from(["close", "reset"]))
+def test_random_chunking_close_or_reset_loses_or_duplicates_no_message(backend, msgs, cuts, end):
+    acts = _run_stream(backend, msgs, cuts, end)
+    got = [m for act in acts for m in act.data]
+    assert acts[-1].eof
+    assert got == msgs[: len(got)]  # a prefix: nothing duplicated, reordered or corrupted
+    if end == "close":
+        assert got == msgs and acts[-1].error is None

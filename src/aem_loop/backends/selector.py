@@ -99,6 +99,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         sched.debug = self.get_debug()
         # the fused poll serves the stdlib's epoll selector (decided once)
         self._aem_epoll = type(self._selector) is selectors.EpollSelector
+        if self._aem_epoll:
+            sched.io_poll = self._aem_poll_now
         # The fast path: until the process first uses a non-default priority
         # (core.priority tells every loop on it, from any thread) the core
         # queues and dispatches at the one level there is (Scheduler.*_flat).
@@ -308,6 +310,10 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
             self._aem.push_io(handles)
         else:
             self._aem.push_io_flat(handles)
+
+    def _aem_poll_now(self) -> None:
+        """A non-blocking poll from inside a round of dispatch."""
+        self._aem_poll_epoll(0)
 
     def _run_once(self) -> None:
         sched = self._aem

@@ -165,6 +165,7 @@ class Scheduler(ReadyQueue):
         "inbox",
         "inherit",
         "inherited",
+        "io_poll",
         "lateness",
         "owner",
         "polls",
@@ -208,6 +209,10 @@ class Scheduler(ReadyQueue):
         # the clock and each spent slice end in a poll.
         self._io_counts: list[int] | None = None
         self._io_bits = _IO_UNKNOWN
+        # A backend that can poll I/O from inside a round (without blocking,
+        # queueing what is ready) sets this; else a spent slice with urgent
+        # I/O possible ends the round and the backend polls.
+        self.io_poll: Callable[[], None] | None = None
         self.current = _NOT_DISPATCHING
         self.boosts: dict[Any, int] = {}
         self._boost_sources: dict[Any, dict[Any, int]] = {}
@@ -656,8 +661,15 @@ class Scheduler(ReadyQueue):
                             # would re-list every busy fd.
                             self.slices += 1
                             if self._must_poll():
-                                poll = True
-                                break
+                                io_poll = self.io_poll
+                                if io_poll is None:
+                                    poll = True
+                                    break
+                                # the backend polls without blocking and
+                                # queues what is ready; the round goes on
+                                # (a new round costs more than the poll)
+                                io_poll()
+                                self.polls += 1
                             now = clock()
                             if self.timers.n:
                                 self.move_due_timers(now)
