@@ -145,6 +145,7 @@ class Event:
             raise ValueError("pool= is for EventFlags.CAPSULE events")
         self._pending: _Pending | None = None
         self._handle: Any = None
+        self._running = False  # the handler is being called (no activation now)
         self._registered = True
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -237,18 +238,37 @@ class Event:
 
     # -- from the source's job (job level) -------------------------------------------
 
-    def _occur(self, *items: Any, nbytes: int = 0, error: BaseException | None = None,
-               eof: bool = False, count: int = 1) -> int:
-        """Merge an occurrence into the pending activation (queued if none).
+    def _occur(self, items: Any = (), *, nbytes: int = 0, error: BaseException | None = None,
+               eof: bool = False, count: int = 1, inline: bool = True) -> int:
+        """Merge an occurrence into the pending activation (queued if none;
+        run at once, with *inline*, when nothing more urgent is queued).
         Returns the bytes now pending for the handler (for flow control)."""
         if not self._registered:
             return 0
         p = self._pending
         if p is None:
             p = self._pending = _Pending(time.monotonic())
-            self._handle = self._loop._aem_schedule(self._activate, (), self._ctx)
+            sched = self._loop._aem
+            if not inline or self._running or sched.queued_above(self.priority):
+                self._handle = self._loop._aem_schedule(self._activate, (), self._ctx)
+            else:
+                # Nothing more urgent waits (no other job either): the
+                # activation runs now, without a detour through the queue.
+                self._fill(p, items, nbytes, error, eof, count)
+                prev = sched.current
+                sched.current = self.priority  # what it wakes inherits its level
+                try:
+                    self._ctx.run(self._activate)
+                finally:
+                    sched.current = prev
+                return self._pending_bytes()
         else:
             self.merged += count
+        self._fill(p, items, nbytes, error, eof, count)
+        return p.nbytes
+
+    def _fill(self, p: _Pending, items: Any, nbytes: int,
+              error: BaseException | None, eof: bool, count: int) -> None:
         p.count += count
         self.occurrences += count
         if items:
@@ -258,7 +278,6 @@ class Event:
             p.error = error
         if eof:
             p.eof = True
-        return p.nbytes
 
     def _pending_bytes(self) -> int:
         p = self._pending
@@ -267,6 +286,16 @@ class Event:
     # -- the activation (the event's priority) ----------------------------------------
 
     def _activate(self) -> None:
+        # Runs in the event's own context; no activation runs inline (in that
+        # context) while this one is in progress, destructor included.
+        self._running = True
+        try:
+            self._activate_now()
+        finally:
+            self._running = False
+        self._check_idle()
+
+    def _activate_now(self) -> None:
         p = self._pending
         self._pending = None
         self._handle = None
@@ -279,7 +308,7 @@ class Event:
             self.unregister()
         elif self._job is not None:
             self._job.activated(self)
-        _CURRENT.set(self)  # this runs in the event's own context
+        _CURRENT.set(self)
         try:
             if self.constructor is not None:
                 act.resource = self.constructor()
@@ -297,7 +326,6 @@ class Event:
         finally:
             _CURRENT.set(None)
         self._destroy(act)
-        self._check_idle()
 
     def _spawn(self, coro: Any, act: Activation | None = None) -> None:
         task = self._loop.create_task(coro)

@@ -173,19 +173,20 @@ class Lines(_Framing):
         buf = self._buf
         buf += data
         sep = self.sep
-        start = 0
-        pos = buf.find(sep, max(0, self._scan - len(sep) + 1))
-        while pos >= 0:
-            if pos - start > self.max_len:
-                raise FrameTooLarge(
-                    f"line of {pos - start} bytes is over max_len={self.max_len}",
-                    limit=self.max_len, size=pos - start, what="line",
-                )
-            out.append(bytes(buf[start:pos]))
-            start = pos + len(sep)
-            pos = buf.find(sep, start)
-        if start:
-            del buf[:start]
+        # the last separator: everything before it splits in C
+        end = buf.rfind(sep, max(0, self._scan - len(sep) + 1))
+        if end >= 0:
+            lines = bytes(buf[:end]).split(sep)
+            del buf[:end + len(sep)]
+            if max(map(len, lines)) > self.max_len:
+                for i, line in enumerate(lines):
+                    if len(line) > self.max_len:
+                        out.extend(lines[:i])
+                        raise FrameTooLarge(
+                            f"line of {len(line)} bytes is over max_len={self.max_len}",
+                            limit=self.max_len, size=len(line), what="line",
+                        )
+            out.extend(lines)
         self._scan = len(buf)
         # a line of max_len bytes may wait here with part of a long separator
         if len(buf) > self.max_len + len(sep) - 1:
@@ -193,7 +194,6 @@ class Lines(_Framing):
                 f"more than max_len={self.max_len} bytes without a separator",
                 limit=self.max_len, size=len(buf), what="line",
             )
-        return
 
     def eof(self) -> list[Any]:
         rest = bytes(self._buf)

@@ -100,7 +100,10 @@ class _Job:
 
     def attach(self, ev: Any) -> _Job:
         first = not self.events
-        self.events.append(ev)
+        # the most urgent registration is served first, FIFO within a level
+        at = next((i for i, e in enumerate(self.events) if e.priority < ev.priority),
+                  len(self.events))
+        self.events.insert(at, ev)
         if first:
             try:
                 self.start()
@@ -161,7 +164,7 @@ class _ReadyJob(_Job):
 
     def _ready(self) -> None:
         for ev in list(self.events):
-            ev._occur(self.fd)
+            ev._occur((self.fd,))
         if all(ev._pending is not None for ev in self.events):
             self._unwatch()
 
@@ -250,10 +253,10 @@ class _SocketJob(_Job):
             msgs, err = got
             if err is not None:
                 # the stream cannot be framed any further: last activation
-                ev._occur(*msgs, nbytes=len(data), error=err, eof=True)
+                ev._occur(msgs, nbytes=len(data), error=err, eof=True)
                 self.detach(ev)
             elif msgs:
-                pending = ev._occur(*msgs, nbytes=len(data))
+                pending = ev._occur(msgs, nbytes=len(data))
                 if pending > ev.source.high_water:
                     pause = True
                     ev.paused += 1
@@ -272,7 +275,7 @@ class _SocketJob(_Job):
                     msgs = list(ev.source.framer.eof())
                 except FramingError as fexc:
                     err = fexc
-            ev._occur(*msgs, error=err, eof=True)
+            ev._occur(msgs, error=err, eof=True)
             self.detach(ev)
 
     def activated(self, ev: Any) -> None:
@@ -336,7 +339,7 @@ class _SignalJob(_Job):
 
     def _ready(self) -> None:
         for ev in list(self.events):
-            ev._occur(self.key[1])
+            ev._occur((self.key[1],))
 
 
 class Signal:
@@ -406,7 +409,7 @@ class _ChildJob(_Job):
             if status is not None:
                 code = os.waitstatus_to_exitcode(status)
         for ev in list(self.events):
-            ev._occur(ChildStatus(self.pid, code), eof=True)
+            ev._occur((ChildStatus(self.pid, code),), eof=True)
             self.detach(ev)
 
 
@@ -449,11 +452,14 @@ class _UserJob:
         self.inbox: deque[Any] = deque()
         self.lock = threading.Lock()
         self.scheduled = False
+        self.ctx = ev._ctx.copy()
 
     def put(self, data: Any) -> None:
         self.inbox.append(data)
         if _aio_events._get_running_loop() is self.ev._loop:
-            self._drain()  # on the loop: occur now, after what threads put before
+            # on the loop: occur now, after what threads put before (the
+            # handler runs later, never inside trigger())
+            self._drain(inline=False)
             return
         with self.lock:
             if self.scheduled:
@@ -461,13 +467,14 @@ class _UserJob:
             self.scheduled = True
         loop = self.ev._loop
         try:
-            loop.call_soon_threadsafe(self._drain, context=self.ev._ctx)
+            # a context of its own: the activation may run inline in the event's
+            loop.call_soon_threadsafe(self._drain, context=self.ctx)
         except BaseException:
             with self.lock:
                 self.scheduled = False
             raise
 
-    def _drain(self) -> None:
+    def _drain(self, inline: bool = True) -> None:
         with self.lock:
             self.scheduled = False
         items = []
@@ -475,7 +482,7 @@ class _UserJob:
         while inbox:
             items.append(inbox.popleft())
         if items:
-            self.ev._occur(*items, count=len(items))
+            self.ev._occur(items, count=len(items), inline=inline)
 
     def detach(self, ev: Any) -> None:
         self.source._detach(self)
@@ -540,7 +547,7 @@ class _PeriodicJob(_Job):
     def _tick(self, ticks: int = 1) -> None:
         now = self.loop.time()
         for ev in list(self.events):
-            ev._occur(now, count=ticks)
+            ev._occur((now,), count=ticks)
 
 
 class Periodic:
