@@ -297,3 +297,43 @@ async def test_reader_writer_invalid_file_object():
     for method in (loop.remove_reader, loop.remove_writer):
         with pytest.raises(ValueError, match="Invalid file object"):
             method(object())
+
+
+@pytest.mark.backends("selector")
+async def test_selector_transport_reads_without_a_large_allocation_per_read():
+    """The selector backend's socket transports read into the loop's buffer:
+    no 256 KiB bytes object per read (asyncio's recv(max_size)); the protocol
+    still gets exactly the bytes that arrived, in order."""
+    import tracemalloc
+
+    loop = asyncio.get_running_loop()
+    got: list[bytes] = []
+    acked: asyncio.Queue = asyncio.Queue()
+
+    class P(asyncio.Protocol):
+        def connection_made(self, t):
+            self.t = t
+
+        def data_received(self, data):
+            got.append(data)
+            acked.put_nowait(len(data))
+
+    server = await loop.create_server(P, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _r, w = await asyncio.open_connection("127.0.0.1", port)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(50):
+            w.write(b"%05d" % i)
+            await acked.get()  # each message read on its own
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert b"".join(got) == b"".join(b"%05d" % i for i in range(50))
+    assert peak < 128 * 1024, peak
+    w.close()
+    await w.wait_closed()
+    server.close()
+    await server.wait_closed()

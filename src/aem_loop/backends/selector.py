@@ -18,6 +18,7 @@ import contextvars
 import math
 import select
 import selectors
+import sys
 from asyncio import events
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL, PRIORITY_VAR, on_first_
 from ..core.scheduler import Scheduler, own_handle
 from ..events.classify import wrap_factory
 from ..events.loop import EventsLoopMixin
+from .seltransport import ReadIntoTransport
 
 __all__ = ["SelectorLoop"]
 
@@ -41,6 +43,9 @@ _EVENT_WRITE = selectors.EVENT_WRITE
 # anything but EPOLLIN wakes a writer.
 _NOT_EPOLLOUT = ~select.EPOLLOUT
 _NOT_EPOLLIN = ~select.EPOLLIN
+
+# Python 3.12+ checks that no transport uses the fd when it makes one.
+_CHECKS_FD_AT_TRANSPORT = sys.version_info >= (3, 12)
 
 # asyncio never blocks in select() for longer than a day (MAXIMUM_SELECT_TIMEOUT).
 _MAXIMUM_SELECT_TIMEOUT = 24 * 3600
@@ -101,6 +106,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         self._aem_epoll = type(self._selector) is selectors.EpollSelector
         if self._aem_epoll:
             sched.io_poll = self._aem_poll_now
+        # what every socket transport of this loop reads into (seltransport)
+        self._aem_read_buffer = memoryview(bytearray(ReadIntoTransport.max_size))
         # The fast path: until the process first uses a non-default priority
         # (core.priority tells every loop on it, from any thread) the core
         # queues and dispatches at the one level there is (Scheduler.*_flat).
@@ -151,6 +158,12 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         else:
             self._aem.push(handle)
         return handle  # type: ignore[no-any-return]
+
+    def _make_socket_transport(self, sock: Any, protocol: Any, waiter: Any = None, *,
+                               extra: Any = None, server: Any = None) -> Any:
+        if _CHECKS_FD_AT_TRANSPORT:  # as the stock loop of this Python does
+            self._ensure_fd_no_transport(sock)
+        return ReadIntoTransport(self, sock, protocol, waiter, extra, server)
 
     async def create_server(self, protocol_factory: Any, *args: Any, **kw: Any) -> Any:
         return await super().create_server(wrap_factory(self, protocol_factory), *args, **kw)
