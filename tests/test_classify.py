@@ -277,3 +277,47 @@ async def test_connection_lost_runs_after_what_connection_made_queued():
     assert order == ["first step", "lost"]
     server.close()
     await server.wait_closed()
+
+
+_RUN_APP = r'''
+import asyncio, socket, sys
+from aiohttp import web
+import aem_loop, aem_loop.aiohttp
+
+async def health(request):
+    loop = asyncio.get_running_loop()
+    return web.Response(text=f"{aem_loop.current_priority()} {type(loop).__module__}")
+
+app = web.Application()
+app.router.add_get("/health", health)
+aem_loop.aiohttp.route_priorities(app, {"/health": aem_loop.Priority.HIGH})
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+print(sock.getsockname()[1], flush=True)
+web.run_app(app, sock=sock, loop=aem_loop.new_event_loop(backend=sys.argv[1]),
+            print=lambda *args: print("serving", flush=True))
+'''
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_route_priorities_with_web_run_app(backend):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _RUN_APP, backend], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        assert proc.stdout.readline() == "serving\n"
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            body = _read_response(s)
+        assert body == f"{int(Priority.HIGH)} aem_loop.backends.".encode() + (
+            b"selector" if backend == "selector" else b"uv")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        proc.stdout.close()  # type: ignore[union-attr]
+    assert code == 0
