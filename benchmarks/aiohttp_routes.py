@@ -43,7 +43,7 @@ PROBE_INTERVAL = 0.005
 
 # -- the server (a child process) --------------------------------------------------------
 
-def serve(loop_name: str, mode: str) -> None:
+def serve(loop_name: str, mode: str, options: str = "") -> None:
     import asyncio
 
     from aiohttp import web
@@ -98,7 +98,8 @@ def serve(loop_name: str, mode: str) -> None:
 
         uvloop.run(main())
     else:
-        aem_loop.run(main(), backend=loop_name.split("-", 1)[1])
+        opts = {k: float(v) for k, v in (o.split("=") for o in options.split(",") if o)}
+        aem_loop.run(main(), backend=loop_name.split("-", 1)[1], **opts)
 
 
 # -- the probe (a child process) ---------------------------------------------------------
@@ -132,9 +133,10 @@ def probe(port: int, duration: float) -> None:
 
 # -- one measurement ---------------------------------------------------------------------
 
-def measure(loop_name: str, mode: str, duration: float) -> dict[str, float]:
+def measure(loop_name: str, mode: str, duration: float, options: str = ""
+            ) -> dict[str, float]:
     me = os.path.abspath(__file__)
-    srv = subprocess.Popen([sys.executable, me, "--serve", loop_name, mode],
+    srv = subprocess.Popen([sys.executable, me, "--serve", loop_name, mode, options],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert srv.stdout is not None and srv.stdin is not None
@@ -173,7 +175,9 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--loops", default=",".join(LOOPS))
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--aem-options", default="",
+                    help="loop options for the aem servers, e.g. time_slice=0.001")
+    ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
@@ -188,7 +192,7 @@ def main() -> None:
     for run in range(a.runs):
         for mode in modes:
             for name in loops:
-                r = measure(name, mode, a.duration)
+                r = measure(name, mode, a.duration, a.aem_options)
                 results.setdefault(mode, {}).setdefault(name, []).append(r)
                 print(f"run {run + 1}/{a.runs} {mode:6} {name:13} /health p50 "
                       f"{r['health_p50_ms']:7.2f} p99 {r['health_p99_ms']:7.2f} ms, "

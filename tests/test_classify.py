@@ -144,17 +144,25 @@ def _busy(seconds: float) -> None:
         pass
 
 
-async def _flood_and_probe(route: bool, same_connection: bool) -> tuple[list, bytes]:
+async def _flood_and_probe(route: bool, probe_on: str) -> tuple[list, bytes]:
     """Bulk requests from many connections; the health probe is sent the
     moment the first bulk request runs (so the whole flood is queued ahead
-    of it).  Returns the server's completion order and the probe's answer."""
+    of it) on a connection of its own ("other"), on a keep-alive connection
+    that carried bulk traffic before ("same"), or on a connection opened
+    only then ("new": its accept is behind the flood too).  Returns the
+    server's completion order and the probe's answer."""
     done: list[str] = []
     probe: socket.socket | None = None  # set once the flood is on its way
+    new_probe: list[socket.socket] = []
 
     async def bulk(request):
         nonlocal probe
         if probe is not None:  # the first bulk request: the flood is queued now
-            probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            if probe_on == "new":
+                new_probe.append(socket.create_connection(("127.0.0.1", port)))
+                new_probe[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            else:
+                probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             probe_sent.set()
             probe = None
         _busy(0.002)  # CPU work without a yield: only priorities reorder it
@@ -177,7 +185,7 @@ async def _flood_and_probe(route: bool, same_connection: bool) -> tuple[list, by
     port = runner.addresses[0][1]
     probe_sent = asyncio.Event()
     probe_sock = socket.create_connection(("127.0.0.1", port))
-    if same_connection:  # a keep-alive connection that carried bulk traffic before
+    if probe_on == "same":  # a keep-alive connection that carried bulk traffic before
         probe_sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.to_thread(_read_response, probe_sock)
         done.clear()
@@ -188,13 +196,16 @@ async def _flood_and_probe(route: bool, same_connection: bool) -> tuple[list, by
     probe = probe_sock
     for _r, w in flood:
         w.write(b"GET /bulk HTTP/1.1\r\nHost: x\r\n\r\n" * BULK_PER_CONNECTION)
-    answer = await asyncio.to_thread(_read_response, probe_sock)
+    await probe_sent.wait()
+    answer = await asyncio.to_thread(_read_response, new_probe[0] if new_probe else probe_sock)
     for r, w in flood:
         for _ in range(BULK_PER_CONNECTION):
             await r.readuntil(b"bulk")
         w.close()
         await w.wait_closed()
     probe_sock.close()
+    for sock in new_probe:
+        sock.close()
     await runner.cleanup()
     assert probe_sent.is_set()
     return done, answer
@@ -213,9 +224,9 @@ def _read_response(sock: socket.socket) -> bytes:
 
 @pytest.mark.asyncio
 @pytest.mark.backends("selector", "uvloop")
-@pytest.mark.parametrize("same_connection", [False, True])
-async def test_route_priorities_answers_the_urgent_request_before_the_flood(same_connection):
-    done, answer = await _flood_and_probe(route=True, same_connection=same_connection)
+@pytest.mark.parametrize("probe_on", ["other", "same", "new"])
+async def test_route_priorities_answers_the_urgent_request_before_the_flood(probe_on):
+    done, answer = await _flood_and_probe(route=True, probe_on=probe_on)
     assert answer == f"ok {int(Priority.HIGH)}".encode()
     total = BULK_CONNECTIONS * BULK_PER_CONNECTION
     assert done.count("bulk") == total
@@ -228,7 +239,7 @@ async def test_route_priorities_answers_the_urgent_request_before_the_flood(same
 @pytest.mark.asyncio
 @pytest.mark.conformance
 async def test_without_route_priorities_the_app_is_served_as_on_stock_asyncio():
-    done, answer = await _flood_and_probe(route=False, same_connection=False)
+    done, answer = await _flood_and_probe(route=False, probe_on="other")
     assert answer == f"ok {int(Priority.NORMAL)}".encode()
     assert sorted(done) == ["bulk"] * (BULK_CONNECTIONS * BULK_PER_CONNECTION) + ["health"]
 

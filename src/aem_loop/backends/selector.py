@@ -73,10 +73,13 @@ class _ReadyView:
         self._sched.clear()
 
 
-def _job_reader(callback: Any) -> bool:
+def _job_reader(callback: Any, args: tuple[Any, ...]) -> bool:
     """Whether *callback* reads a transport whose protocol (or, under SSL,
-    whose app protocol) decides priorities from the data: such a reader
-    runs at job level (events.classify)."""
+    whose app protocol) decides priorities from the data, or accepts the
+    connections of a server whose protocols do: such a reader runs at job
+    level (events.classify)."""
+    if args and getattr(args[0], "_aem_classified", False):  # _accept_connection
+        return True
     p = getattr(getattr(callback, "__self__", None), "_protocol", None)
     if p is None:
         return False
@@ -233,7 +236,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         self._check_closed()
         read = event == _EVENT_READ
         ctx = None
-        if read and _job_reader(callback):
+        if read and _job_reader(callback, args):
             ctx = _copy_context()
             ctx.run(PRIORITY_VAR.set, JOB_LEVEL)
         handle = AEMHandle(callback, args, self, ctx)

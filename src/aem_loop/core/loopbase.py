@@ -130,6 +130,9 @@ class AEMLoopMixin:
     _aem: Scheduler
     _aem_backend: str = "?"
     _aem_creating = False  # inside create_task: the next call_soon is a first step
+    # While set, create_task appends the tasks it makes (a classified
+    # connection learns which tasks its connection_made started).
+    _aem_collect: list[Any] | None = None
     _aem_closed = False
     _aem_mixed = True  # False while a backend is on its fast path (no priority used yet)
 
@@ -271,11 +274,14 @@ class AEMLoopMixin:
         prev = self._aem_creating
         self._aem_creating = True
         try:
-            return super().create_task(  # type: ignore[misc]
+            task = super().create_task(  # type: ignore[misc]
                 coro, name=name, context=context, **kwargs
             )
         finally:
             self._aem_creating = prev
+        if self._aem_collect is not None:
+            self._aem_collect.append(task)
+        return task
 
     # -- debug and statistics ---------------------------------------------------
 

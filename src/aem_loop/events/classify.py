@@ -77,14 +77,31 @@ def classify(fn: Callable[[bytes], int | None], *, messages: str = "chunk") -> I
 
 def wrap_factory(loop: Any, factory: Callable[[], Any],
                  classifier: _Classifier | None = None) -> Callable[[], Any]:
-    """*factory*, wrapped when a classifier is in effect (else unchanged)."""
-    c = CLASSIFIER.get() if classifier is None else classifier
-    if c is None:
-        return factory
+    """*factory*, wrapped when a classifier is in effect (else unchanged).
 
-    def make() -> Any:
+    The wrapped factory is marked ``_aem_classified``: the selector backend
+    accepts its server's connections at job level too (a new connection
+    may carry the urgent request).  It makes each protocol in a context at
+    the priority current now (the server's), whatever context accepts.
+    """
+    c = CLASSIFIER.get() if classifier is None else classifier
+    classified = bool(getattr(factory, "_aem_classified", False))
+    if c is None and not classified:
+        return factory
+    level = current_priority()
+
+    def build() -> Any:
+        if classified:
+            return factory()  # its protocols are classified already (aiohttp routes)
+        assert c is not None
         return ClassifiedProtocol(factory(), c, loop)
 
+    def make() -> Any:
+        ctx = contextvars.copy_context()
+        ctx.run(PRIORITY_VAR.set, level)
+        return ctx.run(build)
+
+    make._aem_classified = True  # type: ignore[attr-defined]
     return make
 
 
@@ -225,6 +242,7 @@ class ClassifiedProtocol(asyncio.Protocol):
         self._aem_handle: Any = None
         self._aem_paused = False
         self._aem_transport: Any = None
+        self._aem_started: list[Any] = []  # tasks connection_made created
         self._aem_buffered = isinstance(inner, asyncio.BufferedProtocol)
 
     def __getattr__(self, name: str) -> Any:
@@ -349,10 +367,34 @@ class ClassifiedProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self._aem_transport = transport
-        self._aem_direct(self._aem_base, self._aem_inner.connection_made, transport)
+        loop = self._aem_loop
+        prev = loop._aem_collect
+        started: list[Any] = []
+        loop._aem_collect = started
+        try:
+            self._aem_direct(self._aem_base, self._aem_inner.connection_made, transport)
+        finally:
+            loop._aem_collect = prev
+        self._aem_started = started
+
+    def _aem_raise_started(self, level: int) -> None:
+        """The first message is more urgent than the connection: the tasks
+        its connection_made started (e.g. aiohttp's request loop), whose
+        first step still waits at the connection's level, take that step at
+        the message's level -- a first step is no wakeup, so inheritance
+        would not move it."""
+        sched = self._aem_sched
+        for task in self._aem_started:
+            if not task.done():
+                sched.boost(task, self, level)  # moves its queued step up
+                sched.unboost(task, self)
 
     def data_received(self, data: bytes) -> None:
         level = self._aem_classify(data)
+        if self._aem_started:
+            if level > self._aem_base:
+                self._aem_raise_started(level)
+            self._aem_started = []
         if not self._aem_queue and not self._aem_sched.queued_above(level):
             self._aem_direct(level, self._aem_feed, data)
         else:
