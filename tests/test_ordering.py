@@ -503,3 +503,40 @@ def test_wakeup_after_abort_sees_the_transport_closed(backend, fast_path):
 
     assert asyncio.run(main()) == -1  # the reference
     assert aem_loop.run(main(), backend=backend, fast_path=fast_path) == -1
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector")
+async def test_spent_slices_poll_only_when_io_more_urgent_than_the_backlog_is_ready():
+    """A HIGH reader beside a NORMAL backlog of long callbacks: each spent slice
+    asks the urgent tier, and polls in full only once the HIGH fd is ready --
+    then the reader runs before the rest of the backlog."""
+    import socket
+    import time
+
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    order: list[str] = []
+    with aem_loop.priority(aem_loop.Priority.HIGH):
+        loop.add_reader(a, lambda: (order.append("urgent"), a.recv(10)))
+
+    def busy(i: int) -> None:
+        end = time.monotonic() + 0.001  # several time slices
+        while time.monotonic() < end:
+            pass
+        order.append(i)
+        if i == 9:
+            b.send(b"x")
+
+    await asyncio.sleep(0)
+    polls = loop.statistics().polls
+    for i in range(20):
+        loop.call_soon(busy, i)
+    while len(order) < 21:
+        await asyncio.sleep(0)
+    extra = loop.statistics().polls - polls
+    loop.remove_reader(a)
+    a.close()
+    b.close()
+    assert order.index("urgent") == 10  # right after the callback that made it ready
+    assert extra < 8, extra  # not one full poll per spent slice (20 of them)

@@ -26,11 +26,18 @@ from typing import Any
 from ..capsules.cloner import CapsuleLoopMixin
 from ..core.handles import AEMHandle
 from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, check_fast_path, fast_handle, make_scheduler
-from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL, PRIORITY_VAR, on_first_priority
+from ..core.priority import (
+    DEFAULT_PRIORITY,
+    JOB_LEVEL,
+    NQUEUES,
+    PRIORITY_VAR,
+    on_first_priority,
+)
 from ..core.scheduler import Scheduler, own_handle
 from ..events.classify import wrap_factory
 from ..events.loop import EventsLoopMixin
 from .seltransport import ReadIntoTransport
+from .tiers import UNTIERED, UrgentTiers
 
 __all__ = ["SelectorLoop"]
 
@@ -92,6 +99,9 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
     """An asyncio loop on ``selectors`` (epoll) with priority-ordered dispatch."""
 
     _aem_backend = "selector"
+    # the urgent tiers (backends.tiers); None until __init__ made them (the
+    # base class registers its self-pipe reader before that: default level)
+    _aem_tiers: UrgentTiers | None = None
 
     def __init__(self, selector: Any = None, *, fast_path: bool = True,
                  **options: Any) -> None:
@@ -109,6 +119,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         self._aem_epoll = type(self._selector) is selectors.EpollSelector
         if self._aem_epoll:
             sched.io_poll = self._aem_poll_now
+            self._aem_tiers = UrgentTiers()
         # what every socket transport of this loop reads into (seltransport)
         self._aem_read_buffer = memoryview(bytearray(ReadIntoTransport.max_size))
         # The fast path: until the process first uses a non-default priority
@@ -253,7 +264,29 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         self._aem_io_swap(old, handle)
         if old is not None:
             old.cancel()
+        if self._aem_tiers is not None:
+            self._aem_tier_sync(self._aem_fd_number(fd))
         return handle
+
+    def _aem_tier_sync(self, num: int | None) -> None:
+        """Keep fd *num*'s place in the urgent tiers (backends.tiers) in step."""
+        tiers = self._aem_tiers
+        if tiers is None or num is None:
+            return
+        key = self._selector.get_map().get(num)  # type: ignore[union-attr]
+        levels: list[int | None] = [None, None]
+        if key is not None:
+            for i, h in enumerate(key.data):
+                if h is not None and not h._cancelled:
+                    levels[i] = h._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+        tiers.update(num, levels[0], levels[1])
+
+    def _aem_fd_number(self, fd: Any) -> int | None:
+        """The number of a registered fd (also of a socket closed since)."""
+        try:
+            return self._selector.get_key(fd).fd  # type: ignore[union-attr,no-any-return]
+        except (KeyError, ValueError):
+            return None
 
     def _add_reader(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
         return self._aem_add_io(fd, _EVENT_READ, callback, args)
@@ -264,12 +297,18 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
     def _remove_reader(self, fd: Any) -> bool:
         old = self._aem_io_handles(fd)[0]
         self._aem_io_swap(old, None)
-        return super()._remove_reader(fd)  # type: ignore[misc,no-any-return]
+        num = self._aem_fd_number(fd) if self._aem_tiers is not None else None
+        removed: bool = super()._remove_reader(fd)  # type: ignore[misc]
+        self._aem_tier_sync(num)
+        return removed
 
     def _remove_writer(self, fd: Any) -> bool:
         old = self._aem_io_handles(fd)[1]
         self._aem_io_swap(old, None)
-        return super()._remove_writer(fd)  # type: ignore[misc,no-any-return]
+        num = self._aem_fd_number(fd) if self._aem_tiers is not None else None
+        removed: bool = super()._remove_writer(fd)  # type: ignore[misc]
+        self._aem_tier_sync(num)
+        return removed
 
     def _aem_check_open(self) -> None:
         self._check_closed()
@@ -277,6 +316,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
     def close(self) -> None:
         super().close()
         self._aem_closed = True
+        if self._aem_tiers is not None:
+            self._aem_tiers.close()
 
     def _aem_check_thread(self) -> None:
         self._check_thread()  # type: ignore[attr-defined]
@@ -327,9 +368,17 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         else:
             self._aem.push_io_flat(handles)
 
-    def _aem_poll_now(self) -> None:
-        """A non-blocking poll from inside a round of dispatch."""
-        self._aem_poll_epoll(0)
+    def _aem_poll_now(self) -> bool:
+        """From inside a round of dispatch, at a spent slice: a non-blocking
+        poll if I/O more urgent than the backlog is ready (backends.tiers).
+        Whether it polled."""
+        sched = self._aem
+        n = sched._bits.bit_length()
+        above = sched._io_bits >> n << n
+        if above & UNTIERED or above >> NQUEUES or self._aem_tiers.any_ready(above):  # type: ignore[union-attr]
+            self._aem_poll_epoll(0)
+            return True
+        return False
 
     def _run_once(self) -> None:
         sched = self._aem

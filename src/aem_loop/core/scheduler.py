@@ -210,9 +210,10 @@ class Scheduler(ReadyQueue):
         self._io_counts: list[int] | None = None
         self._io_bits = _IO_UNKNOWN
         # A backend that can poll I/O from inside a round (without blocking,
-        # queueing what is ready) sets this; else a spent slice with urgent
-        # I/O possible ends the round and the backend polls.
-        self.io_poll: Callable[[], None] | None = None
+        # queueing what is ready; it returns whether it polled) sets this;
+        # else a spent slice with urgent I/O possible ends the round and the
+        # backend polls.
+        self.io_poll: Callable[[], bool] | None = None
         self.current = _NOT_DISPATCHING
         self.boosts: dict[Any, int] = {}
         self._boost_sources: dict[Any, dict[Any, int]] = {}
@@ -668,8 +669,8 @@ class Scheduler(ReadyQueue):
                                 # the backend polls without blocking and
                                 # queues what is ready; the round goes on
                                 # (a new round costs more than the poll)
-                                io_poll()
-                                self.polls += 1
+                                if io_poll():
+                                    self.polls += 1
                             now = clock()
                             if self.timers.n:
                                 self.move_due_timers(now)

@@ -1,0 +1,94 @@
+"""Urgent tiers: is an fd more urgent than the backlog ready, without a full poll?
+
+A round of dispatch that has spent its time slice must notice urgent
+readiness before it runs on, but a full poll there is not free: it lists
+every busy fd of the backlog's level too, whose readers then run one poll
+at a time instead of in one batch per round.  Here every priority level
+above the default that has a reader or writer gets an epoll set of its own
+holding just those fds (an fd can sit in several epoll sets).  At a slice
+boundary the loop asks the sets of the levels above the backlog, most
+urgent first, for one ready fd (``epoll_wait`` with a timeout of 0 and room
+for one event, about a microsecond), and polls in full only if one is.
+
+Levels at or below the default have no set: urgent I/O at those levels
+above an even lower backlog still means a full poll (rare: a backlog below
+the default level with default-level I/O).
+"""
+
+from __future__ import annotations
+
+import select
+
+from ..core.priority import DEFAULT_PRIORITY
+
+__all__ = ["UNTIERED", "UrgentTiers"]
+
+# The levels that have no set: the default and below (bits of the scheduler's
+# I/O bitmap).  Above every level, the scheduler's "I/O not known yet" bit:
+# it always means a full poll.
+UNTIERED = (1 << (DEFAULT_PRIORITY + 1)) - 1
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+
+
+class UrgentTiers:
+    __slots__ = ("_eps", "_regs")
+
+    def __init__(self) -> None:
+        self._eps: dict[int, select.epoll] = {}
+        self._regs: dict[int, dict[int, int]] = {}  # fd -> {level: epoll mask}
+
+    def update(self, fd: int, rlevel: int | None, wlevel: int | None) -> None:
+        """Where *fd* belongs now: its reader at *rlevel*, writer at *wlevel* (None: none)."""
+        want: dict[int, int] = {}
+        if rlevel is not None and rlevel > DEFAULT_PRIORITY:
+            want[rlevel] = _IN
+        if wlevel is not None and wlevel > DEFAULT_PRIORITY:
+            want[wlevel] = want.get(wlevel, 0) | _OUT
+        have = self._regs.get(fd)
+        if not want and not have:
+            return
+        have = have or {}
+        for level in have:
+            if level not in want:
+                try:
+                    self._eps[level].unregister(fd)
+                except (OSError, ValueError):  # closed meanwhile: epoll dropped it
+                    pass
+        for level, mask in want.items():
+            ep = self._eps.get(level)
+            if ep is None:
+                ep = self._eps[level] = select.epoll()
+            if have.get(level) == mask:
+                continue
+            try:
+                if level in have:
+                    ep.modify(fd, mask)
+                else:
+                    ep.register(fd, mask)
+            except FileNotFoundError:  # the fd was closed and reused: register anew
+                ep.register(fd, mask)
+            except FileExistsError:
+                ep.modify(fd, mask)
+        if want:
+            self._regs[fd] = want
+        else:
+            del self._regs[fd]
+
+    def any_ready(self, levels: int) -> bool:
+        """Whether an fd of one of the levels in the bitmap *levels* is ready."""
+        eps = self._eps
+        while levels:
+            level = levels.bit_length() - 1
+            ep = eps.get(level)
+            if ep is not None and ep.poll(0, 1):
+                return True
+            levels &= ~(1 << level)
+        return False
+
+    def close(self) -> None:
+        for ep in self._eps.values():
+            ep.close()
+        self._eps.clear()
+        self._regs.clear()
