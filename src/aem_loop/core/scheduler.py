@@ -483,13 +483,14 @@ class Scheduler(ReadyQueue):
     def has_work(self) -> bool:
         return self._bits != 0 or bool(self.inbox)
 
-    def queued_above(self, level: int) -> bool:
-        """Whether a callback more urgent than *level* waits in the queue.
+    def queued_above(self, level: int, below: int = NQUEUES) -> bool:
+        """Whether a callback more urgent than *level* (and less than *below*)
+        waits in the queue.
 
         The dispatch loop clears a level's bit when it leaves the level, so a
         set bit may name a level just drained: the deques decide.
         """
-        b = self._bits
+        b = self._bits & ((1 << below) - 1)
         levels = self._levels
         lv = b.bit_length() - 1
         while lv > level:

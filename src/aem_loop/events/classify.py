@@ -24,12 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, check_priority, current_priority
+from ..core.priority import (
+    DEFAULT_PRIORITY,
+    JOB_LEVEL,
+    PRIORITY_VAR,
+    check_priority,
+    current_priority,
+)
 
 __all__ = ["CLASSIFIER", "ClassifiedProtocol", "HTTPScanner", "classify", "wrap_factory"]
 
@@ -108,6 +115,10 @@ def wrap_factory(loop: Any, factory: Callable[[], Any],
 # -- HTTP message boundaries ----------------------------------------------------------
 
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _OPAQUE = range(6)
+# Heads that may announce a body (Content-Length, Transfer-Encoding), found
+# without splitting the head into lines.
+_LENGTH = re.compile(rb"(?i)\r\ncontent-length\s*:")
+_ENCODING = re.compile(rb"(?i)\r\ntransfer-encoding\s*:")
 
 
 class HTTPScanner:
@@ -194,6 +205,9 @@ class HTTPScanner:
         return heads
 
     def _after_head(self, head: bytes) -> None:
+        if not (_LENGTH.search(head) or _ENCODING.search(head)):
+            self._state = _HEAD  # no body (a GET): the usual case, no header parsing
+            return
         length = 0
         chunked = False
         for line in head.split(b"\r\n")[1:]:
@@ -395,7 +409,11 @@ class ClassifiedProtocol(asyncio.Protocol):
             if level > self._aem_base:
                 self._aem_raise_started(level)
             self._aem_started = []
-        if not self._aem_queue and not self._aem_sched.queued_above(level):
+        # At once unless a more urgent handler waits.  Other jobs (reads of
+        # other connections) may wait for this call: it only hands the data
+        # over (a protocol's data_received parses and wakes its task), and
+        # queueing it would cost a callback per message under a flood.
+        if not self._aem_queue and not self._aem_sched.queued_above(level, JOB_LEVEL):
             self._aem_direct(level, self._aem_feed, data)
         else:
             self._aem_defer(level, self._aem_feed, (data,), len(data))
