@@ -14,13 +14,13 @@ and each way of using priorities:
 - site: /health's probe connects to a second site started under
   ``priority(HIGH)`` (per-site priority, a second port).
 
-Reported: /health p50/p99/max (ms) and /bulk requests served per second of
-the server's CPU time while the probe ran (the server is saturated; wrk's
-own requests/s moves in steps of one round of its 64 connections, ~7% of a
-3 s run, so it cannot show a few percent), medians.  The probe waits for
-each answer, so a loop that answers /health in a millisecond serves ~20
-times more of them than one that answers in 100 ms: that work is in its
-CPU time too
+The probe is open-loop: a request every 5 ms whatever the answers, each on
+an idle connection of its own set of 64 keep-alive connections, so every
+loop serves the same /health work.  Reported: /health p50/p99/max (ms)
+(the latency counts from when the request was due) and /bulk requests
+served per second of the server's CPU time while the probe ran (the server
+is saturated; wrk's own requests/s moves in steps of one round of its 64
+connections, ~7% of a 3 s run, so it cannot show a few percent), medians
 over the runs (runs interleaved); the stock loops run the same app without
 priorities in every mode.
 """
@@ -122,31 +122,63 @@ def serve(loop_name: str, mode: str, options: str = "") -> None:
 
 # -- the probe (a child process) ---------------------------------------------------------
 
+PROBE_CONNECTIONS = 64
+
+
 def probe(port: int, duration: float) -> None:
+    """Open loop: a /health request every PROBE_INTERVAL whatever the answers,
+    each on an idle keep-alive connection of a set of PROBE_CONNECTIONS, so
+    every loop serves the same /health work; prints the latencies."""
+    import selectors
+
     os.sched_setaffinity(0, {1})
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-    out = []
-    end = time.perf_counter() + duration
-    nxt = time.perf_counter()
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        sock.sendall(req)
-        buf = b""
-        while not buf.endswith(b"ok"):
-            chunk = sock.recv(4096)
+    sel = selectors.DefaultSelector()
+    idle = []
+    for _ in range(PROBE_CONNECTIONS):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        idle.append(s)
+    sent: dict[socket.socket, tuple[float, bytes]] = {}
+    out: list[float] = []
+    missed = 0
+    start = time.perf_counter()
+    end = start + duration
+    k = 0
+    while True:
+        now = time.perf_counter()
+        due = start + k * PROBE_INTERVAL
+        if due <= now and due < end:
+            k += 1
+            if idle:
+                s = idle.pop()
+                s.send(req)
+                sent[s] = (due, b"")
+                sel.register(s, selectors.EVENT_READ)
+            else:
+                missed += 1
+            continue
+        if now >= end and not sent:
+            break
+        timeout = max(0.0, min(due, end) - now) if now < end else 1.0
+        for key, _ in sel.select(timeout):
+            s = key.fileobj  # type: ignore[assignment]
+            t0, buf = sent[s]
+            chunk = s.recv(4096)
             if not chunk:
-                raise SystemExit("server closed the probe connection")
+                raise SystemExit("server closed a probe connection")
             buf += chunk
-        out.append(time.perf_counter() - t0)
-        nxt += PROBE_INTERVAL
-        delay = nxt - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        else:
-            nxt = time.perf_counter()
-    print(json.dumps(out))
+            if buf.endswith(b"ok"):
+                out.append(time.perf_counter() - t0)
+                del sent[s]
+                sel.unregister(s)
+                idle.append(s)
+            else:
+                sent[s] = (t0, buf)
+    for s in idle:
+        s.close()
+    print(json.dumps({"latency": out, "missed": missed}))
 
 
 # -- one measurement ---------------------------------------------------------------------
@@ -180,13 +212,15 @@ def measure(loop_name: str, mode: str, duration: float, options: str = ""
         if srv.poll() is None:
             srv.kill()
             srv.wait()
-    lat = np.array(json.loads(pr.stdout)) * 1e3
+    got = json.loads(pr.stdout)
+    lat = np.array(got["latency"]) * 1e3
     m = re.search(r"Requests/sec:\s+([\d.]+)", wout)
     return {
         "health_p50_ms": float(np.percentile(lat, 50)),
         "health_p99_ms": float(np.percentile(lat, 99)),
         "health_max_ms": float(lat.max()),
         "probes": len(lat),
+        "probes_missed": got["missed"],
         "wrk_rps": float(m.group(1)) if m else float("nan"),
         # served by the server while the probe ran, per second of its CPU time
         # (wrk's own count steps by whole rounds of its 64 connections: ~7%)

@@ -230,10 +230,10 @@ async def test_route_priorities_answers_the_urgent_request_before_the_flood(prob
     assert answer == f"ok {int(Priority.HIGH)}".encode()
     total = BULK_CONNECTIONS * BULK_PER_CONNECTION
     assert done.count("bulk") == total
-    # only bulk requests already under way when the probe arrived go first
-    # (1 on 3.11; 3 on 3.12+, where aiohttp runs a request's handler eagerly
-    # inside a step already dispatched); without priorities it is ~32 of 49
-    assert done.index("health") <= 4, done.index("health")
+    # only bulk requests already under way when the probe arrived go first:
+    # 1-2 on 3.11, 3-6 on 3.12+ (aiohttp starts tasks eagerly there, inside
+    # steps already dispatched); without priorities it is 32-48 of 49
+    assert done.index("health") <= 8, done.index("health")
 
 
 @pytest.mark.asyncio
