@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from aem_loop.bench.common import machine
+from aem_loop.bench.common import machine, save_results
 
 LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
 MODES = ("plain", "routes", "site")
@@ -286,14 +286,7 @@ def main() -> None:
             lines.append(f"| {mode} | {name} | {m['health_p50_ms']:.2f} | "
                          f"{m['health_p99_ms']:.2f} | {m['health_max_ms']:.2f} | "
                          f"{m['health_per_s']:.0f} | {m['bulk_rps']:.0f} | {ratio} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "aiohttp_routes.md"), "w") as f:
-            f.write(text)
-        with open(os.path.join(a.out, "aiohttp_routes.json"), "w") as f:
-            json.dump({"machine": machine(), "results": results}, f, indent=1)
+    save_results(a.out, "aiohttp_routes", "\n".join(lines) + "\n", {"results": results})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -26,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from aem_loop.bench.common import machine
+from aem_loop.bench.common import machine, save_results
 
 LINE = b"x" * 63 + b"\n"
 CONNECTIONS = 10
@@ -243,15 +242,8 @@ def main() -> None:
             burst_res[f"{backend}-{burst}"] = r
             lines.append(f"| {backend} | {burst} | {r['reads']} | {r['activations']} | "
                          f"{r['lines_per_activation']:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "events.md"), "w") as f:
-            f.write(text)
-        with open(os.path.join(a.out, "events.json"), "w") as f:
-            json.dump({"machine": machine(), "throughput": tp, "bursts": burst_res}, f,
-                      indent=1)
+    save_results(a.out, "events", "\n".join(lines) + "\n",
+                 {"throughput": tp, "bursts": burst_res})
 
 
 if __name__ == "__main__":

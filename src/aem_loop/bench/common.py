@@ -129,3 +129,20 @@ class Flood:
     async def stop(self) -> None:
         self._stop = True
         await asyncio.gather(*self._tasks)
+
+
+def save_results(out: str | None, name: str, text: str, data: dict[str, object]) -> None:
+    """Print *text* (a Markdown table) and, with *out*, write it as NAME.md
+    and *data* with the machine as NAME.json in that directory."""
+    import json
+    import os
+
+    print(text)
+    if not out:
+        return
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump({"machine": machine(), **data}, f, indent=1)
+
