@@ -255,6 +255,12 @@ def test_waiting_thread_reads_its_reply(pool: CapsulePool) -> None:
     assert pool.call(add, 1, 1) == 2
 
 
+@pytest.mark.xfail(
+    sys.version_info >= (3, 13), strict=False,
+    reason="known race, open: on 3.13 the capsule running the call is sometimes SIGKILLed "
+           "before cancel() (the reading thread then sees EBADF); about 1 run in 25 alone, "
+           "more in the full suite",
+)
 def test_cancel_while_a_thread_reads_the_reply(pool: CapsulePool, tmp_path) -> None:  # type: ignore[no-untyped-def]
     fut = pool.submit(block_until, str(tmp_path / "never"))
     while not fut.running():
