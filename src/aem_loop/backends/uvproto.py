@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.priority import DEFAULT_PRIORITY, current_priority
-from ..events.classify import CLASSIFIER, ClassifiedProtocol, wrap_factory
+from ..events.classify import CLASSIFIER, ClassifiedProtocol, call_deferred, wrap_factory
 
 __all__ = ["PriorityServerMixin"]
 
@@ -42,13 +42,7 @@ class _PriorityProtocol(asyncio.Protocol):
         return f"<aem priority {self._aem_level} protocol for {self._aem_inner!r}>"
 
     def _aem_direct(self, fn: Callable[..., Any], *args: Any) -> Any:
-        sched = self._aem_loop._aem
-        prev = sched.current
-        sched.current = self._aem_level
-        try:
-            return fn(*args)
-        finally:
-            sched.current = prev
+        return self._aem_loop._aem.run_direct(self._aem_level, fn, *args)
 
     def _aem_call(self, fn: Callable[..., Any], *args: Any) -> None:
         sched = self._aem_loop._aem
@@ -60,26 +54,7 @@ class _PriorityProtocol(asyncio.Protocol):
 
     def _aem_deferred(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self._aem_backlog -= 1
-        try:
-            result = fn(*args)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            # What uvloop does for an exception raised by a protocol callback:
-            # report it and close the connection.
-            self._aem_loop.call_exception_handler(
-                {
-                    "message": f"Fatal error: protocol.{fn.__name__}() call failed.",
-                    "exception": exc,
-                    "transport": self._aem_transport,
-                    "protocol": self._aem_inner,
-                }
-            )
-            if self._aem_transport is not None:
-                self._aem_transport.abort()
-            return
-        if fn.__name__ == "eof_received" and not result and self._aem_transport:
-            self._aem_transport.close()
+        call_deferred(self._aem_loop, self._aem_transport, self._aem_inner, fn, args)
 
     # -- protocol interface -------------------------------------------------
 

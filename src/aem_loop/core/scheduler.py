@@ -483,6 +483,19 @@ class Scheduler(ReadyQueue):
     def has_work(self) -> bool:
         return self._bits != 0 or bool(self.inbox)
 
+    def run_direct(self, level: int, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn(*args)`` now, as if dispatched at *level*: what it wakes
+        inherits the level.  For an activation that need not wait in the
+        queue (nothing more urgent is queued): a protocol callback of a
+        prioritized or classified connection, an event's handler run from
+        its job."""
+        prev = self.current
+        self.current = level
+        try:
+            return fn(*args)
+        finally:
+            self.current = prev
+
     def queued_above(self, level: int, below: int = NQUEUES) -> bool:
         """Whether a callback more urgent than *level* (and less than *below*)
         waits in the queue.

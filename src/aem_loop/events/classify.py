@@ -31,14 +31,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..core.priority import (
-    DEFAULT_PRIORITY,
     JOB_LEVEL,
     PRIORITY_VAR,
     check_priority,
     current_priority,
 )
 
-__all__ = ["CLASSIFIER", "ClassifiedProtocol", "HTTPScanner", "classify", "wrap_factory"]
+__all__ = [
+    "CLASSIFIER", "ClassifiedProtocol", "HTTPScanner", "call_deferred", "classify", "wrap_factory",
+]
 
 # Stop reading a connection while this many bytes wait for its protocol.
 HIGH_WATER = 256 * 1024
@@ -233,6 +234,31 @@ class HTTPScanner:
 # -- the protocol in between -------------------------------------------------------------
 
 
+def call_deferred(loop: Any, transport: Any, protocol: Any, fn: Callable[..., Any],
+                  args: tuple[Any, ...]) -> bool:
+    """Call *protocol*'s callback *fn* that was queued instead of run by its
+    transport, and do what the transport would have done with its outcome:
+    an exception is reported and aborts the connection (False), an
+    ``eof_received`` that does not keep the connection open closes it."""
+    try:
+        result = fn(*args)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        loop.call_exception_handler({
+            "message": f"Fatal error: protocol.{fn.__name__}() call failed.",
+            "exception": exc,
+            "transport": transport,
+            "protocol": protocol,
+        })
+        if transport is not None:
+            transport.abort()
+        return False
+    if fn.__name__ == "eof_received" and not result and transport:
+        transport.close()
+    return True
+
+
 class ClassifiedProtocol(asyncio.Protocol):
     """Runs the inner protocol's callbacks at the priority decided from the data."""
 
@@ -304,13 +330,7 @@ class ClassifiedProtocol(asyncio.Protocol):
     # -- running the inner protocol
 
     def _aem_direct(self, level: int, fn: Callable[..., Any], *args: Any) -> Any:
-        sched = self._aem_sched
-        prev = sched.current
-        sched.current = level  # what it wakes inherits the level
-        try:
-            return self._aem_ctx(level).run(fn, *args)
-        finally:
-            sched.current = prev
+        return self._aem_sched.run_direct(level, self._aem_ctx(level).run, fn, *args)
 
     def _aem_defer(self, level: int, fn: Callable[..., Any], args: tuple[Any, ...],
                    nbytes: int = 0) -> None:
@@ -337,24 +357,10 @@ class ClassifiedProtocol(asyncio.Protocol):
         q = self._aem_queue
         while q:
             fn, args = q.popleft()
-            try:
-                result = fn(*args)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                # what a transport does when its protocol's callback raises
-                self._aem_loop.call_exception_handler({
-                    "message": f"Fatal error: protocol.{fn.__name__}() call failed.",
-                    "exception": exc,
-                    "transport": self._aem_transport,
-                    "protocol": self._aem_inner,
-                })
+            if not call_deferred(self._aem_loop, self._aem_transport, self._aem_inner,
+                                 fn, args):
                 q.clear()
-                if self._aem_transport is not None:
-                    self._aem_transport.abort()
                 return
-            if fn.__name__ == "eof_received" and not result and self._aem_transport:
-                self._aem_transport.close()
         self._aem_qbytes = 0
         if self._aem_paused:
             self._aem_paused = False
@@ -439,8 +445,3 @@ class ClassifiedProtocol(asyncio.Protocol):
         self._aem_direct(self._aem_base, self._aem_inner.resume_writing)
 
 
-def unwrap(protocol: Any) -> Any:
-    return protocol._aem_inner if isinstance(protocol, ClassifiedProtocol) else protocol
-
-
-DEFAULT = DEFAULT_PRIORITY

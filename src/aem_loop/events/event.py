@@ -255,12 +255,7 @@ class Event:
                 # Nothing more urgent waits (no other job either): the
                 # activation runs now, without a detour through the queue.
                 self._fill(p, items, nbytes, error, eof, count)
-                prev = sched.current
-                sched.current = self.priority  # what it wakes inherits its level
-                try:
-                    self._ctx.run(self._activate)
-                finally:
-                    sched.current = prev
+                sched.run_direct(self.priority, self._ctx.run, self._activate)
                 return self._pending_bytes()
         else:
             self.merged += count
