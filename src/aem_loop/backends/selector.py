@@ -294,21 +294,20 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
     def _add_writer(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
         return self._aem_add_io(fd, _EVENT_WRITE, callback, args)
 
-    def _remove_reader(self, fd: Any) -> bool:
-        old = self._aem_io_handles(fd)[0]
-        self._aem_io_swap(old, None)
+    def _aem_remove_io(self, fd: Any, which: int, remove: Callable[[Any], bool]) -> bool:
+        """asyncio's _remove_reader (*which* 0) or _remove_writer (1), with
+        the core's I/O levels and the urgent tiers kept in step."""
+        self._aem_io_swap(self._aem_io_handles(fd)[which], None)
         num = self._aem_fd_number(fd) if self._aem_tiers is not None else None
-        removed: bool = super()._remove_reader(fd)  # type: ignore[misc]
+        removed = remove(fd)
         self._aem_tier_sync(num)
         return removed
 
+    def _remove_reader(self, fd: Any) -> bool:
+        return self._aem_remove_io(fd, 0, super()._remove_reader)  # type: ignore[misc]
+
     def _remove_writer(self, fd: Any) -> bool:
-        old = self._aem_io_handles(fd)[1]
-        self._aem_io_swap(old, None)
-        num = self._aem_fd_number(fd) if self._aem_tiers is not None else None
-        removed: bool = super()._remove_writer(fd)  # type: ignore[misc]
-        self._aem_tier_sync(num)
-        return removed
+        return self._aem_remove_io(fd, 1, super()._remove_writer)  # type: ignore[misc]
 
     def _aem_check_open(self) -> None:
         self._check_closed()

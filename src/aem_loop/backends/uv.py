@@ -173,9 +173,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             self._aem_leave_fast_path()
         handle = fast_handle(self, callback, args, context)
         self._aem.push(handle)
-        if not self._aem_armed:
-            self._aem_armed = True
-            _uv_call_soon(self, self._aem_dispatch)
+        self._aem_arm()
         return handle
 
     def call_soon_threadsafe(

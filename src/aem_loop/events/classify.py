@@ -163,12 +163,12 @@ class HTTPScanner:
                 buf.clear()
                 heads.append(head)
                 self._after_head(head)
-            elif st == _BODY:
+            elif st in (_BODY, _CHUNK_DATA):
                 k = min(self._need, n - pos)
                 pos += k
                 self._need -= k
                 if not self._need:
-                    self._state = _HEAD
+                    self._state = _HEAD if st == _BODY else _CHUNK_SIZE
             elif st in (_CHUNK_SIZE, _TRAILER):
                 buf = self._buf
                 nl = data.find(b"\n", pos)
@@ -195,12 +195,6 @@ class HTTPScanner:
                 else:
                     self._state = _CHUNK_DATA
                     self._need = size + 2  # the data and its CRLF
-            elif st == _CHUNK_DATA:
-                k = min(self._need, n - pos)
-                pos += k
-                self._need -= k
-                if not self._need:
-                    self._state = _CHUNK_SIZE
             else:  # _OPAQUE
                 break
         return heads

@@ -134,17 +134,19 @@ class _Job:
 # -- fd readiness --------------------------------------------------------------------
 
 
-class _ReadyJob(_Job):
-    """Readiness of an fd.  Level-triggered readiness cannot be lost while
-    nobody watches, so the job stops watching while every event it serves has
-    an activation pending: repeated readiness is one activation."""
+class _FdJob(_Job):
+    """A job that watches an fd (readable, or writable with *write*) at job
+    level, and can stop watching it for a while."""
 
-    def __init__(self, loop: Any, key: Any, write: bool) -> None:
+    write = False
+
+    def __init__(self, loop: Any, key: Any) -> None:
         super().__init__(loop, key)
         self.fd = key[1]
-        self.write = write
-        self.kind = "Writable" if write else "Readable"
         self.watching = False
+
+    def _ready(self) -> None:
+        raise NotImplementedError
 
     def _watch(self) -> None:
         add = self.loop.add_writer if self.write else self.loop.add_reader
@@ -161,6 +163,17 @@ class _ReadyJob(_Job):
 
     def stop(self) -> None:
         self._unwatch()
+
+
+class _ReadyJob(_FdJob):
+    """Readiness of an fd.  Level-triggered readiness cannot be lost while
+    nobody watches, so the job stops watching while every event it serves has
+    an activation pending: repeated readiness is one activation."""
+
+    def __init__(self, loop: Any, key: Any, write: bool) -> None:
+        super().__init__(loop, key)
+        self.write = write
+        self.kind = "Writable" if write else "Readable"
 
     def _ready(self) -> None:
         for ev in list(self.events):
@@ -203,30 +216,13 @@ class Writable:
 # -- socket data: a reactive job ----------------------------------------------------
 
 
-class _SocketJob(_Job):
+class _SocketJob(_FdJob):
     kind = "SocketData"
 
     def __init__(self, loop: Any, key: Any, sock: socket.socket) -> None:
         super().__init__(loop, key)
         self.sock = sock
-        self.fd = key[1]
-        self.watching = False
         self.finished = False
-
-    def _watch(self) -> None:
-        job_context().run(self.loop.add_reader, self.fd, self._ready)
-        self.watching = True
-
-    def _unwatch(self) -> None:
-        if self.watching:
-            self.watching = False
-            self.loop.remove_reader(self.fd)
-
-    def start(self) -> None:
-        self._watch()
-
-    def stop(self) -> None:
-        self._unwatch()
 
     def _ready(self) -> None:
         try:
