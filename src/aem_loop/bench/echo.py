@@ -50,7 +50,29 @@ async def _streams_handler(reader: asyncio.StreamReader, writer: asyncio.StreamW
         writer.close()
 
 
-async def _serve(kind: str) -> None:
+async def _use_a_priority() -> None:
+    """What a program that uses priorities has done before it serves: run
+    something at a non-default priority (this ends the uvloop backend's
+    fast path for the process)."""
+    import aem_loop
+
+    with aem_loop.priority(aem_loop.Priority.HIGH):
+        await asyncio.sleep(0)
+
+
+async def _serve(kind: str, variant: str = "") -> None:
+    if variant == "prio":
+        await _use_a_priority()
+    if variant == "high":
+        import aem_loop
+
+        with aem_loop.priority(aem_loop.Priority.HIGH):
+            await _serve_on(kind)
+    else:
+        await _serve_on(kind)
+
+
+async def _serve_on(kind: str) -> None:
     loop = asyncio.get_running_loop()
     if kind == "protocol":
         server = await loop.create_server(_EchoProtocol, "127.0.0.1", 0, backlog=512)
@@ -83,10 +105,19 @@ async def _serve(kind: str) -> None:
 
 
 def _server_main(loop_name: str, kind: str) -> None:
+    """Serve *kind* on *loop_name*, which may carry a variant and a flag:
+    ``aem-uvloop/prio`` (a priority used before serving), ``aem-uvloop/high``
+    (the server created under Priority.HIGH); ``,cold`` after either skips
+    :func:`settle_malloc` (the allocator as the interpreter left it)."""
     pin(0)
-    settle_malloc()
-    with asyncio.Runner(loop_factory=loop_factory(loop_name)) as r:
-        r.run(_serve(kind))
+    name, _, flags = loop_name.partition(",")
+    if flags != "cold":
+        settle_malloc()
+    base, _, variant = name.partition("/")
+    if variant not in ("", "prio", "high"):
+        raise ValueError(f"unknown server variant {variant!r} in {loop_name!r}")
+    with asyncio.Runner(loop_factory=loop_factory(base)) as r:
+        r.run(_serve(kind, variant))
 
 
 # -- client (child process) ------------------------------------------------------
@@ -311,11 +342,32 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds of bursts per loop in one run (default 5, quick 0.5)")
         ap.add_argument("--burst", type=float, default=BURST)
         ap.add_argument("--out", default=None, help="write the results as JSON here")
+        ap.add_argument("--variants", default="plain,prio,high",
+                        help="aem servers to compare, comma-separated: plain (nothing "
+                             "prioritized), prio (a priority used in the process before "
+                             "serving), high (the server created under Priority.HIGH)")
+        ap.add_argument("--cold", action="store_true",
+                        help="also a second table with servers that skip the allocator "
+                             "warm-up (settle_malloc)")
         a = ap.parse_args(argv)
         from .report import run_echo
 
-        run_echo(quick=a.quick, runs=a.runs, duration=a.duration, out=a.out, loops=LOOPS,
+        loops = echo_loops(a.variants.split(","))
+        run_echo(quick=a.quick, runs=a.runs, duration=a.duration, out=a.out, loops=loops,
                  burst=a.burst)
+        if a.cold:
+            run_echo(quick=a.quick, runs=a.runs, duration=a.duration, out=a.out,
+                     loops=[lp + ",cold" for lp in loops], burst=a.burst)
+
+
+def echo_loops(variants: list[str]) -> list[str]:
+    """The server names for the reference loops and every aem *variant*."""
+    loops = [lp for lp in LOOPS if not lp.startswith("aem-")]
+    for v in variants:
+        if v not in ("plain", "prio", "high"):
+            raise SystemExit(f"unknown variant {v!r}: choose from plain, prio, high")
+        loops += [lp if v == "plain" else f"{lp}/{v}" for lp in LOOPS if lp.startswith("aem-")]
+    return loops
 
 
 if __name__ == "__main__":

@@ -30,6 +30,22 @@ def _save(out: str | None, name: str, data: dict[str, Any], markdown: str) -> No
     (d / f"{name}.md").write_text(markdown)
 
 
+def echo_pairs(loops: Sequence[str]) -> list[tuple[str, str]]:
+    """(reference, aem loop) for every aem loop (variants included) whose
+    reference (same flags) is in *loops*."""
+    pairs = []
+    for aem in loops:
+        if not aem.startswith("aem-"):
+            continue
+        base, _, flags = aem.partition(",")
+        for ref, a in _PAIRS:
+            if base.split("/")[0] == a:
+                r = ref + ("," + flags if flags else "")
+                if r in loops:
+                    pairs.append((r, aem))
+    return pairs
+
+
 def run_echo(*, quick: bool, runs: int, duration: float | None, out: str | None,
              loops: Sequence[str] = LOOPS, burst: float = echo.BURST) -> dict[str, Any]:
     """Every cell *runs* times; a run serves it on all *loops* at once and
@@ -49,35 +65,46 @@ def run_echo(*, quick: bool, runs: int, duration: float | None, out: str | None,
                 for lp, r in rates.items():
                     results.setdefault(key, {}).setdefault(lp, []).extend(round(x) for x in r)
                 prog.advance(task)
-    pairs = [(ref, aem) for ref, aem in _PAIRS if ref in loops and aem in loops]
+    pairs = echo_pairs(loops)
     title = (f"{runs} runs x {cycles} cycles of {burst}s bursts per loop; ratios are "
              f"medians of the per-cycle ratios")
-    table = Table(title=f"echo round trips/s, median burst ({title})")
-    md = [f"Echo, round trips/s: median burst; {title} (all loops served at once, "
-          f"loaded in turns); {machine()}", "",
-          "| cell | " + " | ".join(loops) + " | "
-          + " | ".join(f"{aem}/{ref}" for ref, aem in pairs) + " |",
-          "|---" * (len(loops) + len(pairs) + 1) + "|"]
-    table.add_column("cell")
-    for lp in loops:
-        table.add_column(lp, justify="right")
-    for ref, aem in pairs:
-        table.add_column(f"{aem}/{ref}", justify="right")
-    summary = {}
+    if loops and all(lp.endswith(",cold") for lp in loops):
+        title += "; servers without the allocator warm-up"
+        name = "echo-cold"
+    else:
+        name = "echo"
+    table = Table(title=f"echo round trips/s, median burst, and aem/reference ({title})")
+    keys = list(results)
+    ref_of = {aem: ref for ref, aem in pairs}
+    md = [f"Echo, round trips/s: median burst, and for aem servers the ratio to their "
+          f"reference (stock asyncio for aem-selector, uvloop for aem-uvloop); {title} "
+          f"(all servers served at once, loaded in turns). Servers: /prio = a priority "
+          f"used in the process before serving, /high = the server created under "
+          f"Priority.HIGH; {machine()}", "",
+          "| server | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    table.add_column("server")
+    for key in keys:
+        table.add_column(key, justify="right")
+    summary: dict[str, Any] = {}
     for key, per in results.items():
         med = {lp: median(v) for lp, v in per.items()}
         ratios = {f"{aem}/{ref}": median([a / b for a, b in zip(per[aem], per[ref], strict=True)])
                   for ref, aem in pairs}
         summary[key] = {"median": med, "bursts": per, "ratios": ratios}
-        row = [f"{med[lp]:,.0f}" for lp in loops]
-        cols = [f"{r:.3f}x" for r in ratios.values()]
-        table.add_row(key, *row, *cols)
-        md.append(f"| {key} | " + " | ".join(row + cols) + " |")
+    for lp in loops:
+        cells_ = []
+        for key in keys:
+            c = f"{summary[key]['median'][lp]:,.0f}"
+            if lp in ref_of:
+                c += f" ({summary[key]['ratios'][f'{lp}/{ref_of[lp]}']:.3f}x)"
+            cells_.append(c)
+        table.add_row(lp, *cells_)
+        md.append(f"| {lp} | " + " | ".join(cells_) + " |")
     console.print(table)
     console.print(f"[dim]{machine()}[/dim]")
     data = {"machine": machine(), "date": datetime.datetime.now().isoformat(),
             "burst": burst, "cycles": cycles, "runs": runs, "cells": summary}
-    _save(out, "echo", data, "\n".join(md) + "\n")
+    _save(out, name, data, "\n".join(md) + "\n")
     return data
 
 
