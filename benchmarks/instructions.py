@@ -8,6 +8,10 @@ start-up.  Needs valgrind (Debian package) and takes ~1 minute.
 
     python benchmarks/instructions.py [--loops asyncio,aem-selector] [--api streams]
 
+A loop name may carry a server variant as in benchmarks/echo.py:
+``aem-uvloop/prio`` (a priority used before serving), ``aem-uvloop/high``
+(the server created under Priority.HIGH).
+
 Note: valgrind emulates clock_gettime, which inflates loops that read the
 clock often (aem's time slice) well beyond its real cost (~100 ns a read).
 """
@@ -49,12 +53,25 @@ async def handle(r, w):
 async def main():
     global fut
     loop = asyncio.get_running_loop(); fut = loop.create_future()
+    if variant == "prio":  # a priority used in the process before serving
+        import aem_loop
+        with aem_loop.priority(aem_loop.Priority.HIGH):
+            await asyncio.sleep(0)
+    if variant == "high":  # the server created under Priority.HIGH
+        import aem_loop
+        with aem_loop.priority(aem_loop.Priority.HIGH):
+            await serve(loop)
+    else:
+        await serve(loop)
+    await fut
+async def serve(loop):
+    global srv
     if sys.argv[4] == "streams":
         srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[2]))
     else:
         srv = await loop.create_server(Echo, "127.0.0.1", int(sys.argv[2]))
-    await fut; srv.close()
-with asyncio.Runner(loop_factory=loop_factory(sys.argv[1])) as r: r.run(main())
+name, _, variant = sys.argv[1].partition("/")
+with asyncio.Runner(loop_factory=loop_factory(name)) as r: r.run(main())
 """
 
 

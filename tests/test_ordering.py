@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -269,12 +270,13 @@ def test_first_priority_in_another_thread_ends_the_fast_path(backend):
         later.close()
 
 
-def test_selector_fast_path_round_yields_to_the_first_priority():
-    """selector backend: a callback on the fast path that first uses a
-    priority and queues urgent work: the urgent callback runs next, before
-    the rest of the round (on uvloop's fast path the rest of uvloop's own
-    queue runs first: see backends/uv.py)."""
-    loop = aem_loop.new_event_loop(backend="selector")
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_fast_path_work_yields_to_the_first_priority(backend):
+    """A callback on the fast path that first uses a priority and queues
+    urgent work: the urgent callback runs next, before the default work
+    queued on the fast path (uvloop: the callbacks in uvloop's own queue are
+    taken back and released after it)."""
+    loop = aem_loop.new_event_loop(backend=backend)
     order = []
 
     def first():
@@ -288,10 +290,115 @@ def test_selector_fast_path_round_yields_to_the_first_priority():
         for i in range(3):
             loop.call_soon(order.append, i)
         loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.sleep(0))
         assert order == ["first", "urgent", 0, 1, 2]
         assert not loop.statistics().fast_path
     finally:
         loop.close()
+
+
+README_FIRST_EXAMPLE = """
+import asyncio, sys, aem_loop
+order = []
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.call_soon(order.append, "normal-1")
+    with aem_loop.priority(aem_loop.Priority.HIGH):
+        loop.call_soon(order.append, "HIGH")
+    loop.call_soon(order.append, "normal-2")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+aem_loop.run(main(), backend=sys.argv[1], fast_path=sys.argv[2] == "on")
+print(order)
+"""
+
+
+@pytest.mark.parametrize("fast_path", ["on", "off"])
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_first_priority_in_a_fresh_interpreter_runs_first(backend, fast_path):
+    """README's first use of a priority, as a new program meets it: the HIGH
+    callback runs before the NORMAL work queued earlier."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", README_FIRST_EXAMPLE, backend, fast_path],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    assert out.stdout.strip() == "['HIGH', 'normal-1', 'normal-2']"
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_due_urgent_timer_runs_before_the_fast_path_backlog(backend):
+    """Work queued on the fast path (a backlog of default callbacks, each
+    longer than a time slice) when the first priority is used: a CRITICAL
+    timer due at once runs within a slice, not after the backlog, as it
+    would beside a backlog queued later."""
+    import time
+
+    loop = aem_loop.new_event_loop(backend=backend)
+    order = []
+
+    def step(i):
+        end = time.perf_counter() + 0.001  # 5 time slices
+        while time.perf_counter() < end:
+            pass
+        order.append(i)
+
+    def first():
+        with aem_loop.priority(aem_loop.Priority.CRITICAL):
+            loop.call_at(loop.time(), order.append, "timer")
+
+    try:
+        assert loop.statistics().fast_path
+        loop.call_soon(first)
+        for i in range(50):
+            loop.call_soon(step, i)
+        loop.run_until_complete(asyncio.sleep(0.001))
+        while len(order) < 51:
+            loop.run_until_complete(asyncio.sleep(0))
+        assert order.index("timer") <= 1, order
+        assert [x for x in order if x != "timer"] == list(range(50))
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_threads_keep_their_order_across_the_first_priority(backend):
+    """8 threads call call_soon_threadsafe while the loop's thread uses the
+    first priority: every thread's callbacks run in the order it queued them."""
+    import threading
+
+    loop = aem_loop.new_event_loop(backend=backend)
+    seen: dict[int, list[int]] = {t: [] for t in range(8)}
+    per_thread = 300
+
+    async def main():
+        go = threading.Barrier(9)
+
+        def produce(t):
+            go.wait()
+            for i in range(per_thread):
+                loop.call_soon_threadsafe(seen[t].append, i)
+
+        threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        await loop.run_in_executor(None, go.wait)
+        while sum(map(len, seen.values())) < 200:
+            await asyncio.sleep(0)
+        with aem_loop.priority(aem_loop.Priority.HIGH):
+            await asyncio.sleep(0)  # the first priority, mid-stream
+        for th in threads:
+            await loop.run_in_executor(None, th.join)
+        while sum(map(len, seen.values())) < 8 * per_thread:
+            await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    for t, got in seen.items():
+        assert got == list(range(per_thread)), t
 
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
@@ -466,25 +573,12 @@ def test_random_programs_order_like_stock(ops):
         assert got == reference, ("uvloop", fast_path)
 
 
+@pytest.mark.parametrize("debug", [False, True])
 @pytest.mark.parametrize(
     "backend,fast_path",
-    [
-        ("selector", True),
-        ("selector", False),
-        ("uvloop", True),
-        pytest.param(
-            "uvloop", False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known: on the uvloop backend's leveled dispatch the core's callbacks "
-                "run as one uvloop handle queued at the first of them, so a core callback "
-                "queued after a uvloop-internal one (here the transport's connection_lost) "
-                "in the same round runs before it (docs/design.md, uvloop backend)",
-            ),
-        ),
-    ],
+    [("selector", True), ("selector", False), ("uvloop", True), ("uvloop", False)],
 )
-def test_wakeup_after_abort_sees_the_transport_closed(backend, fast_path):
+def test_wakeup_after_abort_sees_the_transport_closed(backend, fast_path, debug):
     """A task that aborts a transport and yields resumes after the transport's
     connection_lost (scheduled first), also when a callback was queued before
     the abort; stock asyncio and uvloop: the socket's fileno() is -1 by then.
@@ -501,8 +595,8 @@ def test_wakeup_after_abort_sees_the_transport_closed(backend, fast_path):
         await asyncio.sleep(0)
         return sock.fileno()
 
-    assert asyncio.run(main()) == -1  # the reference
-    assert aem_loop.run(main(), backend=backend, fast_path=fast_path) == -1
+    assert asyncio.run(main(), debug=debug) == -1  # the reference
+    assert aem_loop.run(main(), backend=backend, fast_path=fast_path, debug=debug) == -1
 
 
 @pytest.mark.asyncio

@@ -19,6 +19,7 @@ import math
 import select
 import selectors
 import sys
+import threading
 from asyncio import events
 from collections.abc import Callable
 from typing import Any
@@ -320,6 +321,12 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
 
     def _aem_check_thread(self) -> None:
         self._check_thread()  # type: ignore[attr-defined]
+
+    def _aem_leave_fast_path(self) -> None:
+        tid = self._thread_id  # type: ignore[attr-defined]
+        if not self._aem_mixed and (tid is None or tid == threading.get_ident()):
+            self._aem.end_flat_round()  # the bitmap is the loop thread's to change
+        super()._aem_leave_fast_path()
 
     # -- the iteration ----------------------------------------------------------
 

@@ -24,10 +24,22 @@ Fast path: until the first callback, task, timer or connection at a
 non-default priority, ``call_soon``, ``call_soon_threadsafe`` and
 ``add_reader``/``add_writer`` hand their callbacks straight to uvloop
 (there is nothing to order yet), so unmodified programs run at uvloop's
-speed.  From the first non-default
-priority on, the core dispatches every callback; callbacks already in
-uvloop's queue at that moment run first (one round).  ``fast_path=False``
-makes the core dispatch everything from the start.
+speed.  From the first non-default priority on, the core orders every
+callback; what uvloop's queue holds at that moment is taken back (held) and
+released one callback at a time after more urgent work and due timers.
+``fast_path=False`` makes the core dispatch everything from the start.
+
+Hand-off: uvloop's own queue (its ready deque, found once per loop) is used
+as one level of the core.  A ``call_soon`` at level L goes straight to
+uvloop -- no handle of ours, no core round -- when the core holds nothing,
+no round is armed, no I/O was registered and no timer is pending above L,
+and what is handed off and still pending is at L.  Work queued in the core
+above L meanwhile is run by a round put at the *front* of uvloop's deque
+(so before the pending hand-offs); work at or below L by a round at the
+back (after them, so FIFO holds).  A round at the back ends the hand-off
+epoch.  At most HANDOFF_MAX hand-offs per epoch: what another thread queues
+waits behind no more than that.  A program whose streams or tasks are woken
+at one level thus pays one Python call per wakeup, not the core's queue.
 
 What differs from "selector": uvloop's own internal callbacks (signal
 handlers registered with ``add_signal_handler``, connection_made of
@@ -37,7 +49,10 @@ before the core's next round, not in priority order.
 
 from __future__ import annotations
 
+import collections
 import contextvars
+import gc
+import itertools
 import math
 import threading
 import time
@@ -57,6 +72,7 @@ from ..core.loopbase import (
     make_scheduler,
 )
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
+from ..core.scheduler import run_handed_off
 from ..events.loop import EventsLoopMixin
 from .uvproto import PriorityServerMixin
 from .uvsendfile import sendfile_fallback
@@ -87,6 +103,30 @@ def _fileno(fd: Any) -> int | None:
     except (AttributeError, TypeError, ValueError, OSError):
         return None
 _INF = math.inf
+# _aem_above while no hand-off is pending: above every level's bit.
+_NEVER = 1 << 200
+# Hand-offs in one epoch (see "Hand-off" in the module docstring): bounds what
+# a callback queued from another thread may wait behind.
+HANDOFF_MAX = 64
+
+
+def _noop() -> None:
+    pass
+
+
+def _find_ready(loop: uvloop.Loop) -> tuple[Any, Any]:
+    """uvloop's ready queue of *loop* (the deque its call_soon appends to and
+    each iteration pops from) and a handle that does nothing; found by asking
+    for one callback and looking for it among the loop's referents.  (None,
+    None) if this uvloop keeps it elsewhere: the backend then never hands
+    callbacks off nor takes them back."""
+    h = _uv_call_soon(loop, _noop)
+    for obj in gc.get_referents(loop):
+        if type(obj) is collections.deque and any(x is h for x in obj):
+            obj.remove(h)
+            return obj, h
+    h.cancel()
+    return None, None
 
 
 class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ignore[misc]
@@ -107,6 +147,25 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             raise
         self._aem.debug = self.get_debug()
         self._aem_armed = False
+        # Hand-off state (see the module docstring).
+        self._aem_ready, self._aem_noop = _find_ready(self)
+        self._aem_h = -1  # level of the pending hand-offs; -1: none pending
+        self._aem_above = _NEVER  # 2 << _aem_h: core bits this high preempt them
+        # hand-offs this epoch (no deque: never hand off)
+        self._aem_handed = 0 if self._aem_ready is not None else HANDOFF_MAX
+        self._aem_keep = False  # the armed round may run before pending hand-offs
+        self._aem_front = False  # a preempting round is queued at the front
+        self._aem_front_since = -1.0
+        # No hand-off below this level: the highest level I/O was registered
+        # at, or a pending timer was created at (reset when no timer pends).
+        self._aem_top = DEFAULT_PRIORITY
+        self._aem_io_top = DEFAULT_PRIORITY
+        # What uvloop's queue held when the fast path ended, released one by
+        # one by the feeder (see _aem_hold).
+        self._aem_held: collections.deque[Any] = collections.deque()
+        self._aem_feeder: Any = None
+        self._aem_feed_since = -1.0
+        self._aem_thread: int | None = None
         # The fast path: until the process first uses a non-default priority
         # there is nothing to order, and uvloop's own call_soon is this
         # loop's (an instance attribute, found before the class's method):
@@ -120,7 +179,6 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                 self.__dict__["call_soon"] = _uv_call_soon.__get__(self)
             on_first_priority(self)
         self._aem_closed = False
-        self._aem_thread: int | None = None
         self._aem_uv_timer: Any = None
         self._aem_timer_when = _INF
         self._current_handle = None
@@ -146,7 +204,36 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             self._aem_leave_fast_path()
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
-        if self._aem.debug or not FAST_HANDLES:
+        sched = self._aem
+        if (not sched._bits and not self._aem_armed and self._aem_handed < HANDOFF_MAX
+                and not sched.inbox and not sched.boosts):
+            # Hand-off: nothing queued in the core, nothing registered for I/O
+            # above this level, no hand-off pending at another level: uvloop's
+            # own queue keeps it in order (see the module docstring).
+            if context is None:
+                level = PRIORITY_VAR.get(DEFAULT_PRIORITY)
+            else:
+                level = context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+            if level < self._aem_top and not sched.timers.n:
+                self._aem_top = self._aem_io_top  # the urgent timers are gone
+            h = self._aem_h
+            if (level >= self._aem_top and sched.current <= level
+                    and (h == level or h < 0) and not self._aem_held and FAST_HANDLES):
+                if h < 0:
+                    self._aem_h = level
+                    self._aem_above = 2 << level
+                self._aem_handed += 1
+                sched.dispatched[level] += 1
+                if not sched.debug:
+                    return _uv_call_soon(self, callback, *args, context=context)
+                # debug mode: the handle records where it was made, as the core's do
+                handle = AEMHandle(callback, args, self, context)  # type: ignore[arg-type]
+                self._aem_check_thread()
+                if handle._source_traceback:
+                    del handle._source_traceback[-1]
+                _uv_call_soon(self, run_handed_off, handle)
+                return handle
+        if sched.debug or not FAST_HANDLES:
             handle = AEMHandle(callback, args, self, context)  # type: ignore[arg-type]
             if handle._source_traceback:  # captured in debug mode only
                 self._aem_check_thread()
@@ -154,10 +241,13 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         else:
             handle = fast_handle(self, callback, args, context)
         if context is None or self._aem_creating:
-            self._aem.push(handle)
+            sched.push(handle)
         else:
-            self._aem.push_woken(handle)
-        if not self._aem_armed:  # _aem_arm(), inlined on this hot path
+            sched.push_woken(handle)
+        if sched._bits >= self._aem_above:  # more urgent than pending hand-offs
+            if not self._aem_front:
+                self._aem_arm_front()
+        elif not self._aem_armed:  # _aem_arm(), inlined on this hot path
             self._aem_armed = True
             _uv_call_soon(self, self._aem_dispatch)
         return handle
@@ -190,9 +280,17 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         if handle._source_traceback:
             del handle._source_traceback[-1]
         self._aem.push_threadsafe(handle)
-        # uvloop's own thread-safe entry wakes libuv (uv_async_send).
-        _uv_call_soon_threadsafe(self, self._aem_dispatch)
+        # uvloop's own thread-safe entry wakes libuv (uv_async_send); in the
+        # loop's thread the inbox is queued and a round armed as usual.
+        _uv_call_soon_threadsafe(self, self._aem_take_inbox)
         return handle
+
+    def _aem_take_inbox(self) -> None:
+        sched = self._aem
+        if sched.inbox:
+            sched.drain_inbox()
+        if sched._bits:
+            self._aem_arm()
 
     # -- readers and writers ---------------------------------------------------------
     #
@@ -211,6 +309,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         handle = AEMHandle(callback, args, self, None)
         handle._aem_q = False
         sched = self._aem
+        self._aem_note_io(handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY))
 
         def ready() -> None:
             if not handle._cancelled:
@@ -256,36 +355,169 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
 
     # -- dispatch -----------------------------------------------------------------
 
+    def _aem_note_io(self, level: int) -> None:
+        """I/O was registered at *level*: no hand-off below it from now on
+        (its readiness must not wait behind a batch in uvloop's queue)."""
+        if level > self._aem_io_top:
+            self._aem_io_top = level
+        if level > self._aem_top:
+            self._aem_top = level
+
     def _aem_arm(self) -> None:
-        """Have uvloop run the next round (once, however often it is asked)."""
-        if not self._aem_armed:
+        """Have uvloop run the next round (once, however often it is asked);
+        ahead of pending hand-offs if the core holds more urgent work."""
+        if self._aem._bits >= self._aem_above:
+            if not self._aem_front:
+                self._aem_arm_front()
+        elif not self._aem_armed and not self._aem_held:  # the feeder arms when done
             self._aem_armed = True
             _uv_call_soon(self, self._aem_dispatch)
 
+    def _aem_arm_front(self) -> None:
+        """Queue a round of the levels above the pending hand-offs at the
+        front of uvloop's ready queue: it runs next, before them."""
+        ready = self._aem_ready
+        self._aem_front = True
+        h = _uv_call_soon(self, self._aem_dispatch_front)
+        last = ready.pop()
+        if last is not h:  # another thread's call_soon_threadsafe came between
+            ready.append(last)
+            ready.remove(h)
+        ready.appendleft(h)
+
     def _aem_dispatch(self) -> None:
         self._aem_armed = False
+        floor = -1
+        if self._aem_held:  # held callbacks go first at their level
+            floor = self._aem_h
+        elif self._aem_keep:  # armed before the hand-offs pending now
+            self._aem_keep = False
+            floor = self._aem_h
+        else:  # every hand-off was queued before this round: all have run
+            self._aem_h = -1
+            self._aem_above = _NEVER
+            if self._aem_ready is not None:
+                self._aem_handed = 0
         sched = self._aem
         try:
             if sched.timers.n:
                 sched.move_due_timers(_monotonic())
             sched.polls += 1
-            sched.run_ready()
+            sched.run_ready(floor)
         finally:
-            if sched._bits or sched.inbox:
+            self._aem_after_round()
+
+    def _aem_hold(self) -> None:
+        """The fast path ends: take what uvloop's queue holds (callbacks
+        queued on the fast path, at the default level) out of it, to be
+        released one by one by the feeder, which runs more urgent work and
+        due timers first.  The deque keeps its length (uvloop's running pass
+        pops as many as it counted): the feeder and no-op stand-ins."""
+        ready = self._aem_ready
+        n = len(ready)
+        if not n:
+            return
+        held = self._aem_held
+        while ready:  # one at a time: another thread may append meanwhile
+            held.append(ready.popleft())
+        if self._aem_feeder is None:
+            self._aem_feeder = _uv_call_soon(self, self._aem_feed)
+        else:
+            ready.append(self._aem_feeder)
+        if n > 1:
+            ready.extend(itertools.repeat(self._aem_noop, n - 1))
+
+    def _aem_feed(self) -> None:
+        """Release the next held callback after what is more urgent."""
+        sched = self._aem
+        now = _monotonic()
+        if self._aem_feed_since < 0:
+            self._aem_feed_since = now
+        held = self._aem_held
+        try:
+            self._aem_run_above(now)
+        finally:
+            ready = self._aem_ready
+            if held and ready is not None:
+                h = held.popleft()
+                if _monotonic() - self._aem_feed_since < sched.slice:
+                    ready.appendleft(self._aem_feeder)  # in this pass: h, then the feeder
+                    ready.appendleft(h)
+                else:  # a slice spent: libuv polls before the next one
+                    self._aem_feed_since = -1.0
+                    ready.append(h)
+                    ready.append(self._aem_feeder)
+            else:
+                held.clear()
+                self._aem_feed_since = -1.0
+                self._aem_h = -1
+                self._aem_above = _NEVER
+                if sched._bits or sched.inbox:
+                    self._aem_arm()
+                self._aem_rearm_timer()
+
+    def _aem_dispatch_front(self) -> None:
+        """The round that preempts pending hand-offs: the levels above them.
+        While it runs, ``_aem_front`` stays set: what it queues is its own
+        to run or to re-arm for."""
+        sched = self._aem
+        now = _monotonic()
+        if self._aem_front_since < 0:
+            self._aem_front_since = now
+        try:
+            self._aem_run_above(now)
+        finally:
+            self._aem_front = False
+            if sched._bits >= self._aem_above:
+                aging = sched.aging
+                if aging is None or _monotonic() - self._aem_front_since < aging:
+                    self._aem_arm_front()
+                else:
+                    # As aging would: the hand-offs (and libuv's poll) get their
+                    # turn; no more preemption until the round behind them.
+                    self._aem_front_since = -1.0
+                    self._aem_above = _NEVER
+            else:
+                self._aem_front_since = -1.0
+            if sched._bits < self._aem_above and (sched._bits or sched.inbox):
                 self._aem_arm()
-            if sched.timers.n:
-                when = sched.timers.next_when()
-                if when is not None and when < self._aem_timer_when:
-                    self._aem_arm_timer(when)
+            if not self._aem_armed and not self._aem_held and self._aem_h >= 0:
+                # A round behind the hand-offs ends their epoch (else work at
+                # another level would keep preempting them with fronts).
+                self._aem_armed = True
+                _uv_call_soon(self, self._aem_dispatch)
+            self._aem_rearm_timer()
+
+    def _aem_after_round(self) -> None:
+        sched = self._aem
+        if sched._bits or sched.inbox:
+            self._aem_arm()
+        self._aem_rearm_timer()
+
+    def _aem_run_above(self, now: float) -> None:
+        """Due timers, then a round of what is queued above the hand-offs."""
+        sched = self._aem
+        if sched.timers.n:
+            sched.move_due_timers(now)
+        if sched._bits >= self._aem_above:
+            sched.polls += 1
+            sched.run_ready(self._aem_h)
+
+    def _aem_rearm_timer(self) -> None:
+        sched = self._aem
+        if sched.timers.n:
+            when = sched.timers.next_when()
+            if when is not None and when < self._aem_timer_when:
+                self._aem_arm_timer(when)
 
     # -- timers: one libuv timer for the earliest core timer ---------------------
 
     def _aem_timer_added(self, timer: events.TimerHandle) -> None:
-        if (
-            not self._aem_mixed
-            and timer._context.get(PRIORITY_VAR, DEFAULT_PRIORITY) != DEFAULT_PRIORITY
-        ):
+        level = timer._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+        if level != DEFAULT_PRIORITY and not self._aem_mixed:
             self._aem_leave_fast_path()
+        if level > self._aem_top:  # no hand-off below it while it pends
+            self._aem_top = level
         fire = timer._aem_fire  # type: ignore[attr-defined]
         if fire < self._aem_timer_when:
             self._aem_arm_timer(fire)
@@ -346,9 +578,20 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
 
     def _aem_leave_fast_path(self) -> None:
         """From now on every callback goes through the core (for good): also
-        drops uvloop's call_soon bound on the loop."""
+        drops uvloop's call_soon bound on the loop.  What the fast path
+        queued in uvloop's queue becomes a pending hand-off at the default
+        level: more urgent work queued from now on runs before it."""
+        hold = not self._aem_mixed and self._aem_ready is not None
         super()._aem_leave_fast_path()
         self.__dict__.pop("call_soon", None)
+        if hold:
+            self._aem_h = DEFAULT_PRIORITY
+            self._aem_above = 2 << DEFAULT_PRIORITY
+            tid = self._aem_thread
+            if tid is None or tid == threading.get_ident():
+                self._aem_hold()
+            elif self._aem_armed:  # another thread: the queue is not ours to take
+                self._aem_keep = True
 
     def run_forever(self) -> None:
         self._aem_thread = threading.get_ident()
@@ -361,6 +604,11 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         super().close()
         self._aem_closed = True
         self.__dict__.pop("call_soon", None)  # a bound method of the loop: a cycle
+        self._aem_ready = None
+        self._aem_handed = HANDOFF_MAX
+        self._aem_above = _NEVER
+        self._aem_held.clear()
+        self._aem_feeder = self._aem_noop = None  # bound methods of the loop: cycles
         self._aem_uv_timer = None
         self._aem_timer_when = _INF
         self._aem.clear()

@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ..core.priority import DEFAULT_PRIORITY, current_priority
+from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL, current_priority
 from ..events.classify import CLASSIFIER, ClassifiedProtocol, call_deferred, wrap_factory
 
 __all__ = ["PriorityServerMixin"]
@@ -31,7 +31,9 @@ class _PriorityProtocol(asyncio.Protocol):
     def __init__(self, inner: Any, level: int, loop: Any) -> None:
         self._aem_inner = inner
         self._aem_level = level
+        self._aem_limit = 2 << level  # the core's bitmap below this: nothing more urgent
         self._aem_loop = loop
+        self._aem_sched = loop._aem
         self._aem_backlog = 0
         self._aem_transport: Any = None
 
@@ -42,13 +44,15 @@ class _PriorityProtocol(asyncio.Protocol):
         return f"<aem priority {self._aem_level} protocol for {self._aem_inner!r}>"
 
     def _aem_direct(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._aem_loop._aem.run_direct(self._aem_level, fn, *args)
+        return self._aem_sched.run_direct(self._aem_level, fn, *args)
 
     def _aem_call(self, fn: Callable[..., Any], *args: Any) -> None:
-        sched = self._aem_loop._aem
-        if not self._aem_backlog and sched.top() <= self._aem_level:
-            self._aem_direct(fn, *args)
+        if not self._aem_backlog and self._aem_sched._bits < self._aem_limit:
+            self._aem_sched.run_direct(self._aem_level, fn, *args)
             return
+        self._aem_defer(fn, args)
+
+    def _aem_defer(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self._aem_backlog += 1
         self._aem_loop.call_soon(self._aem_deferred, fn, args)
 
@@ -63,10 +67,14 @@ class _PriorityProtocol(asyncio.Protocol):
         self._aem_direct(self._aem_inner.connection_made, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._aem_call(self._aem_inner.data_received, data)
+        # _aem_call, inlined: the path of every message
+        if not self._aem_backlog and self._aem_sched._bits < self._aem_limit:
+            self._aem_sched.run_direct(self._aem_level, self._aem_inner.data_received, data)
+        else:
+            self._aem_defer(self._aem_inner.data_received, (data,))
 
     def eof_received(self) -> bool | None:
-        if not self._aem_backlog and self._aem_loop._aem.top() <= self._aem_level:
+        if not self._aem_backlog and self._aem_sched._bits < self._aem_limit:
             return self._aem_direct(self._aem_inner.eof_received)  # type: ignore[no-any-return]
         self._aem_call(self._aem_inner.eof_received)
         return True  # keep the transport open until the deferred call decides
@@ -91,15 +99,18 @@ class _PriorityBufferedProtocol(_PriorityProtocol, asyncio.BufferedProtocol):
 
 def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
     if getattr(factory, "_aem_classified", False):  # its protocols are classified already
+        loop._aem_note_io(JOB_LEVEL)
         return factory
     classifier = CLASSIFIER.get()
     if classifier is not None:  # the classified protocol keeps the connection's level too
         loop._aem_leave_fast_path()
+        loop._aem_note_io(JOB_LEVEL)
         return wrap_factory(loop, factory, classifier)
     level = current_priority()
     if level == DEFAULT_PRIORITY:
         return factory
     loop._aem_leave_fast_path()
+    loop._aem_note_io(level)
 
     def make() -> Any:
         inner = factory()

@@ -136,6 +136,14 @@ def own_handle(handle: Any) -> Any:
     return handle if cls is AEMHandle or cls is AEMTimerHandle else foreign_handle(handle)
 
 
+def run_handed_off(handle: Any) -> None:
+    """Run *handle* (unless cancelled) from the backend's own queue: the
+    uvloop backend hands a callback to uvloop in debug mode this way, so that
+    ``call_soon`` returns a handle that records where it was made."""
+    if not handle._cancelled:
+        handle._run()
+
+
 def _is_wakeup(callback: Any) -> bool:
     """False for a task rescheduling its own next step (a bare yield, e.g.
     ``sleep(0)``), which keeps the task's level; True for a task woken by a
@@ -390,6 +398,14 @@ class Scheduler(ReadyQueue):
         if not c:
             self._start_probe(q[-1], _DEF, self._clock())
 
+    def end_flat_round(self) -> None:
+        """The fast path ends (in the loop's thread): a :meth:`run_flat`
+        round in progress stops at its next callback, so that what the
+        first priority brought (an urgent callback or timer) runs before the
+        rest of it, in :meth:`run_ready`'s order.  It sets the bit of the
+        job level, which names no queued callback: run_ready clears it."""
+        self._bits |= _BIT[NQUEUES - 1]
+
     def run_flat(self) -> None:
         """:meth:`run_ready` on the fast path: asyncio's round (what is ready
         when it begins, FIFO), with the lateness probe and counts kept."""
@@ -578,12 +594,14 @@ class Scheduler(ReadyQueue):
                 level = self._boosted(handle, level)
             self._enqueue(handle, level)
 
-    def run_ready(self) -> None:
+    def run_ready(self, floor: int = -1) -> None:
         """Run one round of ready callbacks.  The only place callbacks are called.
 
         The inner loop drains one level while nothing more urgent is queued
         (checked after every callback: one comparison of the bitmap), and
         settles the bookkeeping of that level once when it leaves it.
+        With *floor*, only levels above it run (and no aging: what waits at
+        or below it is left, in order, to a later round).
         """
         if self.inbox:
             self.drain_inbox()
@@ -599,13 +617,15 @@ class Scheduler(ReadyQueue):
         # A round of one callback needs no clock: nothing can wait behind it.
         deadline = clock() + self.slice if n > 1 else _INF
         try:
-            if bits & (bits - 1) and self.aging is not None:  # two levels or more
+            if bits & (bits - 1) and self.aging is not None and floor < 0:  # two levels+
                 n -= self._run_aged(clock())
             while n > 0:
                 bits = self._bits
                 if not bits:
                     break
                 level = bits.bit_length() - 1
+                if level <= floor:
+                    break
                 q = levels[level]
                 above = 2 << level  # the bitmap reaches this: more urgent work
                 # Only a timer or I/O above this level can bring more urgent
