@@ -634,3 +634,10 @@ async def test_spent_slices_poll_only_when_io_more_urgent_than_the_backlog_is_re
     b.close()
     assert order.index("urgent") == 10  # right after the callback that made it ready
     assert extra < 8, extra  # not one full poll per spent slice (20 of them)
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_a_misspelt_option_names_every_option(backend):
+    with pytest.raises(TypeError, match="'fastpath'.*known options: time_slice, aging, "
+                       "strict, inherit, timer_slack, fast_path"):
+        aem_loop.new_event_loop(backend=backend, fastpath=False)

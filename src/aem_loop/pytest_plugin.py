@@ -41,13 +41,26 @@ def _backends(config: pytest.Config) -> list[str]:
     return ["selector", "uvloop"] if value == "all" else [value]
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_asyncio_loop_factories(config: pytest.Config, item: Any) -> Any:
-    names = _backends(config)
-    if not names:
-        return None
-    import aem_loop
+class _Factories:
+    """Registered only when asked (see pytest_configure): pytest-asyncio's
+    ``pytest_asyncio_loop_factories`` is a first-result hook that must
+    return a non-empty mapping, so an implementation that answers None
+    would break every other suite in the environment."""
 
-    return {
-        f"aem-{n}": functools.partial(aem_loop.new_event_loop, backend=n) for n in names
-    }
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_asyncio_loop_factories(self, config: pytest.Config, item: Any) -> Any:
+        import aem_loop
+
+        return {
+            f"aem-{n}": functools.partial(aem_loop.new_event_loop, backend=n)
+            for n in self.names
+        }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    names = _backends(config)
+    if names:
+        config.pluginmanager.register(_Factories(names), "aem_loop_factories")

@@ -85,7 +85,7 @@ def make_scheduler(owner: Any, options: dict[str, Any]) -> Scheduler:
     if unknown:
         raise TypeError(
             f"unknown aem_loop option(s) {', '.join(map(repr, unknown))}; "
-            f"known options: {', '.join(LOOP_OPTIONS)}"
+            f"known options: {', '.join((*LOOP_OPTIONS, 'fast_path'))}"
         )
     strict = options.get("strict", False)
     if not isinstance(strict, bool):
