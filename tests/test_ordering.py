@@ -638,6 +638,6 @@ async def test_spent_slices_poll_only_when_io_more_urgent_than_the_backlog_is_re
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
 def test_a_misspelt_option_names_every_option(backend):
-    with pytest.raises(TypeError, match="'fastpath'.*known options: time_slice, aging, "
-                       "strict, inherit, timer_slack, fast_path"):
+    with pytest.raises(TypeError, match=r"'fastpath'.*known options: time_slice, aging, "
+                       r"strict, inherit, timer_slack, fast_path"):
         aem_loop.new_event_loop(backend=backend, fastpath=False)
