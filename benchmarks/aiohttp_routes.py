@@ -1,6 +1,7 @@
 """An aiohttp app under a /bulk flood: how fast is /health answered, and at what cost?
 
     python benchmarks/aiohttp_routes.py [--runs 3] [--duration 3] [--out benchmarks/results]
+    python benchmarks/aiohttp_routes.py --app hello [--runs 3] [--out benchmarks/results]
 
 One aiohttp app, one port: /bulk does 8 slices of 0.5 ms CPU with a yield
 in between; wrk (pinned to the second CPU) floods it with 64 keep-alive
@@ -23,6 +24,13 @@ is saturated; wrk's own requests/s moves in steps of one round of its 64
 connections, ~7% of a 3 s run, so it cannot show a few percent), medians
 over the runs (runs interleaved); the stock loops run the same app without
 priorities in every mode.
+
+``--app hello``: aiohttp's hello world instead (``/`` answers "Hello,
+World!"), flooded by wrk with 50 connections, the probe as above; modes
+plain, prio (a priority used in the process before serving: what any
+program that uses priorities has done) and site.  The figure is requests
+per second of the server's CPU time (the server is saturated), beside
+wrk's own requests/s.
 """
 
 from __future__ import annotations
@@ -44,12 +52,13 @@ from aem_loop.bench.common import machine, save_results
 
 LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
 MODES = ("plain", "routes", "site")
+HELLO_MODES = ("plain", "prio", "site")
 PROBE_INTERVAL = 0.005
 
 
 # -- the server (a child process) --------------------------------------------------------
 
-def serve(loop_name: str, mode: str, options: str = "") -> None:
+def serve(loop_name: str, mode: str, options: str = "", app_kind: str = "bulk") -> None:
     import asyncio
 
     from aiohttp import web
@@ -75,14 +84,22 @@ def serve(loop_name: str, mode: str, options: str = "") -> None:
         probed[0] += 1
         return web.Response(text="ok")
 
+    async def hello(request: web.Request) -> web.Response:
+        served[0] += 1
+        return web.Response(text="Hello, World!")
+
     app = web.Application()
     app.router.add_get("/bulk", bulk)
+    app.router.add_get("/", hello)
     app.router.add_get("/health", health)
     aem = loop_name.startswith("aem-")
     if aem and mode == "routes":
         aem_loop.aiohttp.route_priorities(app, {"/health": aem_loop.Priority.HIGH})
 
     async def main() -> None:
+        if aem and mode == "prio":
+            with aem_loop.priority(aem_loop.Priority.HIGH):
+                await asyncio.sleep(0)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -183,17 +200,18 @@ def probe(port: int, duration: float) -> None:
 
 # -- one measurement ---------------------------------------------------------------------
 
-def measure(loop_name: str, mode: str, duration: float, options: str = ""
-            ) -> dict[str, float]:
+def measure(loop_name: str, mode: str, duration: float, options: str = "",
+            app_kind: str = "bulk") -> dict[str, float]:
     me = os.path.abspath(__file__)
-    srv = subprocess.Popen([sys.executable, me, "--serve", loop_name, mode, options],
+    srv = subprocess.Popen([sys.executable, me, "--serve", loop_name, mode, options, app_kind],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    conns, path = (64, "/bulk") if app_kind == "bulk" else (50, "/")
     try:
         assert srv.stdout is not None and srv.stdin is not None
         port, probe_port = map(int, srv.stdout.readline().split())
         wrk = subprocess.Popen(
-            ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{math.ceil(duration) + 1}s",
-             f"http://127.0.0.1:{port}/bulk"],
+            ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{math.ceil(duration) + 1}s",
+             f"http://127.0.0.1:{port}{path}"],
             stdout=subprocess.PIPE, text=True)
         time.sleep(0.3)  # the flood is on before the probe starts
         srv.stdin.write("mark\n")
@@ -237,10 +255,12 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--loops", default=",".join(LOOPS))
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=None,
+                    help=f"default: {','.join(MODES)}; with --app hello {','.join(HELLO_MODES)}")
+    ap.add_argument("--app", choices=("bulk", "hello"), default="bulk")
     ap.add_argument("--aem-options", default="",
                     help="loop options for the aem servers, e.g. time_slice=0.001")
-    ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
@@ -250,28 +270,31 @@ def main() -> None:
         probe(int(a.probe[0]), float(a.probe[1]))
         return
     loops = a.loops.split(",")
-    modes = a.modes.split(",")
+    modes = (a.modes or ",".join(MODES if a.app == "bulk" else HELLO_MODES)).split(",")
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for run in range(a.runs):
         for mode in modes:
             for name in loops:
-                r = measure(name, mode, a.duration, a.aem_options)
+                r = measure(name, mode, a.duration, a.aem_options, a.app)
                 results.setdefault(mode, {}).setdefault(name, []).append(r)
                 print(f"run {run + 1}/{a.runs} {mode:6} {name:13} /health p50 "
                       f"{r['health_p50_ms']:7.2f} p99 {r['health_p99_ms']:7.2f} ms, "
-                      f"/bulk {r['bulk_rps']:8.0f} req/s", flush=True)
+                      f"{a.app} {r['bulk_rps']:8.0f} req/CPU-s, wrk {r['wrk_rps']:8.0f} "
+                      "req/s", flush=True)
+    hello = a.app == "hello"
+    what, conns = ("/ (hello world)", 50) if hello else ("/bulk", 64)
     lines = [
-        "# aiohttp: /health latency under a /bulk flood",
+        f"# aiohttp: /health latency under a {what} flood",
         "",
-        f"Machine: {machine()}. wrk -t1 -c64 on CPU 1, server on CPU 0, probe every "
+        f"Machine: {machine()}. wrk -t1 -c{conns} on CPU 1, server on CPU 0, probe every "
         f"{PROBE_INTERVAL * 1e3:.0f} ms on CPU 1; {a.duration:.0f} s per cell, medians of "
         f"{a.runs} interleaved runs.",
         "Command: `python benchmarks/aiohttp_routes.py "
-        f"--runs {a.runs} --duration {a.duration:g}`",
+        + ("--app hello " if hello else "") + f"--runs {a.runs} --duration {a.duration:g}`",
         "",
         "| mode | loop | /health p50 ms | /health p99 ms | /health max ms | /health served/s "
-        "| /bulk per CPU-s | vs stock |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| {what} per CPU-s | vs stock | wrk req/s | vs stock |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in modes:
         med = {
@@ -281,12 +304,15 @@ def main() -> None:
         for name in loops:
             m = med[name]
             ref = med.get("uvloop" if name == "aem-uvloop" else "asyncio")
-            ratio = f"{m['bulk_rps'] / ref['bulk_rps']:.3f}x" if ref and name.startswith(
-                "aem") else ""
+            aem = ref is not None and name.startswith("aem")
+            ratio = f"{m['bulk_rps'] / ref['bulk_rps']:.3f}x" if aem else ""
+            wratio = f"{m['wrk_rps'] / ref['wrk_rps']:.3f}x" if aem else ""
             lines.append(f"| {mode} | {name} | {m['health_p50_ms']:.2f} | "
                          f"{m['health_p99_ms']:.2f} | {m['health_max_ms']:.2f} | "
-                         f"{m['health_per_s']:.0f} | {m['bulk_rps']:.0f} | {ratio} |")
-    save_results(a.out, "aiohttp_routes", "\n".join(lines) + "\n", {"results": results})
+                         f"{m['health_per_s']:.0f} | {m['bulk_rps']:.0f} | {ratio} | "
+                         f"{m['wrk_rps']:.0f} | {wratio} |")
+    save_results(a.out, "aiohttp_hello" if hello else "aiohttp_routes", "\n".join(lines) + "\n",
+                 {"results": results})
 
 
 if __name__ == "__main__":

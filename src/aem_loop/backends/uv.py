@@ -72,7 +72,7 @@ from ..core.loopbase import (
     make_scheduler,
 )
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
-from ..core.scheduler import run_handed_off
+from ..core.scheduler import _BIT, run_handed_off
 from ..events.loop import EventsLoopMixin
 from .uvproto import PriorityServerMixin
 from .uvsendfile import sendfile_fallback
@@ -103,7 +103,7 @@ def _fileno(fd: Any) -> int | None:
     except (AttributeError, TypeError, ValueError, OSError):
         return None
 _INF = math.inf
-# _aem_above while no hand-off is pending: above every level's bit.
+# _HandOff.above while no hand-off is pending: above every level's bit.
 _NEVER = 1 << 200
 # Hand-offs in one epoch (see "Hand-off" in the module docstring): bounds what
 # a callback queued from another thread may wait behind.
@@ -112,6 +112,21 @@ HANDOFF_MAX = 64
 
 def _noop() -> None:
     pass
+
+
+class _HandOff:
+    """The hand-off state of one loop, in slots (read on every call_soon)."""
+
+    __slots__ = ("above", "budget", "h", "io_top", "top")
+
+    def __init__(self) -> None:
+        self.budget = 0  # hand-offs allowed before the next round at the back
+        self.h = -1  # the level of the pending hand-offs; -1: none pending
+        self.above = _NEVER  # 2 << h: core bits this high preempt them
+        # No hand-off below top: the highest level I/O was registered at
+        # (io_top), or a pending timer was created at (reset when none pends).
+        self.top = DEFAULT_PRIORITY
+        self.io_top = DEFAULT_PRIORITY
 
 
 def _find_ready(loop: uvloop.Loop) -> tuple[Any, Any]:
@@ -149,17 +164,12 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         self._aem_armed = False
         # Hand-off state (see the module docstring).
         self._aem_ready, self._aem_noop = _find_ready(self)
-        self._aem_h = -1  # level of the pending hand-offs; -1: none pending
-        self._aem_above = _NEVER  # 2 << _aem_h: core bits this high preempt them
-        # hand-offs this epoch (no deque: never hand off)
-        self._aem_handed = 0 if self._aem_ready is not None else HANDOFF_MAX
+        self._aem_ho = _HandOff()
+        if self._aem_ready is not None:  # else never hand off
+            self._aem_ho.budget = HANDOFF_MAX
         self._aem_keep = False  # the armed round may run before pending hand-offs
         self._aem_front = False  # a preempting round is queued at the front
         self._aem_front_since = -1.0
-        # No hand-off below this level: the highest level I/O was registered
-        # at, or a pending timer was created at (reset when no timer pends).
-        self._aem_top = DEFAULT_PRIORITY
-        self._aem_io_top = DEFAULT_PRIORITY
         # What uvloop's queue held when the fast path ended, released one by
         # one by the feeder (see _aem_hold).
         self._aem_held: collections.deque[Any] = collections.deque()
@@ -178,6 +188,8 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             if type(self).call_soon is UVLoop.call_soon:  # not a subclass's own
                 self.__dict__["call_soon"] = _uv_call_soon.__get__(self)
             on_first_priority(self)
+        else:
+            self._aem_install_call_soon()
         self._aem_closed = False
         self._aem_uv_timer: Any = None
         self._aem_timer_when = _INF
@@ -205,8 +217,13 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
         sched = self._aem
-        if (not sched._bits and not self._aem_armed and self._aem_handed < HANDOFF_MAX
-                and not sched.inbox and not sched.boosts):
+        ho = self._aem_ho
+        bits = sched._bits
+        if bits:  # inside a round, the running level's bit stays set while it drains
+            cur = sched.current
+            if cur >= 0 and bits == _BIT[cur] and not sched._levels[cur]:
+                bits = 0
+        if ho.budget > 0 and not bits and not sched.inbox and not sched.boosts:
             # Hand-off: nothing queued in the core, nothing registered for I/O
             # above this level, no hand-off pending at another level: uvloop's
             # own queue keeps it in order (see the module docstring).
@@ -214,16 +231,14 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                 level = PRIORITY_VAR.get(DEFAULT_PRIORITY)
             else:
                 level = context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
-            if level < self._aem_top and not sched.timers.n:
-                self._aem_top = self._aem_io_top  # the urgent timers are gone
-            h = self._aem_h
-            if (level >= self._aem_top and sched.current <= level
-                    and (h == level or h < 0) and not self._aem_held and FAST_HANDLES):
+            if level < ho.top and not sched.timers.n:
+                ho.top = ho.io_top  # the urgent timers are gone
+            h = ho.h
+            if level >= ho.top and sched.current <= level and (h == level or h < 0):
                 if h < 0:
-                    self._aem_h = level
-                    self._aem_above = 2 << level
-                self._aem_handed += 1
-                sched.dispatched[level] += 1
+                    ho.h = level
+                    ho.above = 2 << level
+                ho.budget -= 1
                 if not sched.debug:
                     return _uv_call_soon(self, callback, *args, context=context)
                 # debug mode: the handle records where it was made, as the core's do
@@ -244,13 +259,56 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             sched.push(handle)
         else:
             sched.push_woken(handle)
-        if sched._bits >= self._aem_above:  # more urgent than pending hand-offs
+        if sched._bits >= ho.above:  # more urgent than pending hand-offs
             if not self._aem_front:
                 self._aem_arm_front()
-        elif not self._aem_armed:  # _aem_arm(), inlined on this hot path
-            self._aem_armed = True
-            _uv_call_soon(self, self._aem_dispatch)
+        elif not self._aem_armed:
+            self._aem_arm_back()
         return handle
+
+    def _aem_install_call_soon(self) -> None:
+        """The loop's own ``call_soon`` while the core orders everything: a
+        closure that hands off with a few slot reads and leaves the rest to
+        the class's method (an instance attribute, as on the fast path; not
+        in debug mode, nor for a subclass with a call_soon of its own)."""
+        if (getattr(self, "_aem_ready", None) is None  # none, or not built yet
+                or self._aem.debug
+                or type(self).call_soon is not UVLoop.call_soon):
+            return
+        loop = self
+        sched = self._aem
+        ho = self._aem_ho
+        get = PRIORITY_VAR.get
+        var = PRIORITY_VAR
+        general = UVLoop.call_soon
+
+        def call_soon(callback: Callable[..., object], *args: Any, context: Any = None) -> Any:
+            if ho.budget > 0 and not sched._bits and not sched.inbox and not sched.boosts:
+                level = get(DEFAULT_PRIORITY) if context is None else context.get(
+                    var, DEFAULT_PRIORITY)
+                h = ho.h
+                if level >= ho.top and (h == level or h < 0) and sched.current <= level:
+                    if h < 0:
+                        ho.h = level
+                        ho.above = 2 << level
+                    ho.budget -= 1
+                    return _uv_call_soon(loop, callback, *args, context=context)
+            return general(loop, callback, *args, context=context)
+
+        self.__dict__["call_soon"] = call_soon
+
+    def _aem_arm_back(self) -> None:
+        """Queue a round at the back of uvloop's queue.  Until it runs no
+        callback is handed off (it must come after every hand-off); the
+        hand-offs made since the last one are counted as dispatched."""
+        self._aem_armed = True
+        ho = self._aem_ho
+        if ho.budget:
+            n = HANDOFF_MAX - ho.budget
+            if n and ho.h >= 0:
+                self._aem.dispatched[ho.h] += n
+            ho.budget = 0
+        _uv_call_soon(self, self._aem_dispatch)
 
     def _aem_schedule(self, callback: Callable[..., object], args: tuple[Any, ...],
                       context: contextvars.Context) -> Any:
@@ -358,20 +416,20 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
     def _aem_note_io(self, level: int) -> None:
         """I/O was registered at *level*: no hand-off below it from now on
         (its readiness must not wait behind a batch in uvloop's queue)."""
-        if level > self._aem_io_top:
-            self._aem_io_top = level
-        if level > self._aem_top:
-            self._aem_top = level
+        ho = self._aem_ho
+        if level > ho.io_top:
+            ho.io_top = level
+        if level > ho.top:
+            ho.top = level
 
     def _aem_arm(self) -> None:
         """Have uvloop run the next round (once, however often it is asked);
         ahead of pending hand-offs if the core holds more urgent work."""
-        if self._aem._bits >= self._aem_above:
+        if self._aem._bits >= self._aem_ho.above:
             if not self._aem_front:
                 self._aem_arm_front()
         elif not self._aem_armed and not self._aem_held:  # the feeder arms when done
-            self._aem_armed = True
-            _uv_call_soon(self, self._aem_dispatch)
+            self._aem_arm_back()
 
     def _aem_arm_front(self) -> None:
         """Queue a round of the levels above the pending hand-offs at the
@@ -387,17 +445,19 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
 
     def _aem_dispatch(self) -> None:
         self._aem_armed = False
+        ho = self._aem_ho
         floor = -1
         if self._aem_held:  # held callbacks go first at their level
-            floor = self._aem_h
-        elif self._aem_keep:  # armed before the hand-offs pending now
-            self._aem_keep = False
-            floor = self._aem_h
-        else:  # every hand-off was queued before this round: all have run
-            self._aem_h = -1
-            self._aem_above = _NEVER
+            floor = ho.h
+        else:
+            if self._aem_keep:  # armed before the hand-offs pending now
+                self._aem_keep = False
+                floor = ho.h
+            else:  # every hand-off was queued before this round: all have run
+                ho.h = -1
+                ho.above = _NEVER
             if self._aem_ready is not None:
-                self._aem_handed = 0
+                ho.budget = HANDOFF_MAX
         sched = self._aem
         try:
             if sched.timers.n:
@@ -417,6 +477,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         n = len(ready)
         if not n:
             return
+        self._aem_ho.budget = 0  # none while held callbacks wait
         held = self._aem_held
         while ready:  # one at a time: another thread may append meanwhile
             held.append(ready.popleft())
@@ -450,8 +511,11 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             else:
                 held.clear()
                 self._aem_feed_since = -1.0
-                self._aem_h = -1
-                self._aem_above = _NEVER
+                ho = self._aem_ho
+                ho.h = -1
+                ho.above = _NEVER
+                if ready is not None and not self._aem_armed:
+                    ho.budget = HANDOFF_MAX
                 if sched._bits or sched.inbox:
                     self._aem_arm()
                 self._aem_rearm_timer()
@@ -468,7 +532,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             self._aem_run_above(now)
         finally:
             self._aem_front = False
-            if sched._bits >= self._aem_above:
+            if sched._bits >= self._aem_ho.above:
                 aging = sched.aging
                 if aging is None or _monotonic() - self._aem_front_since < aging:
                     self._aem_arm_front()
@@ -476,16 +540,15 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                     # As aging would: the hand-offs (and libuv's poll) get their
                     # turn; no more preemption until the round behind them.
                     self._aem_front_since = -1.0
-                    self._aem_above = _NEVER
+                    self._aem_ho.above = _NEVER
             else:
                 self._aem_front_since = -1.0
-            if sched._bits < self._aem_above and (sched._bits or sched.inbox):
+            if sched._bits < self._aem_ho.above and (sched._bits or sched.inbox):
                 self._aem_arm()
-            if not self._aem_armed and not self._aem_held and self._aem_h >= 0:
+            if not self._aem_armed and not self._aem_held and self._aem_ho.h >= 0:
                 # A round behind the hand-offs ends their epoch (else work at
                 # another level would keep preempting them with fronts).
-                self._aem_armed = True
-                _uv_call_soon(self, self._aem_dispatch)
+                self._aem_arm_back()
             self._aem_rearm_timer()
 
     def _aem_after_round(self) -> None:
@@ -499,9 +562,9 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         sched = self._aem
         if sched.timers.n:
             sched.move_due_timers(now)
-        if sched._bits >= self._aem_above:
+        if sched._bits >= self._aem_ho.above:
             sched.polls += 1
-            sched.run_ready(self._aem_h)
+            sched.run_ready(self._aem_ho.h)
 
     def _aem_rearm_timer(self) -> None:
         sched = self._aem
@@ -516,8 +579,8 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         level = timer._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
         if level != DEFAULT_PRIORITY and not self._aem_mixed:
             self._aem_leave_fast_path()
-        if level > self._aem_top:  # no hand-off below it while it pends
-            self._aem_top = level
+        if level > self._aem_ho.top:  # no hand-off below it while it pends
+            self._aem_ho.top = level
         fire = timer._aem_fire  # type: ignore[attr-defined]
         if fire < self._aem_timer_when:
             self._aem_arm_timer(fire)
@@ -584,9 +647,12 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         hold = not self._aem_mixed and self._aem_ready is not None
         super()._aem_leave_fast_path()
         self.__dict__.pop("call_soon", None)
+        if not self._aem_closed:
+            self._aem_install_call_soon()
         if hold:
-            self._aem_h = DEFAULT_PRIORITY
-            self._aem_above = 2 << DEFAULT_PRIORITY
+            ho = self._aem_ho
+            ho.h = DEFAULT_PRIORITY
+            ho.above = 2 << DEFAULT_PRIORITY
             tid = self._aem_thread
             if tid is None or tid == threading.get_ident():
                 self._aem_hold()
@@ -605,8 +671,8 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         self._aem_closed = True
         self.__dict__.pop("call_soon", None)  # a bound method of the loop: a cycle
         self._aem_ready = None
-        self._aem_handed = HANDOFF_MAX
-        self._aem_above = _NEVER
+        self._aem_ho.budget = 0
+        self._aem_ho.above = _NEVER
         self._aem_held.clear()
         self._aem_feeder = self._aem_noop = None  # bound methods of the loop: cycles
         self._aem_uv_timer = None
