@@ -37,9 +37,11 @@ and what is handed off and still pending is at L.  Work queued in the core
 above L meanwhile is run by a round put at the *front* of uvloop's deque
 (so before the pending hand-offs); work at or below L by a round at the
 back (after them, so FIFO holds).  A round at the back ends the hand-off
-epoch.  At most HANDOFF_MAX hand-offs per epoch: what another thread queues
-waits behind no more than that.  A program whose streams or tasks are woken
-at one level thus pays one Python call per wakeup, not the core's queue.
+epoch; at most HANDOFF_MAX hand-offs come between two of them.  What other
+threads queue is taken into the core by a handle put at the front.  A
+program whose streams or tasks are woken at one level thus pays one Python
+call per wakeup (a closure installed as the loop's call_soon), not the
+core's queue.
 
 What differs from "selector": uvloop's own internal callbacks (signal
 handlers registered with ``add_signal_handler``, connection_made of
@@ -105,9 +107,11 @@ def _fileno(fd: Any) -> int | None:
 _INF = math.inf
 # _HandOff.above while no hand-off is pending: above every level's bit.
 _NEVER = 1 << 200
-# Hand-offs in one epoch (see "Hand-off" in the module docstring): bounds what
-# a callback queued from another thread may wait behind.
-HANDOFF_MAX = 64
+# Hand-offs between two rounds at the back of uvloop's queue (see "Hand-off"
+# in the module docstring): a bound on the batch a round at the back (work at
+# the hand-offs' level or below) waits behind.  Work from other threads and
+# more urgent work does not wait for it: it is taken at the front.
+HANDOFF_MAX = 1024
 
 
 def _noop() -> None:
@@ -165,8 +169,12 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         # Hand-off state (see the module docstring).
         self._aem_ready, self._aem_noop = _find_ready(self)
         self._aem_ho = _HandOff()
+        self._aem_inbox_h: Any = None
         if self._aem_ready is not None:  # else never hand off
             self._aem_ho.budget = HANDOFF_MAX
+            # a handle that takes the inbox, put at the front by other threads
+            self._aem_inbox_h = _uv_call_soon(self, self._aem_take_inbox)
+            self._aem_ready.pop()
         self._aem_keep = False  # the armed round may run before pending hand-offs
         self._aem_front = False  # a preempting round is queued at the front
         self._aem_front_since = -1.0
@@ -338,9 +346,16 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         if handle._source_traceback:
             del handle._source_traceback[-1]
         self._aem.push_threadsafe(handle)
-        # uvloop's own thread-safe entry wakes libuv (uv_async_send); in the
-        # loop's thread the inbox is queued and a round armed as usual.
-        _uv_call_soon_threadsafe(self, self._aem_take_inbox)
+        ready = self._aem_ready
+        if ready is not None:
+            # Taken at the front of uvloop's queue, ahead of pending hand-offs
+            # (it only queues the inbox in the core, where urgent work is run
+            # by a front round and the rest waits behind the hand-offs);
+            # uvloop's thread-safe entry then wakes libuv (uv_async_send).
+            ready.appendleft(self._aem_inbox_h)
+            _uv_call_soon_threadsafe(self, _noop)
+        else:
+            _uv_call_soon_threadsafe(self, self._aem_take_inbox)
         return handle
 
     def _aem_take_inbox(self) -> None:
@@ -674,7 +689,8 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         self._aem_ho.budget = 0
         self._aem_ho.above = _NEVER
         self._aem_held.clear()
-        self._aem_feeder = self._aem_noop = None  # bound methods of the loop: cycles
+        # bound methods of the loop: cycles
+        self._aem_feeder = self._aem_noop = self._aem_inbox_h = None
         self._aem_uv_timer = None
         self._aem_timer_when = _INF
         self._aem.clear()
