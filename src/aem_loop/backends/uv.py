@@ -290,17 +290,19 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         var = PRIORITY_VAR
         general = UVLoop.call_soon
 
+        uv_call_soon = _uv_call_soon.__get__(loop)
+
         def call_soon(callback: Callable[..., object], *args: Any, context: Any = None) -> Any:
             if ho.budget > 0 and not sched._bits and not sched.inbox and not sched.boosts:
                 level = get(DEFAULT_PRIORITY) if context is None else context.get(
                     var, DEFAULT_PRIORITY)
                 h = ho.h
-                if level >= ho.top and (h == level or h < 0) and sched.current <= level:
+                if (level == h or h < 0) and level >= ho.top and sched.current <= level:
                     if h < 0:
                         ho.h = level
                         ho.above = 2 << level
                     ho.budget -= 1
-                    return _uv_call_soon(loop, callback, *args, context=context)
+                    return uv_call_soon(callback, *args, context=context)
             return general(loop, callback, *args, context=context)
 
         self.__dict__["call_soon"] = call_soon

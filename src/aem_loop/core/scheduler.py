@@ -78,6 +78,7 @@ _IO_UNKNOWN = 1 << NQUEUES
 _DEF = DEFAULT_PRIORITY
 _DEF_BIT = 1 << _DEF
 _DEF_MASK = (_DEF_BIT << 1) - 1
+_ABOVE_DEF = _DEF_BIT << 1  # _io_bits below this: no I/O above the default level
 
 # Lateness is sampled, not measured for every callback: a probe starts at one
 # in this many pushes to a level with no probe in flight (counted per level,
@@ -607,6 +608,13 @@ class Scheduler(ReadyQueue):
             self.drain_inbox()
         bits = self._bits
         if not bits:
+            return
+        if (bits == _DEF_BIT and floor < 0 and self._io_bits < _ABOVE_DEF
+                and not self.timers.n):
+            # Only the default level is queued and nothing (I/O, a timer)
+            # could bring more urgent work by time: asyncio's round is this
+            # round, without its per-level bookkeeping.
+            self.run_flat()
             return
         levels = self._levels
         # what is ready now: at most this many run in this round
