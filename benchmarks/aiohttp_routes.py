@@ -248,6 +248,116 @@ def measure(loop_name: str, mode: str, duration: float, options: str = "",
     }
 
 
+def hello_bursts(loops: list[str], modes: list[str], cycles: int, burst: float,
+                 options: str) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """Hello-world throughput, interleaved: every (mode, loop) server runs at
+    once; wrk loads one at a time for *burst* seconds, in rotating order,
+    cycle after cycle, so that the servers compared in one cycle see the
+    same machine (this VM's speed drifts by 2x within seconds)."""
+    me = os.path.abspath(__file__)
+    keys = [(m, n) for m in modes for n in loops]
+    procs: dict[tuple[str, str], tuple[subprocess.Popen[str], int]] = {}
+    out: dict[str, dict[str, list[dict[str, float]]]] = {}
+    try:
+        for key in keys:
+            srv = subprocess.Popen([sys.executable, me, "--serve", key[1], key[0], options,
+                                    "hello"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert srv.stdout is not None
+            procs[key] = (srv, int(srv.stdout.readline().split()[0]))
+        for c in range(cycles):
+            for i in range(len(keys)):
+                key = keys[(c + i) % len(keys)]
+                srv, port = procs[key]
+                assert srv.stdin is not None and srv.stdout is not None
+                srv.stdin.write("mark\n")
+                srv.stdin.flush()
+                srv.stdout.readline()
+                w = subprocess.run(
+                    ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{burst:g}s",
+                     f"http://127.0.0.1:{port}/"],
+                    capture_output=True, text=True, check=True)
+                srv.stdin.write("mark\n")
+                srv.stdin.flush()
+                n, cpu, _, _ = map(float, srv.stdout.readline().split())
+                m = re.search(r"Requests/sec:\s+([\d.]+)", w.stdout)
+                out.setdefault(key[0], {}).setdefault(key[1], []).append({
+                    "wrk_rps": float(m.group(1)) if m else float("nan"),
+                    "per_cpu_s": n / cpu if cpu else float("nan"),
+                    "cycle": c,
+                })
+            print(f"cycle {c + 1}/{cycles}", flush=True)
+    finally:
+        for srv, _ in procs.values():
+            if srv.stdin is not None:
+                try:
+                    srv.stdin.write("stop\n")
+                    srv.stdin.flush()
+                except OSError:
+                    pass
+            try:
+                srv.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                srv.wait()
+    return out
+
+
+def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> None:
+    cycles = max(1, round(a.duration * 5))
+    per = hello_bursts(loops, modes, a.runs * cycles, 1.0, a.aem_options)
+    lat: dict[str, list[dict[str, float]]] = {}
+    for _ in range(a.runs):  # the urgent route's latency: site mode, probe on the HIGH site
+        for name in loops:
+            lat.setdefault(name, []).append(measure(name, "site", a.duration, a.aem_options,
+                                                    "hello"))
+    lines = [
+        "# aiohttp hello world: throughput with priorities in use",
+        "",
+        f"Machine: {machine()}. wrk -t1 -c50 on CPU 1, server on CPU 0. Throughput: every "
+        f"server runs at once and wrk loads each for 1 s in turn, {a.runs * cycles} cycles in "
+        "rotating order; figures are medians over the cycles, ratios medians of the "
+        "per-cycle ratios to the stock loop (uvloop for aem-uvloop, asyncio otherwise). "
+        "Modes: plain (no priorities), prio (a priority used in the process before "
+        "serving), site (a second site listening under Priority.HIGH). /health: probed "
+        f"every {PROBE_INTERVAL * 1e3:.0f} ms on the HIGH site (a plain second site on the "
+        f"stock loops) during a {a.duration:g} s flood, medians of {a.runs} runs.",
+        "Command: `python benchmarks/aiohttp_routes.py --app hello "
+        f"--runs {a.runs} --duration {a.duration:g}`",
+        "",
+        "| mode | loop | wrk req/s | vs stock | req per server CPU-s | vs stock |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def ratio(mode: str, name: str, k: str) -> str:
+        if not name.startswith("aem"):
+            return ""
+        ref = per[mode].get("uvloop" if name == "aem-uvloop" else "asyncio")
+        if not ref:
+            return ""
+        rs = [x[k] / y[k] for x, y in zip(per[mode][name], ref, strict=True)]
+        return f"{statistics.median(rs):.3f}x"
+
+    for mode in modes:
+        for name in loops:
+            rs = per[mode][name]
+            lines.append(f"| {mode} | {name} | "
+                         f"{statistics.median(r['wrk_rps'] for r in rs):.0f} | "
+                         f"{ratio(mode, name, 'wrk_rps')} | "
+                         f"{statistics.median(r['per_cpu_s'] for r in rs):.0f} | "
+                         f"{ratio(mode, name, 'per_cpu_s')} |")
+    lines += ["", "| loop | /health p50 ms | /health p99 ms | /health max ms |",
+              "|---|---|---|---|"]
+    for name in loops:
+        m = {k: statistics.median(r[k] for r in lat[name])
+             for k in ("health_p50_ms", "health_p99_ms", "health_max_ms")}
+        lines.append(f"| {name} | {m['health_p50_ms']:.2f} | {m['health_p99_ms']:.2f} | "
+                     f"{m['health_max_ms']:.2f} |")
+    print("\n".join(lines))
+    save_results(a.out, "aiohttp_hello", "\n".join(lines) + "\n",
+                 {"bursts": per, "latency": lat})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,6 +381,9 @@ def main() -> None:
         return
     loops = a.loops.split(",")
     modes = (a.modes or ",".join(MODES if a.app == "bulk" else HELLO_MODES)).split(",")
+    if a.app == "hello":
+        hello_report(a, loops, modes)
+        return
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for run in range(a.runs):
         for mode in modes:
@@ -304,9 +417,10 @@ def main() -> None:
         for name in loops:
             m = med[name]
             ref = med.get("uvloop" if name == "aem-uvloop" else "asyncio")
-            aem = ref is not None and name.startswith("aem")
-            ratio = f"{m['bulk_rps'] / ref['bulk_rps']:.3f}x" if aem else ""
-            wratio = f"{m['wrk_rps'] / ref['wrk_rps']:.3f}x" if aem else ""
+            ratio = wratio = ""
+            if ref is not None and name.startswith("aem"):
+                ratio = f"{m['bulk_rps'] / ref['bulk_rps']:.3f}x"
+                wratio = f"{m['wrk_rps'] / ref['wrk_rps']:.3f}x"
             lines.append(f"| {mode} | {name} | {m['health_p50_ms']:.2f} | "
                          f"{m['health_p99_ms']:.2f} | {m['health_max_ms']:.2f} | "
                          f"{m['health_per_s']:.0f} | {m['bulk_rps']:.0f} | {ratio} | "

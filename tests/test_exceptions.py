@@ -135,3 +135,22 @@ async def test_debug_mode_handles_record_where_they_were_made():
             h.cancel()
     finally:
         loop.set_debug(False)
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_removing_fds_after_close_answers_false(backend):
+    """As stock asyncio (CPython's test_remove_fds_after_closing): readers and
+    writers registered before close() are removed afterwards without error."""
+    import socket
+
+    loop = aem_loop.new_event_loop(backend=backend)
+    r, w = socket.socketpair()
+    try:
+        loop.add_reader(r, lambda: None)
+        loop.add_writer(w, lambda: None)
+        loop.close()
+        assert loop.remove_reader(r) is False
+        assert loop.remove_writer(w) is False
+    finally:
+        r.close()
+        w.close()

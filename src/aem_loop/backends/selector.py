@@ -284,8 +284,11 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
 
     def _aem_fd_number(self, fd: Any) -> int | None:
         """The number of a registered fd (also of a socket closed since)."""
+        selector = self._selector  # type: ignore[has-type]
+        if selector is None:  # closed
+            return None
         try:
-            return self._selector.get_key(fd).fd  # type: ignore[union-attr,no-any-return]
+            return selector.get_key(fd).fd  # type: ignore[no-any-return]
         except (KeyError, ValueError):
             return None
 
