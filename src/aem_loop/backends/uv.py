@@ -280,7 +280,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         the class's method (an instance attribute, as on the fast path; not
         in debug mode, nor for a subclass with a call_soon of its own)."""
         if (getattr(self, "_aem_ready", None) is None  # none, or not built yet
-                or self._aem.debug
+                or self._aem.debug or not FAST_HANDLES
                 or type(self).call_soon is not UVLoop.call_soon):
             return
         loop = self
@@ -291,19 +291,36 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         general = UVLoop.call_soon
 
         uv_call_soon = _uv_call_soon.__get__(loop)
+        push = sched.push
+        push_woken = sched.push_woken
 
         def call_soon(callback: Callable[..., object], *args: Any, context: Any = None) -> Any:
-            if ho.budget > 0 and not sched._bits and not sched.inbox and not sched.boosts:
-                level = get(DEFAULT_PRIORITY) if context is None else context.get(
-                    var, DEFAULT_PRIORITY)
-                h = ho.h
-                if (level == h or h < 0) and level >= ho.top and sched.current <= level:
-                    if h < 0:
-                        ho.h = level
-                        ho.above = 2 << level
-                    ho.budget -= 1
-                    return uv_call_soon(callback, *args, context=context)
-            return general(loop, callback, *args, context=context)
+            if not sched._bits:
+                if ho.budget > 0 and not sched.inbox and not sched.boosts:
+                    level = get(DEFAULT_PRIORITY) if context is None else context.get(
+                        var, DEFAULT_PRIORITY)
+                    h = ho.h
+                    if (level == h or h < 0) and level >= ho.top and sched.current <= level:
+                        if h < 0:
+                            ho.h = level
+                            ho.above = 2 << level
+                        ho.budget -= 1
+                        return uv_call_soon(callback, *args, context=context)
+                return general(loop, callback, *args, context=context)
+            # The core holds work: queue behind it (the class's method's
+            # core path, inlined; the loop is open and not in debug mode
+            # while this closure is installed).
+            handle = fast_handle(loop, callback, args, context)
+            if context is None or loop._aem_creating:
+                push(handle)
+            else:
+                push_woken(handle)
+            if sched._bits >= ho.above:  # more urgent than pending hand-offs
+                if not loop._aem_front:
+                    loop._aem_arm_front()
+            elif not loop._aem_armed:
+                loop._aem_arm_back()
+            return handle
 
         self.__dict__["call_soon"] = call_soon
 
