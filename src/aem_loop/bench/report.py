@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import pathlib
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,8 @@ from rich.table import Table
 from . import echo, latency
 from .common import LOOPS, machine, median
 
-console = Console()
+# Piped or redirected, rich would cut tables to 80 columns: print them whole.
+console = Console() if sys.stdout.isatty() else Console(width=250)
 
 # (reference, aem) pairs compared in the echo table
 _PAIRS = (("asyncio", "aem-selector"), ("uvloop", "aem-uvloop"))
