@@ -267,11 +267,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             sched.push(handle)
         else:
             sched.push_woken(handle)
-        if sched._bits >= ho.above:  # more urgent than pending hand-offs
-            if not self._aem_front:
-                self._aem_arm_front()
-        elif not self._aem_armed:
-            self._aem_arm_back()
+        self._aem_arm()
         return handle
 
     def _aem_install_call_soon(self) -> None:
@@ -308,8 +304,9 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                         return uv_call_soon(callback, *args, context=context)
                 return general(loop, callback, *args, context=context)
             # The core holds work: queue behind it (the class's method's
-            # core path, inlined; the loop is open and not in debug mode
-            # while this closure is installed).
+            # core path, inlined with _aem_arm's decision: the path of every
+            # wakeup under load; the loop is open and not in debug mode while
+            # this closure is installed).
             handle = fast_handle(loop, callback, args, context)
             if context is None or loop._aem_creating:
                 push(handle)
@@ -318,7 +315,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             if sched._bits >= ho.above:  # more urgent than pending hand-offs
                 if not loop._aem_front:
                     loop._aem_arm_front()
-            elif not loop._aem_armed:
+            elif not loop._aem_armed and not loop._aem_held:
                 loop._aem_arm_back()
             return handle
 
@@ -550,9 +547,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                 ho.above = _NEVER
                 if ready is not None and not self._aem_armed:
                     ho.budget = HANDOFF_MAX
-                if sched._bits or sched.inbox:
-                    self._aem_arm()
-                self._aem_rearm_timer()
+                self._aem_after_round()
 
     def _aem_dispatch_front(self) -> None:
         """The round that preempts pending hand-offs: the levels above them.

@@ -32,6 +32,11 @@ def _save(out: str | None, name: str, data: dict[str, Any], markdown: str) -> No
     (d / f"{name}.md").write_text(markdown)
 
 
+def _md_head(*cols: str) -> list[str]:
+    """A Markdown table's header row and separator."""
+    return ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+
+
 def echo_pairs(loops: Sequence[str]) -> list[tuple[str, str]]:
     """(reference, aem loop) for every aem loop (variants included) whose
     reference (same flags) is in *loops*."""
@@ -82,8 +87,7 @@ def run_echo(*, quick: bool, runs: int, duration: float | None, out: str | None,
           f"reference (stock asyncio for aem-selector, uvloop for aem-uvloop); {title} "
           f"(all servers served at once, loaded in turns). Servers: /prio = a priority "
           f"used in the process before serving, /high = the server created under "
-          f"Priority.HIGH; {machine()}", "",
-          "| server | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+          f"Priority.HIGH; {machine()}", "", *_md_head("server", *keys)]
     table.add_column("server")
     for key in keys:
         table.add_column(key, justify="right")
@@ -186,12 +190,11 @@ def run_timers(*, quick: bool, runs: int, out: str | None,
     md += ["Schedule N timers then cancel them all (bulk: ns per timer, schedule + cancel + "
            "the next loop iteration), and churn (N pending, 2N times cancel one + schedule "
            "one: ns per operation); speed-up = reference time / aem time.", "",
-           "| workload | N | " + " | ".join(loops) + " | speed-up aem-sel vs asyncio | "
-           "speed-up aem-uv vs uvloop |", "|---" * (len(loops) + 4) + "|"]
+           *_md_head("workload", "N", *loops, "speed-up aem-sel vs asyncio",
+                     "speed-up aem-uv vs uvloop")]
     pauses = ["", "Longest loop iteration (ms): bulk = the iteration after the cancels; "
               "churn = longest of the iterations between operations, without GC pauses "
-              "(GC in parentheses included).", "",
-              "| workload | N | " + " | ".join(loops) + " |", "|---" * (len(loops) + 2) + "|"]
+              "(GC in parentheses included).", "", *_md_head("workload", "N", *loops)]
     for n in sizes:
         for w, key in (("bulk", "total_ns"), ("churn", "op_ns")):
             m = {lp: med(w, lp, n) for lp in loops}
@@ -224,7 +227,7 @@ def run_timers(*, quick: bool, runs: int, out: str | None,
     mem = {lp: med("memory", lp, 100_000)["bytes_per_timer"] for lp in loops}
     md += ["", "Memory per pending timer (tracemalloc; uvloop's libuv timers live in C "
            "memory tracemalloc does not see: a lower bound).", "",
-           "| " + " | ".join(loops) + " |", "|---" * len(loops) + "|",
+           *_md_head(*loops),
            "| " + " | ".join(f"{mem[lp]:.0f} B" for lp in loops) + " |"]
     data["bytes_per_timer"] = mem
     pt = Table(title=f"2 ms periodic job under 1000 busy tasks, lateness ms ({pdur}s)")
@@ -298,8 +301,7 @@ def run_capsules(*, quick: bool, runs: int, out: str | None) -> dict[str, Any]:
           f"every way in a fresh interpreter, 2 workers). First result: from creating "
           f"the pool to the first answer; for capsules with the zygote forked early "
           f"(capsules.prestart(), as designed), cold: forked by the pool itself; "
-          f"{machine()}", "",
-          "| way | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+          f"{machine()}", "", *_md_head("way", *cols)]
     summary: dict[str, dict[str, float]] = {}
     for kind in cb.KINDS:
         m = {
