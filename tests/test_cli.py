@@ -1,7 +1,10 @@
 """The aem-loop command as a user meets it."""
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 import aem_loop
 
@@ -26,3 +29,51 @@ def test_bench_without_the_bench_extra_says_what_to_install() -> None:
     assert out.returncode == 2
     assert "pip install 'aem-loop[bench]'" in out.stderr
     assert "rich" in out.stderr
+
+
+_PROGRAM = """\
+import asyncio, sys
+
+async def main():
+    loop = asyncio.get_running_loop()
+    print(type(loop).__module__, sys.argv[1:], __name__)
+    return 3
+
+sys.exit(asyncio.run(main()))
+"""
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_run_script_runs_an_unmodified_asyncio_program_on_aem(backend: str, tmp_path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(_PROGRAM)
+    out = _cli("run", "--backend", backend, str(script), "a", "--flag")
+    assert out.returncode == 3, out.stderr  # the program's own exit status
+    module = "aem_loop.backends.uv" if backend == "uvloop" else "aem_loop.backends.selector"
+    assert out.stdout.split("\n")[0] == f"{module} ['a', '--flag'] __main__"
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_run_module_with_options(backend: str, tmp_path) -> None:
+    (tmp_path / "progmod.py").write_text(_PROGRAM)
+    out = subprocess.run(
+        [sys.executable, "-m", "aem_loop.cli", "run", "--backend", backend,
+         "-o", "time_slice=0.001", "-o", "aging=none", "-m", "progmod", "x"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 3, out.stderr
+    assert out.stdout.split()[1:] == ["['x']", "__main__"]
+
+
+def test_run_rejects_bad_options_by_name(tmp_path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(_PROGRAM)
+    out = _cli("run", "-o", "time_slise=0.001", str(script))
+    assert out.returncode == 2
+    assert "time_slise" in out.stderr
+    out = _cli("run", "-o", "time_slice", str(script))
+    assert out.returncode == 2
+    assert "NAME=VALUE" in out.stderr
+    out = _cli("run")
+    assert out.returncode == 2
+    assert "SCRIPT or -m MODULE" in out.stderr

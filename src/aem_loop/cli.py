@@ -1,9 +1,79 @@
-"""The ``aem-loop`` command."""
+"""The ``aem-loop`` command.
+
+- ``aem-loop run [--backend B] [-o NAME=VALUE]... SCRIPT [ARGS]`` (or ``-m
+  MODULE [ARGS]``) runs an unmodified asyncio program with aem as its loop,
+  as ``python SCRIPT`` / ``python -m MODULE`` would run it: ``asyncio.run``,
+  ``asyncio.Runner`` and ``asyncio.new_event_loop`` in it make aem loops.
+- ``aem-loop bench``: the benchmarks against stock asyncio and uvloop.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from typing import Any
+
+_RUN_EPILOG = """examples:
+  aem-loop run server.py --port 8080
+  aem-loop run --backend uvloop -o time_slice=0.0005 -m mypackage.app
+Everything after SCRIPT (or -m MODULE) is the program's own arguments."""
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """NAME=VALUE of a loop option: true/false/none, else a number."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    low = raw.strip().lower()
+    value: Any
+    if low in ("true", "yes", "on"):
+        value = True
+    elif low in ("false", "no", "off"):
+        value = False
+    elif low == "none":
+        value = None
+    else:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"option {name}: {raw!r} is not a number, true, false or none") from None
+    return name.strip(), value
+
+
+def _run(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    import os
+    import runpy
+
+    from .api import EventLoopPolicy
+
+    if a.target[:1] == ["--"]:
+        del a.target[0]
+    if a.module is None and not a.target:
+        ap.error("run: give a SCRIPT or -m MODULE")
+    options = dict(a.option or [])
+    try:
+        policy = EventLoopPolicy(backend=a.backend, **options)  # checks the options now
+    except (TypeError, ValueError, ImportError) as exc:
+        print(f"aem-loop run: {exc}", file=sys.stderr)
+        return 2
+    with warnings.catch_warnings():
+        # 3.14 deprecates the policy system; it is still what asyncio.run()
+        # and asyncio.new_event_loop() consult when given no loop_factory.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import asyncio
+
+        asyncio.set_event_loop_policy(policy)
+    if a.module is not None:
+        sys.argv = [a.module, *a.target]
+        runpy.run_module(a.module, run_name="__main__", alter_sys=True)
+    else:
+        script, *args = a.target
+        sys.argv = [script, *args]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+        runpy.run_path(script, run_name="__main__")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="aem-loop", description="aem_loop tools")
     ap.add_argument("--version", action="version", version=f"aem-loop {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run an asyncio program (a script or -m module) on aem",
+                       epilog=_RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--backend", default="selector", help="selector (default) or uvloop")
+    r.add_argument("-o", "--option", action="append", type=_option, metavar="NAME=VALUE",
+                   help="a loop option, e.g. time_slice=0.0005, aging=none, fast_path=false")
+    r.add_argument("-m", dest="module", metavar="MODULE", help="run a module as python -m does")
+    r.add_argument("target", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS]")
     b = sub.add_parser("bench", help="echo and priority-latency benchmarks vs asyncio and uvloop")
     b.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     b.add_argument("--runs", type=int, default=3, help="repetitions per cell (median)")
@@ -19,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="one benchmark (timers and capsules run only when asked)")
     b.add_argument("--out", default=None, help="directory for JSON and Markdown results")
     a = ap.parse_args(argv)
+    if a.cmd == "run":
+        return _run(a, r)
     if a.runs < 1:
         ap.error("--runs must be >= 1")
     try:
