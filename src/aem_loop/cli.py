@@ -14,6 +14,8 @@ import sys
 import warnings
 from typing import Any
 
+from ._options import parse_option
+
 _RUN_EPILOG = """examples:
   aem-loop run server.py --port 8080
   aem-loop run --backend uvloop -o time_slice=0.0005 -m mypackage.app
@@ -21,25 +23,10 @@ Everything after SCRIPT (or -m MODULE) is the program's own arguments."""
 
 
 def _option(text: str) -> tuple[str, Any]:
-    """NAME=VALUE of a loop option: true/false/none, else a number."""
-    name, sep, raw = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    low = raw.strip().lower()
-    value: Any
-    if low in ("true", "yes", "on"):
-        value = True
-    elif low in ("false", "no", "off"):
-        value = False
-    elif low == "none":
-        value = None
-    else:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"option {name}: {raw!r} is not a number, true, false or none") from None
-    return name.strip(), value
+    try:
+        return parse_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
