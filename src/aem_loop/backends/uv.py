@@ -596,9 +596,10 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             sched.run_ready(self._aem_ho.h)
 
     def _aem_rearm_timer(self) -> None:
-        sched = self._aem
-        if sched.timers.n:
-            when = sched.timers.next_when()
+        timers = self._aem.timers
+        # nothing to do unless a pending timer may fire before the armed time
+        if timers.n and timers._soon < self._aem_timer_when:
+            when = timers.next_when()
             if when is not None and when < self._aem_timer_when:
                 self._aem_arm_timer(when)
 

@@ -144,6 +144,7 @@ class TimerWheel:
         "_mig_end",
         "_mig_key",
         "_ring",
+        "_soon",
         "_summary",
         "_words",
         "fired",
@@ -155,6 +156,9 @@ class TimerWheel:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self.n = 0  # live pending timers
+        # No pending timer fires before this (a lower bound: pop_due before
+        # it has nothing to do, which a busy loop asks at every round).
+        self._soon = math.inf
         self._ring: list[list[Any] | None] = [None] * (_RING_MASK + 1)
         self._words = [0] * _NWORDS
         self._summary = 0
@@ -185,6 +189,8 @@ class TimerWheel:
         h._aem_fire = fire
         h._aem_wheel = self
         self.n += 1
+        if fire < self._soon:
+            self._soon = fire
         try:
             tick = int(fire * TICKS_PER_SECOND)
         except OverflowError:  # call_later(math.inf): sleep forever (or -inf: now)
@@ -291,7 +297,7 @@ class TimerWheel:
 
     def pop_due(self, end: float) -> list[AEMTimerHandle]:
         """Remove and return the timers that fire before *end*, in firing order."""
-        if not self.n:
+        if not self.n or end <= self._soon:
             return []
         end_tick = int(end * TICKS_PER_SECOND)
         if self._mig_key >= 0:
@@ -304,6 +310,7 @@ class TimerWheel:
             while True:
                 tick = self._next_tick()
                 if tick is None or tick > end_tick:
+                    self._soon = self._lower_bound(tick, end)
                     break
                 b = ring[tick & _RING_MASK]
                 assert b is not None
@@ -326,6 +333,7 @@ class TimerWheel:
                     out.extend(due)
                     ticks += 1
                 if new_cur == tick:
+                    self._soon = end  # the rest of this tick fires at or after end
                     break
             if new_cur > self._cur:
                 self._cur = new_cur
@@ -335,6 +343,8 @@ class TimerWheel:
             # epoch (what it frees below _cur is empty) and look again, for
             # a loop that slept or was blocked far ahead.
             self._extend()
+            if self._mig_key >= 0:  # its chunks move on later calls: no shortcut
+                self._soon = end
             if end_tick < self._limit - (1 << _EPOCH_BITS):
                 break
         if out:
@@ -346,6 +356,16 @@ class TimerWheel:
                 exact = {int(h._when * TICKS_PER_SECOND) for h in out}
                 self.wakeups_saved += len(exact) - 1
         return out
+
+    def _lower_bound(self, tick: int | None, end: float) -> float:
+        """A time no pending timer fires before, all before *end* gone and
+        *tick* the first occupied ring tick (or None)."""
+        if self._mig_key >= 0:  # far timers are moving in: no shortcut
+            return end
+        if tick is not None:
+            return max(end, tick / TICKS_PER_SECOND)
+        keys = self._far_keys  # may hold emptied keys: smaller, still a bound
+        return max(end, (keys[0] << _FAR_BITS) / TICKS_PER_SECOND) if keys else math.inf
 
     # -- epochs: far buckets enter the ring ----------------------------------------
 
@@ -414,4 +434,5 @@ class TimerWheel:
         self._direct = self._limit
         self._words = [0] * _NWORDS
         self._summary = 0
+        self._soon = math.inf
         self.n = 0
