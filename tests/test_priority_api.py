@@ -69,6 +69,36 @@ def test_unknown_backend_lists_known():
         aem_loop.new_event_loop(backend="epoll")
 
 
+class _LyingInt(int):
+    """Says it is in any range it is asked about."""
+
+    def __le__(self, other):
+        return True
+
+    def __ge__(self, other):
+        return True
+
+    def __lt__(self, other):
+        return True
+
+    def __gt__(self, other):
+        return True
+
+
+class _LyingFloat(float):
+    def __lt__(self, other):
+        return True
+
+    def __gt__(self, other):
+        return True
+
+    def __le__(self, other):
+        return True
+
+    def __ge__(self, other):
+        return True
+
+
 def test_unknown_option_is_named():
     with pytest.raises(TypeError, match="'timeslice'"):
         aem_loop.new_event_loop(timeslice=1)
@@ -82,12 +112,49 @@ def test_unknown_option_is_named():
         ({"aging": -1}, ValueError),
         ({"strict": 1}, TypeError),
         ({"strict": True, "aging": 0.1}, ValueError),
+        ({"inherit": "no"}, TypeError),
+        ({"inherit": 0}, TypeError),
+        ({"time_slice": float("nan")}, ValueError),
+        ({"aging": float("inf")}, ValueError),
+        ({"timer_slack": -0.001}, ValueError),
+        ({"time_slice": _LyingFloat(-1.0)}, ValueError),
     ],
 )
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
 def test_bad_options(backend, opts, exc):
-    with pytest.raises(exc):
+    with pytest.raises(exc, match=next(iter(opts)).split("_")[0]):
         aem_loop.new_event_loop(backend=backend, **opts)
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_priority_checked_by_value_not_by_its_own_comparisons(backend):
+    # an int subclass whose comparisons say it is in range
+    with pytest.raises(ValueError, match=r"0\.\.99, got 1000"):
+        aem_loop.priority(_LyingInt(1000))
+    loop = aem_loop.new_event_loop(backend=backend)
+    try:
+        async def main():
+            with pytest.raises(ValueError, match="got -5"):
+                asyncio.get_running_loop().create_task(asyncio.sleep(0),
+                                                       priority=_LyingInt(-5))
+            with aem_loop.priority(_LyingInt(75)):  # in range: used as the plain 75
+                assert type(aem_loop.current_priority()) is int
+                assert aem_loop.current_priority() == 75
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("bad", [5e-324, 1e-9, 0, -1, float("nan"), float("inf"), True, "1"])
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_call_every_rejects_an_interval_no_loop_can_keep(backend, bad):
+    loop = aem_loop.new_event_loop(backend=backend)
+    try:
+        with pytest.raises((TypeError, ValueError), match="interval"):
+            loop.call_every(bad, lambda: None)
+        assert loop.statistics().timers_pending == 0
+    finally:
+        loop.close()
 
 
 def test_run_rejects_bad_backend_without_leaking_the_coroutine():

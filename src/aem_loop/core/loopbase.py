@@ -15,7 +15,7 @@ from typing import Any
 
 from .handles import AEMHandle
 from .periodic import PeriodicJob
-from .priority import PRIORITY_VAR, check_priority
+from .priority import PRIORITY_VAR, check_priority, seconds
 from .scheduler import DEFAULT_AGING, DEFAULT_TIME_SLICE, Scheduler
 from .stats import LoopStatistics
 from .timers import AEMTimerHandle, slack_fire_time
@@ -72,11 +72,7 @@ LOOP_OPTIONS = ("time_slice", "aging", "strict", "inherit", "timer_slack")
 
 def check_slack(slack: object) -> float:
     """Validate a timer slack in seconds (a finite number >= 0)."""
-    if isinstance(slack, bool) or not isinstance(slack, (int, float)):
-        raise TypeError(f"slack must be a number of seconds, not {slack!r}")
-    if not 0 <= slack < float("inf"):
-        raise ValueError(f"slack must be >= 0 seconds and finite, got {slack!r}")
-    return float(slack)
+    return seconds(slack, "slack", low_ok=True)
 
 
 def make_scheduler(owner: Any, options: dict[str, Any]) -> Scheduler:
@@ -105,7 +101,7 @@ def make_scheduler(owner: Any, options: dict[str, Any]) -> Scheduler:
 
 
 def loop_slack(options: dict[str, Any]) -> float:
-    return check_slack(options.get("timer_slack", 0.0))
+    return seconds(options.get("timer_slack", 0.0), "timer_slack", low_ok=True)
 
 
 def check_fast_path(fast_path: object) -> bool:

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import math
 from asyncio import coroutines, events
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .priority import PRIORITY_VAR, check_priority
+from .priority import PRIORITY_VAR, check_priority, seconds
 from .stats import LatencyRecorder, LatencySummary
 
 __all__ = ["MISSED_POLICIES", "PeriodicJob", "PeriodicStatistics", "Tick", "Ticker"]
@@ -38,14 +37,14 @@ __all__ = ["MISSED_POLICIES", "PeriodicJob", "PeriodicStatistics", "Tick", "Tick
 MISSED_POLICIES = ("skip", "coalesce", "burst")
 
 
+# The shortest period call_every accepts (seconds).
+MIN_INTERVAL = 1e-6
+
+
 def check_interval(interval: object) -> float:
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
-        raise TypeError(f"interval must be a number of seconds, not {interval!r}")
-    if math.isnan(interval):
-        raise ValueError("interval must be a number of seconds, not NaN")
-    if not 0 < interval < math.inf:
-        raise ValueError(f"interval must be > 0 seconds and finite, got {interval!r}")
-    return float(interval)
+    """At least MIN_INTERVAL: below it the tick arithmetic leaves floats
+    (5e-324 s: ticks behind overflow) and no loop could keep up anyway."""
+    return seconds(interval, "interval", low=MIN_INTERVAL, low_ok=True)
 
 
 def check_missed(missed: object) -> str:

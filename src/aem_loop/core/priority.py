@@ -106,6 +106,33 @@ def _first_use() -> None:
         w._aem_priority_used()
 
 
+def plain_number(value: object) -> int | float | None:
+    """*value*'s number as a plain int or float (a subclass's own comparisons
+    and conversions are not trusted: they could say anything), or None if it
+    is not a number (bool included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if type(value) is int else int.__index__(value)
+    if isinstance(value, float):
+        return value if type(value) is float else float.__float__(value)
+    return None
+
+
+def seconds(value: object, what: str, *, low: float = 0.0, low_ok: bool = False) -> float:
+    """A number of seconds: finite and above *low* (or equal to it if
+    *low_ok*); TypeError/ValueError naming *what* otherwise."""
+    v = plain_number(value)
+    if v is None:
+        raise TypeError(f"{what} must be a number of seconds, not {value!r}")
+    if v != v:
+        raise ValueError(f"{what} must be a number of seconds, not NaN")
+    if not ((v >= low) if low_ok else (v > low)) or v == float("inf"):
+        bound = f">= {low:g}" if low_ok else f"> {low:g}"
+        raise ValueError(f"{what} must be {bound} seconds and finite, got {value!r}")
+    return float(v)
+
+
 def check_priority(value: object, what: str = "priority") -> int:
     """Return *value* as an int priority, or raise TypeError/ValueError.
 
@@ -120,11 +147,14 @@ def check_priority(value: object, what: str = "priority") -> int:
                 f"{what} must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}, "
                 f"not {type(value).__name__} {value!r}"
             )
-        if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        # an int subclass (an IntEnum such as Priority.HIGH): its value, not
+        # its own comparisons, which could lie
+        plain = int.__index__(value)
+        if not MIN_PRIORITY <= plain <= MAX_PRIORITY:
             raise ValueError(
-                f"{what} must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {value!r}"
+                f"{what} must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {plain!r}"
             )
-        value = int(value)  # an IntEnum such as Priority.HIGH
+        value = plain
     if value != DEFAULT_PRIORITY and not _Use.used:
         _first_use()
     return value

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .handles import AEMHandle
-from .priority import DEFAULT_PRIORITY, NQUEUES, PRIORITY_VAR
+from .priority import DEFAULT_PRIORITY, NQUEUES, PRIORITY_VAR, seconds
 from .readyqueue import ReadyQueue
 from .stats import LatencyRecorder, LoopStatistics
 from .timers import AEMTimerHandle, TimerWheel
@@ -193,18 +193,11 @@ class Scheduler(ReadyQueue):
         owner: Any = None,
     ) -> None:
         super().__init__()
-        if isinstance(time_slice, bool) or not isinstance(time_slice, (int, float)):
-            raise TypeError(f"time_slice must be a number of seconds, not {time_slice!r}")
-        if not 0 < time_slice < float("inf"):
-            raise ValueError(f"time_slice must be > 0 seconds, got {time_slice!r}")
-        if aging is not None:
-            if isinstance(aging, bool) or not isinstance(aging, (int, float)):
-                raise TypeError(f"aging must be seconds or None (strict), not {aging!r}")
-            if not 0 < aging < float("inf"):
-                raise ValueError(f"aging must be > 0 seconds or None, got {aging!r}")
-        self.slice = float(time_slice)
-        self.aging = None if aging is None else float(aging)
-        self.inherit = bool(inherit)
+        self.slice = seconds(time_slice, "time_slice")
+        self.aging = None if aging is None else seconds(aging, "aging (or None: strict)")
+        if not isinstance(inherit, bool):
+            raise TypeError(f"inherit must be a bool, not {inherit!r}")
+        self.inherit = inherit
         self._clock = clock
         self.owner = owner  # gets ``_current_handle`` in debug mode, as asyncio
         self.timers = TimerWheel(clock)
