@@ -8,6 +8,7 @@ Waiting for a process to end uses a pidfd (an event), never a sleep.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import concurrent.futures as cf
 import ctypes
@@ -22,7 +23,7 @@ import time
 import pytest
 
 import aem_loop
-from aem_loop import CapsuleDied, CapsulePool, EventFlags
+from aem_loop import BrokenCapsulePool, CapsuleDied, CapsulePool, EventFlags
 
 F = EventFlags
 
@@ -705,3 +706,80 @@ async def test_bad_flags(pool: CapsulePool) -> None:
         aem_loop.cloner(add, flags=F.CAPSULE)
     with pytest.raises(TypeError, match="callable"):
         aem_loop.cloner(3, flags=F.FORK)  # type: ignore[arg-type]
+
+
+def _fds_a_child_program_inherits() -> list[int]:
+    """Run inside a capsule: the fds a program started with inherited fds
+    gets (beyond stdin/stdout/stderr)."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import os; print(' '.join(f for f in os.listdir('/proc/self/fd') if int(f) > 2))"],
+        close_fds=False, capture_output=True, text=True, check=True)
+    # the listing's own directory fd is the child's, not inherited
+    return [int(f) for f in out.stdout.split()]
+
+
+def test_a_program_started_by_capsule_code_gets_no_pool_socket(pool: CapsulePool) -> None:
+    # close_fds=False hands the child every inheritable fd: the capsule's
+    # socket to the pool must not be one (it could forge replies)
+    with_listing = pool.call(_fds_a_child_program_inherits)
+    import subprocess
+
+    alone = subprocess.run(
+        [sys.executable, "-c",
+         "import os; print(' '.join(f for f in os.listdir('/proc/self/fd') if int(f) > 2))"],
+        close_fds=True, capture_output=True, text=True, check=True).stdout.split()
+    assert len(with_listing) == len(alone), (with_listing, alone)
+
+
+def test_a_forked_child_holds_none_of_the_pool_and_cannot_use_it(pool: CapsulePool) -> None:
+    """A fork of the pool's process closes the pool's sockets at once: it can
+    neither read nor forge replies, nor keep the pool alive (shutdown in the
+    parent returns while the child lives); using the pool there fails with a
+    clear error."""
+    assert pool.call(len, "abc") == 3
+    fds = [pool._zsock.fileno(), *(c.fd for c in pool._capsules.values())]
+    pool_sockets = {os.readlink(f"/proc/self/fd/{fd}") for fd in fds}
+    r, wfd = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(go_w)
+            os.close(r)
+            held = []
+            for f in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{f}") in pool_sockets:
+                        held.append(int(f))
+                except OSError:
+                    pass
+            try:
+                pool.call(len, "x")
+                err = "no error"
+            except BrokenCapsulePool as exc:
+                err = str(exc)
+            pool.shutdown(wait=True)  # the parent's pool: nothing to do here
+            os.write(wfd, repr((held, err)).encode())
+            os.close(wfd)
+            os.read(go_r, 1)  # lives on until the parent has shut the pool down
+        except BaseException as exc:
+            os.write(wfd, repr(([-1], repr(exc))).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    os.close(go_r)
+    try:
+        with os.fdopen(r) as f:
+            got = f.read()
+        held, err = ast.literal_eval(got)
+        assert held == [], f"the child still holds the pool's sockets {held}"
+        assert "forked from it" in err
+        zpid = pool.zygote_pid
+        pool.shutdown(wait=True)  # returns though the child still runs
+        assert gone(zpid)
+    finally:
+        os.close(go_w)
+        os.waitpid(pid, 0)

@@ -433,6 +433,7 @@ def zygote_main(
                 initializer, initargs = pickle.loads(msg[1:])
                 drop_spares()  # they were forked without it
             elif msg[:1] == b"S" and len(msg) == SPAWN.size and fds:
+                os.set_inheritable(fds[0], False)  # see capsule_main
                 handed = False
                 while spares and not handed:
                     pid, a = spares.popitem()
@@ -493,6 +494,10 @@ def capsule_main(fd: int, initializer: Any = None, initargs: tuple[Any, ...] = (
                  spin: float = SPIN) -> None:
     global CAPSULE_SPIN
     CAPSULE_SPIN = spin
+    # Received over SCM_RIGHTS without MSG_CMSG_CLOEXEC: inheritable.  A
+    # program the capsule's code starts must not get the socket (it could
+    # write a frame the pool would take as a reply).
+    os.set_inheritable(fd, False)
     sock = socket.socket(fileno=fd)
     try:
         _serve(sock, initializer, initargs, spin)

@@ -54,6 +54,22 @@ _dumps = pickle.dumps
 _HDR_PACK = w.HDR.pack
 _HDR_UNPACK = w.HDR.unpack_from
 _RECV = w.RECV
+
+# Every live pool of this process: a child forked from it (os.fork, a FORK
+# event's child, multiprocessing's fork) closes their sockets at once, so
+# that it cannot read or forge their replies, nor keep a pool (its zygote
+# and capsules) alive after this process shut it down or died.
+_POOLS: weakref.WeakSet[CapsulePool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    pools = list(_POOLS)
+    _POOLS.clear()  # fds closed here may be reused: never again in this child
+    for pool in pools:
+        pool._aem_forked_away()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _BIG = w.BIG
 _STARTING = ("starting", "greeting")  # forked, HELLO not handled yet
 
@@ -172,6 +188,7 @@ class CapsulePool(ManagerThread, Lifecycle, cf.Executor):
             zp, pid = fork_zygote(preload, initializer, initargs)
         self._zsock = zp
         self._zpid = pid
+        self._owner_pid = os.getpid()
         self._zlock = threading.Lock()
         self._ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe()
@@ -195,6 +212,26 @@ class CapsulePool(ManagerThread, Lifecycle, cf.Executor):
             self, _emergency_teardown, self._zsock, self._zpid, self._capsules
         )
         self._manager_ident = _thread.start_new_thread(self._manage, ())
+        _POOLS.add(self)
+
+    def _aem_forked_away(self) -> None:
+        """In a child forked from this pool's process: close the pool's fds
+        (no shutdown protocol: the pool is the parent's) and refuse calls.
+        Runs in the child's only thread, without locks (one may be held by
+        a thread that does not exist here)."""
+        self._broken = (f"this CapsulePool belongs to process {self._owner_pid}; "
+                        f"process {os.getpid()} was forked from it")
+        self._finalizer.detach()  # the parent's zygote and capsules are not ours
+        for cap in list(self._capsules.values()):
+            cap.sock.close()
+        self._zsock.close()
+        if not self._ep.closed:  # else shutdown() closed the wake pipe too
+            self._ep.close()
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     # -- public API ---------------------------------------------------------------
 
@@ -393,7 +430,11 @@ class CapsulePool(ManagerThread, Lifecycle, cf.Executor):
 
         With *wait*, return only when the zygote and every capsule are gone
         (reaped: no zombie).  *cancel_futures* cancels calls not started yet.
+        In a process forked from the pool's, nothing to do (its fds were
+        closed at the fork; the pool is the parent's).
         """
+        if os.getpid() != self._owner_pid:
+            return
         with self._lock:
             self._closing = True
             if cancel_futures:
