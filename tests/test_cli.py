@@ -77,3 +77,29 @@ def test_run_rejects_bad_options_by_name(tmp_path) -> None:
     out = _cli("run")
     assert out.returncode == 2
     assert "SCRIPT or -m MODULE" in out.stderr
+
+
+def test_plot_draws_saved_latency_results(tmp_path) -> None:
+    res = tmp_path / "results"
+    res.mkdir()
+    point = {"p50": 0.1, "p99": 0.2, "p99.9": 0.3, "max": 0.4, "gc_max": 0.0}
+    (res / "latency.json").write_text(__import__("json").dumps({
+        "machine": "test", "lateness_ms": {
+            loop: {n: point for n in ("10", "100", "1000")}
+            for loop in ("asyncio", "uvloop", "aem-selector", "aem-uvloop")}}))
+    out = subprocess.run([sys.executable, "-m", "aem_loop.bench.plot", str(res),
+                          str(tmp_path / "png")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    png = tmp_path / "png" / "latency.png"
+    assert out.stdout.strip() == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # nothing to plot: said, not a silent success
+    out = subprocess.run([sys.executable, "-m", "aem_loop.bench.plot", str(tmp_path / "png")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "no results to plot" in out.stderr
+
+
+def test_bench_plot_needs_out() -> None:
+    out = _cli("bench", "--plot", "somewhere")
+    assert out.returncode == 2
+    assert "--out" in out.stderr

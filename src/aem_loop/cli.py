@@ -79,14 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="echo and priority-latency benchmarks vs asyncio and uvloop")
     b.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     b.add_argument("--runs", type=int, default=3, help="repetitions per cell (median)")
-    b.add_argument("--only", choices=("echo", "latency", "timers", "capsules"), default=None,
-                   help="one benchmark (timers and capsules run only when asked)")
+    b.add_argument("--only", choices=("echo", "latency", "timers", "capsules", "vmtable",
+                                       "rounds"), default=None,
+                   help="one benchmark (all but echo and latency run only when asked)")
     b.add_argument("--out", default=None, help="directory for JSON and Markdown results")
+    b.add_argument("--plot", default=None, metavar="DIR",
+                   help="write PNG plots of the results to DIR (matplotlib)")
     a = ap.parse_args(argv)
     if a.cmd == "run":
         return _run(a, r)
     if a.runs < 1:
         ap.error("--runs must be >= 1")
+    if a.plot and not a.out:
+        ap.error("--plot draws the results written to --out DIR: give both")
     try:
         from .bench.report import run_capsules, run_echo, run_latency, run_timers
     except ModuleNotFoundError as exc:  # rich, numpy or uvloop
@@ -102,6 +107,20 @@ def main(argv: list[str] | None = None) -> int:
         run_timers(quick=a.quick, runs=a.runs, out=a.out)
     if a.only == "capsules":
         run_capsules(quick=a.quick, runs=a.runs, out=a.out)
+    common = [*(["--quick"] if a.quick else []), *(["--out", a.out] if a.out else [])]
+    if a.only == "vmtable":
+        from .bench import vmtable_bench
+
+        vmtable_bench.main(["--runs", str(a.runs), *common])
+    if a.only == "rounds":
+        from .bench import rounds
+
+        rounds.main(["--runs", str(a.runs), *(["--out", a.out] if a.out else [])])
+    if a.plot:
+        from .bench.plot import plot_all
+
+        for path in plot_all(a.out, a.plot):
+            print(f"plot: {path}")
     return 0
 
 

@@ -10,6 +10,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 # The loops every benchmark compares, in table order.
 LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
@@ -40,6 +41,14 @@ class GCPauses:
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self)
+
+
+def make_console() -> Any:
+    """A rich Console for the benchmark tables: the terminal's width, or when
+    piped or redirected wide enough that no table is cut."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=250)
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

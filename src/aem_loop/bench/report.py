@@ -5,19 +5,17 @@ from __future__ import annotations
 import datetime
 import json
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from . import echo, latency
-from .common import LOOPS, machine, median
+from .common import LOOPS, machine, make_console, median
 
 # Piped or redirected, rich would cut tables to 80 columns: print them whole.
-console = Console() if sys.stdout.isatty() else Console(width=250)
+console = make_console()
 
 # (reference, aem) pairs compared in the echo table
 _PAIRS = (("asyncio", "aem-selector"), ("uvloop", "aem-uvloop"))

@@ -16,13 +16,12 @@ from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from ..vmtable import VMTable, VMTableExhausted
-from .common import machine, median, pin
+from .common import machine, make_console, median, pin
 
-console = Console()
+console = make_console()
 MIXED = [64, 100, 512, 1000, 1500, 4096, 9000, 16384, 65536]
 
 
