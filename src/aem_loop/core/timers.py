@@ -73,7 +73,7 @@ class AEMTimerHandle(events.TimerHandle):
     """The loop's timer handle: an :class:`asyncio.TimerHandle` that knows its bucket.
 
     ``cancel()`` removes it from the wheel at once (no cancelled garbage).
-    Equality and hashing stay asyncio's.
+    Equality, hashing and repr (``<TimerHandle ...>``) stay asyncio's.
     """
 
     # _aem_q: see core.handles (the dispatch loop clears it on every handle)
@@ -90,6 +90,13 @@ class AEMTimerHandle(events.TimerHandle):
         _repr: str | None
         _callback: Any
         _args: Any
+
+    def _repr_info(self) -> list[str]:
+        # asyncio's: "<TimerHandle when=...>" (code and tests read it, e.g.
+        # debug mode's slow-callback messages)
+        info: list[str] = super()._repr_info()  # type: ignore[misc]
+        info[0] = "TimerHandle"
+        return info
 
     def cancel(self) -> None:
         # Handle.cancel(), inlined, plus leaving the wheel; no call into the
