@@ -337,3 +337,32 @@ async def test_selector_transport_reads_without_a_large_allocation_per_read():
     await w.wait_closed()
     server.close()
     await server.wait_closed()
+
+
+async def test_subprocess_user_group_umask_as_stock() -> None:
+    """Popen's user/group/extra_groups/umask reach the child on every loop
+    (uvloop's own spawn rejects them; the uvloop backend applies them)."""
+    kw: dict = {"umask": 0o027}
+    want_ids = None
+    if os.geteuid() == 0:  # changing ids needs root; umask does not
+        kw.update(user=65534, group=65534, extra_groups=[65534])
+        want_ids = ["65534", "65534", "65534"]
+    proc = await asyncio.create_subprocess_exec(
+        "sh", "-c", "id -u; id -g; id -G; umask", stdout=asyncio.subprocess.PIPE, **kw)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    lines = out.decode().split()
+    assert lines[-1] == "0027"
+    if want_ids is not None:
+        assert lines[:3] == want_ids
+    proc = await asyncio.create_subprocess_shell("umask", stdout=asyncio.subprocess.PIPE,
+                                                 umask=0o077)
+    out, _ = await proc.communicate()
+    assert out.decode().strip() == "0077"
+
+
+async def test_subprocess_bad_ids_fail_as_stock() -> None:
+    with pytest.raises(KeyError):
+        await asyncio.create_subprocess_exec("true", user="no-such-user-aem-xyz")
+    with pytest.raises(TypeError, match="User must be a string or an integer"):
+        await asyncio.create_subprocess_exec("true", user=1.5)

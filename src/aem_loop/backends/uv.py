@@ -78,6 +78,7 @@ from ..core.scheduler import _BIT, run_handed_off
 from ..events.loop import EventsLoopMixin
 from .uvproto import PriorityServerMixin
 from .uvsendfile import sendfile_fallback
+from .uvspawn import with_posix_ids
 
 __all__ = ["UVLoop"]
 
@@ -636,6 +637,16 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         when = sched.timers.next_when()
         if when is not None:
             self._aem_arm_timer(when)
+
+    # -- subprocesses: the Popen-only ids (see uvspawn) -----------------------
+
+    async def subprocess_exec(self, protocol_factory: Any, program: Any, *args: Any,
+                              **kwargs: Any) -> Any:
+        return await super().subprocess_exec(protocol_factory, program, *args,
+                                             **with_posix_ids(kwargs))
+
+    async def subprocess_shell(self, protocol_factory: Any, cmd: Any, **kwargs: Any) -> Any:
+        return await super().subprocess_shell(protocol_factory, cmd, **with_posix_ids(kwargs))
 
     # -- sendfile: uvloop has none (see uvsendfile) --------------------------
 
