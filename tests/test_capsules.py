@@ -783,3 +783,27 @@ def test_a_forked_child_holds_none_of_the_pool_and_cannot_use_it(pool: CapsulePo
     finally:
         os.close(go_w)
         os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_shutdown_on_the_loop_thread_with_runs_in_flight_does_not_deadlock(backend: str) -> None:
+    """``with CapsulePool() as pool:`` in a coroutine whose body raises while
+    ``pool.run`` calls are pending: the exit's shutdown(wait=True) runs on the
+    loop thread, which reads those calls' replies.  It returns; the calls
+    finish when the loop runs again, and then every process exits."""
+    import aem_loop
+
+    async def main() -> tuple[list[object], int, list[int]]:
+        tasks = []
+        with pytest.raises(KeyError), CapsulePool(2) as pool:
+            zpid, pids = pool.zygote_pid, pool.pids()
+            tasks = [asyncio.ensure_future(pool.run(pow, 3, i)) for i in range(4)]
+            await asyncio.sleep(0)  # the calls are sent
+            raise KeyError("the body fails with calls in flight")
+        results = await asyncio.gather(*tasks)
+        return results, zpid, pids
+
+    results, zpid, pids = aem_loop.run(main(), backend=backend)
+    assert results == [1, 3, 9, 27]
+    assert wait_gone(zpid), "the zygote is left"
+    assert [p for p in pids if not wait_gone(p)] == []

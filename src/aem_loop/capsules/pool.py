@@ -429,7 +429,11 @@ class CapsulePool(ManagerThread, Lifecycle, cf.Executor):
         """Stop taking calls; when the running ones are done, every process exits.
 
         With *wait*, return only when the zygote and every capsule are gone
-        (reaped: no zombie).  *cancel_futures* cancels calls not started yet.
+        (reaped: no zombie); called on the thread of a running loop whose
+        ``run()`` calls are in flight, it cannot wait for them (that loop
+        reads their replies): it returns at once, and the calls finish and
+        the processes exit when the loop runs again.  *cancel_futures*
+        cancels calls not started yet.
         In a process forked from the pool's, nothing to do (its fds were
         closed at the fork; the pool is the parent's).
         """
@@ -445,7 +449,23 @@ class CapsulePool(ManagerThread, Lifecycle, cf.Executor):
             self._idle_cond.notify_all()
         self._wake()
         if wait and threading.get_ident() != self._manager_ident:
+            if self._own_loop_calls():
+                # The loop running on this thread reads the replies of its
+                # run() calls, and it is blocked here: waiting would never
+                # end.  Those calls finish when the loop runs again; then
+                # the processes exit (as with wait=False).
+                return
             self._manager_done.wait()
+
+    def _own_loop_calls(self) -> bool:
+        """Whether a run() call of the loop running on this thread is in flight."""
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            return False
+        with self._lock:
+            calls = [c.call for c in self._capsules.values()] + list(self._backlog)
+        return any(c is not None and c is not SYNC and getattr(c, "loop", None) is loop
+                   for c in calls)
 
     async def _dedicate(self, prio: int) -> Capsule:
         """Take a capsule out of circulation for a KEEPALIVE event; replace it."""
@@ -661,6 +681,7 @@ class CapsulePool(ManagerThread, Lifecycle, cf.Executor):
                     call.fut.set_result(cap)
 
             cap.state = "busy"
+            cap.call = call  # its loop's: see _own_loop_calls
             try:
                 loop.call_soon_threadsafe(hand)
             except RuntimeError:  # its loop is closed
