@@ -807,3 +807,24 @@ def test_shutdown_on_the_loop_thread_with_runs_in_flight_does_not_deadlock(backe
     assert results == [1, 3, 9, 27]
     assert wait_gone(zpid), "the zygote is left"
     assert [p for p in pids if not wait_gone(p)] == []
+
+
+def _ignore_sigterm() -> int:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("ignores_sigterm", [False, True])
+def test_shutdown_ends_stopped_and_stubborn_capsules(ignores_sigterm: bool) -> None:
+    """A capsule that is SIGSTOPped (and one that also ignores SIGTERM) does
+    not hold shutdown(wait=True) forever: SIGTERM with SIGCONT, then SIGKILL
+    after the grace period; every process is gone when it returns."""
+    pool = CapsulePool(2)
+    assert pool.wait_ready(10)
+    pids = pool.pids()
+    zpid = pool.zygote_pid
+    victim = pool.call(_ignore_sigterm) if ignores_sigterm else pids[0]
+    os.kill(victim, signal.SIGSTOP)
+    pool.shutdown(wait=True)
+    assert gone(zpid), "the zygote is left"
+    assert [p for p in pids if not wait_gone(p)] == []

@@ -15,6 +15,7 @@ zygote answers ``b"X"`` + pid + wait status for every child that exits.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import select
@@ -309,6 +310,8 @@ def _forget_parent_state() -> None:
 
 
 REFILL_DELAY = 0.05  # seconds between handing out a spare and forking the next
+# At shutdown, seconds a capsule has to exit after SIGTERM before SIGKILL.
+KILL_GRACE = 2.0
 SPARES = 1  # capsules the zygote keeps forked ahead, waiting for a socket
 
 
@@ -465,12 +468,33 @@ def zygote_main(
     for pid in list(children):
         try:
             os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)  # a stopped one acts on it too
         except ProcessLookupError:
             pass
-    for pid in list(children):
+    # Reap them; what is left after KILL_GRACE (SIGTERM ignored or handled
+    # forever) is killed.
+    deadline = time.monotonic() + KILL_GRACE
+    while children:
         try:
-            os.waitpid(pid, 0)
+            pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
+            break
+        if pid:
+            children.discard(pid)
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            deadline = math.inf
+            continue
+        try:
+            select.select([rfd], [], [], None if left == math.inf else left)
+            os.read(rfd, 512)
+        except (InterruptedError, BlockingIOError):
             pass
 
 
