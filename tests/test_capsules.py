@@ -828,3 +828,35 @@ def test_shutdown_ends_stopped_and_stubborn_capsules(ignores_sigterm: bool) -> N
     pool.shutdown(wait=True)
     assert gone(zpid), "the zygote is left"
     assert [p for p in pids if not wait_gone(p)] == []
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_loop_closed_with_a_run_pending_loses_no_capsule(backend: str) -> None:
+    """loop.close() while ``await pool.run(...)`` is pending, the task then
+    dropped: the capsule whose reply nobody will read is killed and replaced,
+    later calls are served and shutdown finds nothing in flight."""
+    import gc
+
+    import aem_loop
+
+    pool = CapsulePool(1)
+    assert pool.wait_ready(10)
+    zpid, first = pool.zygote_pid, pool.pids()
+    loop = aem_loop.new_event_loop(backend=backend)
+
+    async def start() -> asyncio.Future[object]:
+        task = asyncio.ensure_future(pool.run(time.sleep, 5))
+        await asyncio.sleep(0)  # the call is sent (a capsule is idle)
+        return task
+
+    task = loop.run_until_complete(start())
+    loop.close()
+    task._log_destroy_pending = False  # type: ignore[attr-defined]
+    del task
+    gc.collect()  # the pending coroutine is closed
+    assert pool.call(len, "ab", timeout=30) == 2
+    assert pool.statistics()["busy"] == 0
+    pids = set(first) | set(pool.pids())
+    pool.shutdown(wait=True)
+    assert gone(zpid)
+    assert [p for p in pids if not wait_gone(p)] == []

@@ -410,6 +410,17 @@ class CapsulePool(ManagerThread, Lifecycle, cf.Executor):
                 raw = await got
             else:
                 raw = await asyncio.wait_for(got, timeout)
+        except GeneratorExit:
+            # Closed without an answer (its loop was closed with this call
+            # pending, and the task dropped): nobody will read the reply.
+            # The capsule is killed and replaced, as on cancellation.
+            try:
+                loop.remove_reader(cap.fd)
+            except Exception:  # a closed loop may refuse
+                pass
+            self._kill(cap)
+            self._lost(cap, call)
+            raise
         except (asyncio.CancelledError, TimeoutError) as exc:
             loop.remove_reader(cap.fd)
             self._kill(cap)
