@@ -1,6 +1,9 @@
 """An aiohttp app on aem_loop: /health answers at HIGH priority while /work floods.
 
-    python examples/aiohttp_app.py [selector|uvloop]      # serves on 127.0.0.1:8080
+    python examples/aiohttp_app.py [selector|uvloop] [PORT]
+
+/work on PORT (default 8080), /health on PORT + 1; PORT 0: ports chosen by
+the system (printed).  Ctrl-C stops it.
 """
 
 import asyncio
@@ -23,20 +26,22 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(text=f"ok at priority {aem_loop.current_priority()}\n")
 
 
-async def main() -> None:
+async def main(port: int) -> None:
     app = web.Application()
     app.router.add_get("/work", work)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 8080).start()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     # A second site for health checks: its connections run at HIGH.
     health_app = web.Application()
     health_app.router.add_get("/health", health)
     health_runner = web.AppRunner(health_app)
     await health_runner.setup()
     with aem_loop.priority(aem_loop.Priority.HIGH):
-        await web.TCPSite(health_runner, "127.0.0.1", 8081).start()
-    print("work on http://127.0.0.1:8080/work, health on http://127.0.0.1:8081/health")
+        await web.TCPSite(health_runner, "127.0.0.1", port + 1 if port else 0).start()
+    work_port, health_port = runner.addresses[0][1], health_runner.addresses[0][1]
+    print(f"work on http://127.0.0.1:{work_port}/work, "
+          f"health on http://127.0.0.1:{health_port}/health (Ctrl-C stops)", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -45,4 +50,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    aem_loop.run(main(), backend=sys.argv[1] if len(sys.argv) > 1 else "selector")
+    backend = sys.argv[1] if len(sys.argv) > 1 else "selector"
+    try:
+        aem_loop.run(main(int(sys.argv[2]) if len(sys.argv) > 2 else 8080), backend=backend)
+    except KeyboardInterrupt:  # the sites were cleaned up as main() was cancelled
+        print("stopped")

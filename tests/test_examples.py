@@ -42,3 +42,29 @@ def test_events_demo_runs(backend):
     out = run_example("events_demo.py", backend)
     assert out.count("2000 lines complete and in order: True") == 2
     assert "4000 values from 4 threads, none lost: True" in out
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_aiohttp_app_serves_health_at_high_and_stops_on_ctrl_c(backend):
+    import re
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "aiohttp_app.py"), backend, "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once both sites listen
+        m = re.search(r"health on (http://127\.0\.0\.1:\d+/health)", line)
+        assert m, line
+        with urllib.request.urlopen(m.group(1), timeout=30) as r:
+            assert r.read() == b"ok at priority 75\n"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.strip() == "stopped"
+    assert "Traceback" not in err
