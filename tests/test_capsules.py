@@ -860,3 +860,45 @@ def test_loop_closed_with_a_run_pending_loses_no_capsule(backend: str) -> None:
     pool.shutdown(wait=True)
     assert gone(zpid)
     assert [p for p in pids if not wait_gone(p)] == []
+
+
+def _exit_now(n: int) -> None:
+    os._exit(3)
+
+
+@pytest.mark.asyncio
+async def test_keepalive_capsule_dying_idle_is_reported(pool: CapsulePool) -> None:
+    """A KEEPALIVE capsule killed between activations: the next activation
+    runs on a new one (its kept state gone) and the loop's exception handler
+    says so, once; a death inside a call is that call's error, not reported
+    again."""
+    loop = asyncio.get_running_loop()
+    reports: list[dict] = []
+    loop.set_exception_handler(lambda lp, ctx: reports.append(ctx))
+    try:
+        ev = aem_loop.cloner(bump, flags=F.CAPSULE | F.KEEPALIVE, pool=pool)
+        v1, pid1 = await ev.activate(1)
+        died = pool.statistics()["died"]
+        os.kill(pid1, signal.SIGKILL)
+
+        def noticed() -> bool:  # the pool has seen the death (not a call)
+            with pool._idle_cond:
+                return pool._idle_cond.wait_for(lambda: pool.died > died, 10)
+
+        assert await loop.run_in_executor(None, noticed)
+        v2, pid2 = await ev.activate(2)
+        assert pid2 != pid1 and (v1, v2) == (1, 2)  # a fresh capsule: its state from 0
+        assert len(reports) == 1
+        assert f"pid {pid1}) died while idle" in reports[0]["message"]
+        assert reports[0]["event"] is ev
+        await ev.close()
+        # death inside a call: the call raises, nothing more is reported
+        ev2 = aem_loop.cloner(_exit_now, flags=F.CAPSULE | F.KEEPALIVE, pool=pool)
+        with pytest.raises(CapsuleDied):
+            await ev2.activate(1)
+        with pytest.raises(CapsuleDied):
+            await ev2.activate(1)  # on a new capsule, which dies in its call too
+        assert len(reports) == 1
+        await ev2.close()
+    finally:
+        loop.set_exception_handler(None)

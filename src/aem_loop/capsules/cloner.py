@@ -144,6 +144,7 @@ class ClonerEvent:
         self.activations = 0
         self._closed = False
         self._keep: Any = None  # the dedicated capsule (KEEPALIVE)
+        self._keep_failed: Any = None  # a dedicated capsule that died in a call (reported)
         self._keep_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -190,10 +191,21 @@ class ClonerEvent:
         if self.flags & EventFlags.KEEPALIVE:
             async with self._keep_lock:
                 if self._keep is None or self._keep.state == "dead":
+                    old = self._keep
                     self._keep = await pool._dedicate(prio)
                     self.children.append(ChildProcess(self, self._keep.pid, "keepalive"))
-                coro = pool.run(self._handler, *args, timeout=timeout, priority=prio,
-                                _event=self.info, _capsule=self._keep)
+                    if old is not None and old is not self._keep_failed:
+                        # died between activations: no call saw it, say it
+                        self._loop.call_exception_handler({
+                            "message": f"cloner event {self.info.name!r}: its KEEPALIVE "
+                                       f"capsule (pid {old.pid}) died while idle; capsule "
+                                       f"{self._keep.pid} serves from now on, without "
+                                       f"the state the old one kept",
+                            "event": self,
+                        })
+                coro = self._kept(pool.run(self._handler, *args, timeout=timeout,
+                                           priority=prio, _event=self.info,
+                                           _capsule=self._keep), self._keep)
                 if self.flags & EventFlags.NOCLDWAIT:
                     self._spawn_background(coro)
                     return self.children[-1]
@@ -219,6 +231,14 @@ class ClonerEvent:
                     raise task.exception() from None  # type: ignore[misc]
                 raise
         return await coro
+
+    async def _kept(self, coro: Any, cap: Any) -> Any:
+        """A call on the dedicated capsule; a death in it is the call's to report."""
+        try:
+            return await coro
+        except CapsuleDied:
+            self._keep_failed = cap
+            raise
 
     def _spawn_background(self, coro: Any) -> asyncio.Task[Any]:
         task = self._loop.create_task(coro)
