@@ -54,6 +54,8 @@ _dumps = pickle.dumps
 _HDR_PACK = w.HDR.pack
 _HDR_UNPACK = w.HDR.unpack_from
 _RECV = w.RECV
+_BIG = w.BIG
+_STARTING = ("starting", "greeting")  # forked, HELLO not handled yet
 
 # Every live pool of this process: a child forked from it (os.fork, a FORK
 # event's child, multiprocessing's fork) closes their sockets at once, so
@@ -70,8 +72,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-_BIG = w.BIG
-_STARTING = ("starting", "greeting")  # forked, HELLO not handled yet
 
 
 class CapsuleFuture(cf.Future):  # type: ignore[type-arg]
@@ -410,19 +410,14 @@ class CapsulePool(ManagerThread, Lifecycle, cf.Executor):
                 raw = await got
             else:
                 raw = await asyncio.wait_for(got, timeout)
-        except GeneratorExit:
-            # Closed without an answer (its loop was closed with this call
-            # pending, and the task dropped): nobody will read the reply.
-            # The capsule is killed and replaced, as on cancellation.
+        except (asyncio.CancelledError, TimeoutError, GeneratorExit) as exc:
+            # Cancelled, timed out, or closed without an answer (its loop was
+            # closed with this call pending and the task dropped): nobody will
+            # read the reply; the capsule is killed and replaced.
             try:
                 loop.remove_reader(cap.fd)
-            except Exception:  # a closed loop may refuse
+            except RuntimeError:  # a closed loop (GeneratorExit) may refuse
                 pass
-            self._kill(cap)
-            self._lost(cap, call)
-            raise
-        except (asyncio.CancelledError, TimeoutError) as exc:
-            loop.remove_reader(cap.fd)
             self._kill(cap)
             self._lost(cap, call)
             if isinstance(exc, TimeoutError):
