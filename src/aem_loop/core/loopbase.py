@@ -15,7 +15,7 @@ from typing import Any
 
 from .handles import AEMHandle
 from .periodic import PeriodicJob
-from .priority import PRIORITY_VAR, check_priority, seconds
+from .priority import PRIORITY_VAR, boolean, check_priority, seconds
 from .scheduler import DEFAULT_AGING, DEFAULT_TIME_SLICE, Scheduler
 from .stats import LoopStatistics
 from .timers import AEMTimerHandle, slack_fire_time
@@ -83,9 +83,7 @@ def make_scheduler(owner: Any, options: dict[str, Any]) -> Scheduler:
             f"unknown aem_loop option(s) {', '.join(map(repr, unknown))}; "
             f"known options: {', '.join((*LOOP_OPTIONS, 'fast_path'))}"
         )
-    strict = options.get("strict", False)
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be a bool, not {strict!r}")
+    strict = boolean(options.get("strict", False), "strict")
     aging = options.get("aging", DEFAULT_AGING)
     if strict:
         if "aging" in options and options["aging"] is not None:
@@ -106,9 +104,7 @@ def loop_slack(options: dict[str, Any]) -> float:
 
 def check_fast_path(fast_path: object) -> bool:
     """Validate the loop option fast_path (a bool)."""
-    if not isinstance(fast_path, bool):
-        raise TypeError(f"fast_path must be a bool, not {fast_path!r}")
-    return fast_path
+    return boolean(fast_path, "fast_path")
 
 
 def check_callback(callback: object, method: str) -> None:

@@ -29,7 +29,7 @@ from asyncio import coroutines, events
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .priority import PRIORITY_VAR, check_priority, seconds
+from .priority import PRIORITY_VAR, boolean, check_priority, seconds
 from .stats import LatencyRecorder, LatencySummary
 
 __all__ = ["MISSED_POLICIES", "PeriodicJob", "PeriodicStatistics", "Tick", "Ticker"]
@@ -102,8 +102,7 @@ class PeriodicJob:
                 f"not a coroutine object ({callback!r}); pass the function"
             )
         self._missed_policy = check_missed(missed)
-        if not isinstance(stop_on_error, bool):
-            raise TypeError(f"stop_on_error must be a bool, not {stop_on_error!r}")
+        boolean(stop_on_error, "stop_on_error")
         self._loop = loop
         self._callback: Callable[..., Any] | None = callback
         self._args = args

@@ -133,6 +133,14 @@ def seconds(value: object, what: str, *, low: float = 0.0, low_ok: bool = False)
     return float(v)
 
 
+def boolean(value: object, what: str) -> bool:
+    """*value* if it is a bool; TypeError naming *what* otherwise ("no" or 0
+    are not taken for False)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, not {value!r}")
+    return value
+
+
 def check_priority(value: object, what: str = "priority") -> int:
     """Return *value* as an int priority, or raise TypeError/ValueError.
 

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .handles import AEMHandle
-from .priority import DEFAULT_PRIORITY, NQUEUES, PRIORITY_VAR, seconds
+from .priority import DEFAULT_PRIORITY, NQUEUES, PRIORITY_VAR, boolean, seconds
 from .readyqueue import ReadyQueue
 from .stats import LatencyRecorder, LoopStatistics
 from .timers import AEMTimerHandle, TimerWheel
@@ -195,9 +195,7 @@ class Scheduler(ReadyQueue):
         super().__init__()
         self.slice = seconds(time_slice, "time_slice")
         self.aging = None if aging is None else seconds(aging, "aging (or None: strict)")
-        if not isinstance(inherit, bool):
-            raise TypeError(f"inherit must be a bool, not {inherit!r}")
-        self.inherit = inherit
+        self.inherit = boolean(inherit, "inherit")
         self._clock = clock
         self.owner = owner  # gets ``_current_handle`` in debug mode, as asyncio
         self.timers = TimerWheel(clock)
