@@ -498,9 +498,12 @@ def test_debug_mode_from_the_environment(backend):
     assert out.stdout.strip() == "ok"
 
 
-def _random_program(ops: list) -> list:
+def _random_program(ops: list, leveled: bool = False) -> list:
     """Run *ops* (see test_random_programs_order_like_stock) on the running
-    loop's callbacks, timers, tasks and futures; return the trace."""
+    loop's callbacks, timers, tasks and futures; return the trace.  With
+    *leveled*, each op carries the priority it is made at (see
+    test_programs_with_priorities_order_alike_on_both_backends), and the
+    program ends when a task below every level used has run."""
 
     async def main() -> list:
         loop = asyncio.get_running_loop()
@@ -508,35 +511,48 @@ def _random_program(ops: list) -> list:
         handles: list = []
         tasks = []
 
-        def soon(name, depth):
+        def soon(name, depth, p):
             trace.append(name)
             if depth:
-                handles.append(loop.call_soon(soon, name + "'", depth - 1))
+                with aem_loop.priority(p):
+                    handles.append(loop.call_soon(soon, name + "'", depth - 1, p))
 
         async def stepper(name, steps):
             for k in range(steps):
                 trace.append((name, k))
                 await asyncio.sleep(0)
 
-        for i, (kind, arg) in enumerate(ops):
-            name = f"{kind}{i}"
-            if kind == "soon":
-                handles.append(loop.call_soon(soon, name, arg))
-            elif kind == "later0":
-                handles.append(loop.call_later(0, trace.append, name))
-            elif kind == "cancel":
-                if handles:
-                    handles[arg % len(handles)].cancel()
-            elif kind == "task":
-                tasks.append(asyncio.ensure_future(stepper(name, arg)))
-            elif kind == "future":
-                fut = loop.create_future()
-                fut.add_done_callback(lambda f, n=name: trace.append((n, f.result())))
-                handles.append(loop.call_soon(fut.set_result, arg))
-            elif kind == "yield":
+        for i, op in enumerate(ops):
+            kind, arg = op[0], op[1]
+            p = op[2] if leveled else aem_loop.current_priority()
+            name = f"{kind}{i}@{p}" if leveled else f"{kind}{i}"
+            with aem_loop.priority(p):
+                if kind == "soon":
+                    handles.append(loop.call_soon(soon, name, arg, p))
+                elif kind == "later0":
+                    handles.append(loop.call_later(0, trace.append, name))
+                elif kind == "cancel":
+                    if handles:
+                        handles[arg % len(handles)].cancel()
+                elif kind == "task":
+                    tasks.append(loop.create_task(stepper(name, arg)))
+                elif kind == "future":
+                    fut = loop.create_future()
+                    fut.add_done_callback(lambda f, n=name: trace.append((n, f.result())))
+                    handles.append(loop.call_soon(fut.set_result, arg))
+            if kind == "yield":
                 await asyncio.sleep(0)
-        for _ in range(12):  # longest chain: 3 deep + 5 steps, with margin
-            await asyncio.sleep(0)
+        if leveled:
+            async def drain():  # below every level used: runs when all else has
+                for _ in range(30):
+                    await asyncio.sleep(0)
+
+            with aem_loop.priority(0):
+                last = loop.create_task(drain())
+            await last
+        else:
+            for _ in range(12):  # longest chain: 3 deep + 5 steps, with margin
+                await asyncio.sleep(0)
         await asyncio.gather(*tasks)
         return trace
 
@@ -600,11 +616,12 @@ def test_wakeup_after_abort_sees_the_transport_closed(backend, fast_path, debug)
 
 
 @pytest.mark.asyncio
-@pytest.mark.backends("selector")
 async def test_spent_slices_poll_only_when_io_more_urgent_than_the_backlog_is_ready():
-    """A HIGH reader beside a NORMAL backlog of long callbacks: each spent slice
-    asks the urgent tier, and polls in full only once the HIGH fd is ready --
-    then the reader runs before the rest of the backlog."""
+    """A HIGH reader beside a NORMAL backlog of long callbacks: the reader runs
+    right after the callback that made it ready, before the rest of the
+    backlog.  The selector backend asks the urgent tier at each spent slice
+    and polls in full only once the HIGH fd is ready; the uvloop backend ends
+    the round at each spent slice so that libuv polls."""
     import socket
     import time
 
@@ -633,7 +650,111 @@ async def test_spent_slices_poll_only_when_io_more_urgent_than_the_backlog_is_re
     a.close()
     b.close()
     assert order.index("urgent") == 10  # right after the callback that made it ready
-    assert extra < 8, extra  # not one full poll per spent slice (20 of them)
+    if loop.statistics().backend == "selector":
+        assert extra < 8, extra  # not one full poll per spent slice (20 of them)
+
+
+@pytest.mark.asyncio
+async def test_spent_slices_go_on_without_io_above_the_backlog():
+    """With no I/O registered above the backlog's level, a spent slice only
+    picks up due timers: a NORMAL backlog of long callbacks runs in one round
+    (a timer pending, so each share watches the clock), and a HIGH timer due
+    meanwhile still runs before the rest of the backlog."""
+    import time
+
+    loop = asyncio.get_running_loop()
+    await enter_priority_mode(loop)
+    order: list = []
+    far = loop.call_later(3600, order.append, "never")
+
+    def busy(i: int) -> None:
+        end = time.monotonic() + 0.001  # several time slices
+        while time.monotonic() < end:
+            pass
+        order.append(i)
+        if i == 4:
+            with aem_loop.priority(aem_loop.Priority.HIGH):
+                loop.call_later(0, order.append, "timer")
+
+    done = loop.create_future()
+    await asyncio.sleep(0)
+    rounds = loop.statistics().polls
+    for i in range(20):
+        loop.call_soon(busy, i)
+    loop.call_soon(done.set_result, None)
+    await done
+    far.cancel()
+    assert order.index("timer") in (5, 6)  # at the next spent slice
+    assert [x for x in order if x != "timer"] == list(range(20))
+    if loop.statistics().backend == "uvloop":
+        assert loop.statistics().polls - rounds <= 4
+
+
+@settings(max_examples=80, deadline=None)
+@given(ops=st.lists(
+    st.tuples(st.sampled_from(["soon", "soon", "cancel", "task", "future", "yield"]),
+              st.integers(0, 3), st.sampled_from([50, 50, 50, 10, 75])),
+    min_size=1, max_size=20))
+def test_programs_with_priorities_order_alike_on_both_backends(ops):
+    """Random mixes of callbacks, chains, tasks and futures at three levels
+    run in the same order on the uvloop backend (fast path on or off: its
+    hand-offs to uvloop's queue, the rounds behind and beside them) as on the
+    selector backend's leveled dispatch, the reference for priorities."""
+    reference = aem_loop.run(_random_program(ops, leveled=True), backend="selector",
+                             fast_path=False)
+    for fast_path in (False, True):
+        got = aem_loop.run(_random_program(ops, leveled=True), backend="uvloop",
+                           fast_path=fast_path)
+        assert got == reference, fast_path
+
+
+@pytest.mark.asyncio
+async def test_a_round_cut_short_still_runs_its_share_before_later_callbacks():
+    """Callbacks queued in the core (A1-A3, from a HIGH callback) and one a
+    callback run from I/O queues after them (B, handed to uvloop's queue on
+    the uvloop backend): A1 queues urgent work (U), which takes A3's place
+    in the round; A3 still runs before B (the uvloop backend holds B until
+    it has), and U right after A1."""
+    import socket
+
+    loop = asyncio.get_running_loop()
+    await enter_priority_mode(loop)
+    order: list[str] = []
+    done = loop.create_future()
+
+    def a(name: str) -> None:
+        order.append(name)
+        if name == "A1":
+            with aem_loop.priority(aem_loop.Priority.HIGH):
+                loop.call_soon(order.append, "U")
+
+    def high() -> None:
+        order.append("H")
+        with aem_loop.priority(aem_loop.Priority.NORMAL):
+            for n in ("A1", "A2", "A3"):
+                loop.call_soon(a, n)
+
+    def x() -> None:
+        order.append("X")
+        loop.call_soon(order.append, "B")
+        loop.call_soon(done.set_result, None)
+
+    class Reader(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            order.append(data.decode())
+            loop.call_soon(x)
+            with aem_loop.priority(aem_loop.Priority.HIGH):
+                loop.call_soon(high)
+
+    a_sock, b_sock = socket.socketpair()
+    transport, _ = await loop.create_connection(Reader, sock=a_sock)
+    try:
+        b_sock.send(b"go")
+        await done
+    finally:
+        transport.close()
+        b_sock.close()
+    assert order == ["go", "H", "X", "A1", "U", "A2", "A3", "B"]
 
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])

@@ -36,12 +36,20 @@ no round is armed, no I/O was registered and no timer is pending above L,
 and what is handed off and still pending is at L.  Work queued in the core
 above L meanwhile is run by a round put at the *front* of uvloop's deque
 (so before the pending hand-offs); work at or below L by a round at the
-back (after them, so FIFO holds).  A round at the back ends the hand-off
-epoch; at most HANDOFF_MAX hand-offs come between two of them.  What other
-threads queue is taken into the core by a handle put at the front.  A
-program whose streams or tasks are woken at one level thus pays one Python
-call per wakeup (a closure installed as the loop's call_soon), not the
-core's queue.
+back (after them, so FIFO holds).  While that round is armed, and while it
+runs, callbacks at L are still handed off, behind it: it runs what the core
+held at L when the first of them was made (up to that callback, the tail)
+and nothing below L, and a hand-off is made only while the core's level L
+still ends with the tail (nothing queued there since).  If that round is
+cut short before the tail (more urgent work took its share), uvloop's
+queue is held and released after libuv's next poll, behind the rest.  A
+round at the back with nothing handed off behind it ends the hand-off
+epoch; at most HANDOFF_MAX hand-offs come in one.  What other threads queue
+is taken into the core by a handle put at the front.  A program whose
+streams or tasks are woken at one level thus pays one Python call per
+wakeup (a closure installed as the loop's call_soon), not the core's
+queue, also while the core holds work (a timer's callback, a task created
+at another level).
 
 What differs from "selector": uvloop's own internal callbacks (signal
 handlers registered with ``add_signal_handler``, connection_made of
@@ -119,13 +127,29 @@ def _noop() -> None:
     pass
 
 
+_UNSET = object()
+
+
 class _HandOff:
     """The hand-off state of one loop, in slots (read on every call_soon)."""
 
-    __slots__ = ("above", "budget", "h", "io_top", "top")
+    __slots__ = ("above", "base", "budget", "h", "io_top", "saved", "tail", "top")
 
     def __init__(self) -> None:
         self.budget = 0  # hand-offs allowed before the next round at the back
+        self.base = 0  # the budget when hand-offs were last counted as dispatched
+        # Hand-offs behind a round (see "Hand-off" in the module docstring).
+        # While a round is armed at the back, and while it runs if some were
+        # made behind it: the hand-offs still allowed (the budget is 0 then).
+        self.saved = 0
+        # The first hand-off behind the armed round records the last callback
+        # the core held at level h then (tail; None: none): the round runs
+        # level h up to it, before the hand-offs.  More are handed off behind
+        # the round, or beside it while it runs, only while the core's level
+        # h ends with that tail (nothing queued there since, so nothing that
+        # must run after them).  _UNSET: none made behind the armed round.
+        # (A reader's handle is never the tail: it is queued again as itself.)
+        self.tail: Any = _UNSET
         self.h = -1  # the level of the pending hand-offs; -1: none pending
         self.above = _NEVER  # 2 << h: core bits this high preempt them
         # No hand-off below top: the highest level I/O was registered at
@@ -166,13 +190,18 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             uvloop.Loop.close(self)
             raise
         self._aem.debug = self.get_debug()
+        # The levels I/O can bring work at, for the core's slices: libuv's own
+        # (default-priority transports, servers, signals, subprocesses) at the
+        # default level, and each level I/O is registered at (_aem_note_io).
+        # A slice ends in a poll only while I/O above the backlog may wait.
+        self._aem.io_register(DEFAULT_PRIORITY)
         self._aem_armed = False
         # Hand-off state (see the module docstring).
         self._aem_ready, self._aem_noop = _find_ready(self)
         self._aem_ho = _HandOff()
         self._aem_inbox_h: Any = None
         if self._aem_ready is not None:  # else never hand off
-            self._aem_ho.budget = HANDOFF_MAX
+            self._aem_ho.budget = self._aem_ho.base = HANDOFF_MAX
             # a handle that takes the inbox, put at the front by other threads
             self._aem_inbox_h = _uv_call_soon(self, self._aem_take_inbox)
             self._aem_ready.pop()
@@ -184,6 +213,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         self._aem_held: collections.deque[Any] = collections.deque()
         self._aem_feeder: Any = None
         self._aem_feed_since = -1.0
+        self._aem_lead_rest = 0  # run by the feeder before the held callbacks
         self._aem_thread: int | None = None
         # The fast path: until the process first uses a non-default priority
         # there is nothing to order, and uvloop's own call_soon is this
@@ -290,6 +320,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         uv_call_soon = _uv_call_soon.__get__(loop)
         push = sched.push
         push_woken = sched.push_woken
+        levels = sched._levels
 
         def call_soon(callback: Callable[..., object], *args: Any, context: Any = None) -> Any:
             if not sched._bits:
@@ -304,6 +335,26 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                         ho.budget -= 1
                         return uv_call_soon(callback, *args, context=context)
                 return general(loop, callback, *args, context=context)
+            if ho.saved > 0 and not sched.inbox and not sched.boosts:
+                # The core holds work and a round is armed at the back for it
+                # (or runs): hand off behind it, as the tail decides.
+                level = get(DEFAULT_PRIORITY) if context is None else context.get(
+                    var, DEFAULT_PRIORITY)
+                h = ho.h
+                if (level == h or h < 0) and level >= ho.top and sched.current <= level:
+                    q = levels[level]
+                    tail = ho.tail
+                    if tail is _UNSET:  # the first behind the armed round
+                        tail = q[-1] if q else None
+                        if tail is not None and getattr(tail, "_aem_q", False):
+                            tail = _UNSET  # a reader's (see _HandOff.tail)
+                        ho.tail = tail
+                    if not q or q[-1] is tail:
+                        if h < 0:
+                            ho.h = level
+                            ho.above = 2 << level
+                        ho.saved -= 1
+                        return uv_call_soon(callback, *args, context=context)
             # The core holds work: queue behind it (the class's method's
             # core path, inlined with _aem_arm's decision: the path of every
             # wakeup under load; the loop is open and not in debug mode while
@@ -323,16 +374,19 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         self.__dict__["call_soon"] = call_soon
 
     def _aem_arm_back(self) -> None:
-        """Queue a round at the back of uvloop's queue.  Until it runs no
-        callback is handed off (it must come after every hand-off); the
-        hand-offs made since the last one are counted as dispatched."""
+        """Queue a round at the back of uvloop's queue.  Until it runs, a
+        callback is handed off only behind it, at the hand-offs' level and
+        as the loop's call_soon decides (the rest of the budget is saved for
+        that); the hand-offs made since the last count are counted as
+        dispatched."""
         self._aem_armed = True
         ho = self._aem_ho
-        if ho.budget:
-            n = HANDOFF_MAX - ho.budget
-            if n and ho.h >= 0:
-                self._aem.dispatched[ho.h] += n
-            ho.budget = 0
+        n = ho.base - ho.budget
+        if n > 0 and ho.h >= 0:
+            self._aem.dispatched[ho.h] += n
+        ho.saved = ho.base = ho.budget
+        ho.budget = 0
+        ho.tail = _UNSET
         _uv_call_soon(self, self._aem_dispatch)
 
     def _aem_schedule(self, callback: Callable[..., object], args: tuple[Any, ...],
@@ -449,6 +503,8 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         """I/O was registered at *level*: no hand-off below it from now on
         (its readiness must not wait behind a batch in uvloop's queue)."""
         ho = self._aem_ho
+        if not self._aem._io_bits >> level & 1:
+            self._aem.io_register(level)
         if level > ho.io_top:
             ho.io_top = level
         if level > ho.top:
@@ -476,8 +532,15 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         ready.appendleft(h)
 
     def _aem_dispatch(self) -> None:
-        self._aem_armed = False
         ho = self._aem_ho
+        if ho.tail is not _UNSET:
+            self._aem_dispatch_lead()
+            return
+        # It counts as armed while it runs: a round for what it leaves (or
+        # what its callbacks queue) is armed when it ends; until then nothing
+        # is handed off behind one (it would wait for lower levels this round
+        # still runs).
+        ho.saved = 0
         floor = -1
         if self._aem_held:  # held callbacks go first at their level
             floor = ho.h
@@ -489,7 +552,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                 ho.h = -1
                 ho.above = _NEVER
             if self._aem_ready is not None:
-                ho.budget = HANDOFF_MAX
+                ho.budget = ho.base = HANDOFF_MAX
         sched = self._aem
         try:
             if sched.timers.n:
@@ -497,28 +560,80 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
             sched.polls += 1
             sched.run_ready(floor)
         finally:
+            self._aem_armed = False
             self._aem_after_round()
 
-    def _aem_hold(self) -> None:
-        """The fast path ends: take what uvloop's queue holds (callbacks
-        queued on the fast path, at the default level) out of it, to be
-        released one by one by the feeder, which runs more urgent work and
-        due timers first.  The deque keeps its length (uvloop's running pass
-        pops as many as it counted): the feeder and no-op stand-ins."""
+    def _aem_dispatch_lead(self) -> None:
+        """The round with hand-offs queued behind it (see ``_HandOff.tail``):
+        what is queued above their level, then the callbacks the core held at
+        their level before them (up to the tail: the lead); more are handed
+        off beside it as the tail allows.  If it ends before the lead is done (its slice spent with
+        urgent I/O possible, or more urgent work took its share), the rest
+        must still run before the hand-offs, after libuv has polled: uvloop's
+        queue is held (see ``_aem_hold``) and the feeder runs them first.
+        While it runs it counts as armed: a round for what it leaves is armed
+        when it ends, behind what was handed off beside it."""
+        ho = self._aem_ho
+        h = ho.h
+        sched = self._aem
+        q = sched._levels[h]
+        tail = ho.tail
+        try:  # what runs at h before the hand-offs
+            lead = 0 if tail is None else q.index(tail) + 1
+        except ValueError:  # run already (by the round running when this one was armed)
+            lead = 0
+        # the epoch goes on: the hand-offs behind this round are pending
+        n = ho.base - ho.saved
+        if n > 0:
+            sched.dispatched[h] += n
+        ho.base = ho.saved
+        try:
+            if sched.timers.n:
+                sched.move_due_timers(_monotonic())
+            sched.polls += 1
+            if sched._bits >= ho.above:
+                sched.run_ready(h)
+            if lead > 0:
+                lead -= sched.run_ready(h - 1, lead)
+                if lead > 0 and self._aem_hold(poll_first=True):
+                    self._aem_lead_rest = min(lead, len(sched._levels[h]))
+        finally:
+            ho.tail = _UNSET
+            if not self._aem_held:
+                ho.budget = ho.saved
+            ho.saved = 0
+            self._aem_armed = False
+            self._aem_after_round()
+
+    def _aem_hold(self, poll_first: bool = False) -> bool:
+        """Take what uvloop's queue holds out of it, to be released one by one
+        by the feeder, which runs more urgent work and due timers first: when
+        the fast path ends (callbacks queued on it, at the default level), and
+        when a round's slice ends before what must run ahead of the hand-offs
+        behind it (*poll_first*: the feeder runs after libuv's next poll).
+        The deque keeps its length (uvloop's running pass pops as many as it
+        counted): the feeder and no-op stand-ins.  False if it was empty."""
         ready = self._aem_ready
         n = len(ready)
         if not n:
-            return
-        self._aem_ho.budget = 0  # none while held callbacks wait
+            return False
+        ho = self._aem_ho
+        ho.budget = ho.base = ho.saved = 0  # none while held callbacks wait
         held = self._aem_held
         while ready:  # one at a time: another thread may append meanwhile
             held.append(ready.popleft())
         if self._aem_feeder is None:
             self._aem_feeder = _uv_call_soon(self, self._aem_feed)
+            ready.remove(self._aem_feeder)  # placed below
+        noop = self._aem_noop
+        if poll_first:
+            # n stand-ins first: the pass running now ends on them
+            ready.extend(itertools.repeat(noop, n))
+            ready.append(self._aem_feeder)
         else:
             ready.append(self._aem_feeder)
-        if n > 1:
-            ready.extend(itertools.repeat(self._aem_noop, n - 1))
+            ready.extend(itertools.repeat(noop, n - 1))
+        return True
 
     def _aem_feed(self) -> None:
         """Release the next held callback after what is more urgent."""
@@ -529,9 +644,17 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         held = self._aem_held
         try:
             self._aem_run_above(now)
+            if self._aem_lead_rest:
+                # what the core queued ahead of the held callbacks runs first
+                h = self._aem_ho.h
+                rest = self._aem_lead_rest - sched.run_ready(h - 1, self._aem_lead_rest)
+                self._aem_lead_rest = min(rest, len(sched._levels[h]))
         finally:
             ready = self._aem_ready
-            if held and ready is not None:
+            if self._aem_lead_rest and ready is not None:
+                self._aem_feed_since = -1.0  # its slice spent: libuv polls first
+                ready.append(self._aem_feeder)
+            elif held and ready is not None:
                 h = held.popleft()
                 if _monotonic() - self._aem_feed_since < sched.slice:
                     ready.appendleft(self._aem_feeder)  # in this pass: h, then the feeder
@@ -547,7 +670,8 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                 ho.h = -1
                 ho.above = _NEVER
                 if ready is not None and not self._aem_armed:
-                    ho.budget = HANDOFF_MAX
+                    ho.budget = ho.base = HANDOFF_MAX
+                self._aem_lead_rest = 0
                 self._aem_after_round()
 
     def _aem_dispatch_front(self) -> None:
@@ -699,6 +823,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                 self._aem_hold()
             elif self._aem_armed:  # another thread: the queue is not ours to take
                 self._aem_keep = True
+                ho.saved = 0  # that round runs none of the core's level h
 
     def run_forever(self) -> None:
         self._aem_thread = threading.get_ident()
@@ -712,7 +837,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         self._aem_closed = True
         self.__dict__.pop("call_soon", None)  # a bound method of the loop: a cycle
         self._aem_ready = None
-        self._aem_ho.budget = 0
+        self._aem_ho.budget = self._aem_ho.base = self._aem_ho.saved = 0
         self._aem_ho.above = _NEVER
         self._aem_held.clear()
         # bound methods of the loop: cycles

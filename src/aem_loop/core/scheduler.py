@@ -586,37 +586,42 @@ class Scheduler(ReadyQueue):
                 level = self._boosted(handle, level)
             self._enqueue(handle, level)
 
-    def run_ready(self, floor: int = -1) -> None:
+    def run_ready(self, floor: int = -1, limit: int = -1) -> int:
         """Run one round of ready callbacks.  The only place callbacks are called.
 
         The inner loop drains one level while nothing more urgent is queued
         (checked after every callback: one comparison of the bitmap), and
         settles the bookkeeping of that level once when it leaves it.
         With *floor*, only levels above it run (and no aging: what waits at
-        or below it is left, in order, to a later round).
+        or below it is left, in order, to a later round).  With *limit*, at
+        most that many callbacks are taken (and no aging); the return value
+        is then how many were taken at level ``floor + 1`` (0 otherwise).
         """
         if self.inbox:
             self.drain_inbox()
         bits = self._bits
         if not bits:
-            return
-        if (bits == _DEF_BIT and floor < 0 and self._io_bits < _ABOVE_DEF
+            return 0
+        if (bits == _DEF_BIT and floor < 0 and limit < 0 and self._io_bits < _ABOVE_DEF
                 and not self.timers.n):
             # Only the default level is queued and nothing (I/O, a timer)
             # could bring more urgent work by time: asyncio's round is this
             # round, without its per-level bookkeeping.
             self.run_flat()
-            return
+            return 0
         levels = self._levels
         # what is ready now: at most this many run in this round
         n = len(self) if bits & (bits - 1) else len(levels[bits.bit_length() - 1])
+        if 0 <= limit < n:
+            n = limit
+        low = 0  # taken at floor + 1
         clock = self._clock
         probe = self._probe
         debug = self.debug
         # A round of one callback needs no clock: nothing can wait behind it.
         deadline = clock() + self.slice if n > 1 else _INF
         try:
-            if bits & (bits - 1) and self.aging is not None and floor < 0:  # two levels+
+            if bits & (bits - 1) and self.aging is not None and floor < 0 and limit < 0:
                 n -= self._run_aged(clock())
             while n > 0:
                 bits = self._bits
@@ -714,6 +719,8 @@ class Scheduler(ReadyQueue):
                                 break
                 finally:
                     n -= popped
+                    if level == floor + 1:
+                        low += popped
                     self.dispatched[level] += popped - skipped
                     if not q:
                         self._bits &= ~(1 << level)
@@ -722,6 +729,7 @@ class Scheduler(ReadyQueue):
                     break
         finally:
             self.current = _NOT_DISPATCHING
+        return low
 
     def _sample(self, level: int, now: float) -> None:
         rec = self.lateness.get(level)
