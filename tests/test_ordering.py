@@ -655,6 +655,65 @@ async def test_spent_slices_poll_only_when_io_more_urgent_than_the_backlog_is_re
 
 
 @pytest.mark.asyncio
+async def test_urgent_connection_runs_before_a_backlog_of_default_callbacks():
+    """A server made under HIGH beside 200 default callbacks queued from I/O
+    (on the uvloop backend: handed to uvloop's queue, with checkpoints that
+    ask whether an urgent fd is ready): data sent to it by the 10th callback
+    is received long before the backlog ends, and nothing of either is lost
+    or reordered."""
+    import socket
+    import time
+
+    loop = asyncio.get_running_loop()
+    order: list = []
+    done = loop.create_future()
+    accepted = loop.create_future()
+
+    class Urgent(asyncio.Protocol):
+        def connection_made(self, transport):
+            accepted.set_result(transport)
+
+        def data_received(self, data):
+            order.append("urgent")
+
+    with aem_loop.priority(aem_loop.Priority.HIGH):
+        server = await loop.create_server(Urgent, "127.0.0.1", 0)
+    client = socket.create_connection(server.sockets[0].getsockname())
+    server_side = await accepted
+
+    def busy(i: int) -> None:
+        end = time.monotonic() + 0.0002  # a slice (0.5 ms) spans a few of them
+        while time.monotonic() < end:
+            pass
+        order.append(i)
+        if i == 10:
+            client.send(b"x")
+        if i == 199:
+            done.set_result(None)
+
+    class Kick(asyncio.Protocol):
+        def data_received(self, data):
+            for i in range(200):
+                loop.call_soon(busy, i)
+
+    a, b = socket.socketpair()
+    kick, _ = await loop.create_connection(Kick, sock=a)
+    try:
+        b.send(b"go")
+        await done
+    finally:
+        kick.close()
+        b.close()
+        client.close()
+        server_side.close()
+        server.close()
+        await server.wait_closed()
+    assert [x for x in order if x != "urgent"] == list(range(200))
+    assert order.count("urgent") == 1
+    assert order.index("urgent") < 60, order.index("urgent")
+
+
+@pytest.mark.asyncio
 async def test_spent_slices_go_on_without_io_above_the_backlog():
     """With no I/O registered above the backlog's level, a spent slice only
     picks up due timers: a NORMAL backlog of long callbacks runs in one round

@@ -64,6 +64,7 @@ import contextvars
 import gc
 import itertools
 import math
+import select
 import threading
 import time
 from asyncio import events
@@ -121,6 +122,10 @@ _NEVER = 1 << 200
 # the hand-offs' level or below) waits behind.  Work from other threads and
 # more urgent work does not wait for it: it is taken at the front.
 HANDOFF_MAX = 1024
+# With urgent fds watched: a checkpoint after every this many hand-offs (a
+# power of two: the budget's low bits count them).
+CHECK_EVERY = 16
+_CHECK_MASK = CHECK_EVERY - 1
 
 
 def _noop() -> None:
@@ -133,7 +138,7 @@ _UNSET = object()
 class _HandOff:
     """The hand-off state of one loop, in slots (read on every call_soon)."""
 
-    __slots__ = ("above", "base", "budget", "h", "io_top", "saved", "tail", "top")
+    __slots__ = ("above", "base", "budget", "check", "h", "io_top", "saved", "tail", "top")
 
     def __init__(self) -> None:
         self.budget = 0  # hand-offs allowed before the next round at the back
@@ -156,6 +161,9 @@ class _HandOff:
         # (io_top), or a pending timer was created at (reset when none pends).
         self.top = DEFAULT_PRIORITY
         self.io_top = DEFAULT_PRIORITY
+        # Urgent fds are watched (see UVLoop._aem_watch): every CHECK_EVERY-th
+        # hand-off is followed by a checkpoint that asks whether one is ready.
+        self.check = False
 
 
 def _find_ready(loop: uvloop.Loop) -> tuple[Any, Any]:
@@ -214,6 +222,8 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         self._aem_feeder: Any = None
         self._aem_feed_since = -1.0
         self._aem_lead_rest = 0  # run by the feeder before the held callbacks
+        self._aem_urgent: Any = None  # the epoll set of urgent fds (_aem_watch)
+        self._aem_urgent_holds = 0
         self._aem_thread: int | None = None
         # The fast path: until the process first uses a non-default priority
         # there is nothing to order, and uvloop's own call_soon is this
@@ -278,6 +288,8 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                     ho.h = level
                     ho.above = 2 << level
                 ho.budget -= 1
+                if ho.check and not ho.budget & _CHECK_MASK:
+                    _uv_call_soon(self, self._aem_checkpoint)  # runs before it: as well
                 if not sched.debug:
                     return _uv_call_soon(self, callback, *args, context=context)
                 # debug mode: the handle records where it was made, as the core's do
@@ -321,6 +333,7 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         push = sched.push
         push_woken = sched.push_woken
         levels = sched._levels
+        checkpoint = self._aem_checkpoint
 
         def call_soon(callback: Callable[..., object], *args: Any, context: Any = None) -> Any:
             if not sched._bits:
@@ -333,6 +346,10 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                             ho.h = level
                             ho.above = 2 << level
                         ho.budget -= 1
+                        if ho.check and not ho.budget & _CHECK_MASK:
+                            handle = uv_call_soon(callback, *args, context=context)
+                            uv_call_soon(checkpoint)
+                            return handle
                         return uv_call_soon(callback, *args, context=context)
                 return general(loop, callback, *args, context=context)
             if ho.saved > 0 and not sched.inbox and not sched.boosts:
@@ -354,6 +371,10 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
                             ho.h = level
                             ho.above = 2 << level
                         ho.saved -= 1
+                        if ho.check and not ho.saved & _CHECK_MASK:
+                            handle = uv_call_soon(callback, *args, context=context)
+                            uv_call_soon(checkpoint)
+                            return handle
                         return uv_call_soon(callback, *args, context=context)
             # The core holds work: queue behind it (the class's method's
             # core path, inlined with _aem_arm's decision: the path of every
@@ -499,16 +520,67 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
 
     # -- dispatch -----------------------------------------------------------------
 
-    def _aem_note_io(self, level: int) -> None:
+    def _aem_note_io(self, level: int, watched: bool = False) -> None:
         """I/O was registered at *level*: no hand-off below it from now on
-        (its readiness must not wait behind a batch in uvloop's queue)."""
+        (its readiness must not wait behind a batch in uvloop's queue) --
+        unless it is *watched*: its fds are in the loop's urgent epoll set,
+        which checkpoints among the hand-offs ask (see _aem_watch)."""
         ho = self._aem_ho
         if not self._aem._io_bits >> level & 1:
             self._aem.io_register(level)
+        if watched:
+            return
         if level > ho.io_top:
             ho.io_top = level
         if level > ho.top:
             ho.top = level
+
+    # -- urgent fds: asked among hand-offs ---------------------------------------
+    #
+    # Listening sockets and connections of servers made under a priority above
+    # the default are also registered (level-triggered, for input) in an epoll
+    # set of the loop's own.  Hand-offs then go on below their level; every
+    # CHECK_EVERY-th is followed by a checkpoint that polls that set without
+    # blocking: if an urgent fd is ready, the rest of uvloop's queue is held
+    # so that libuv polls now and the urgent event runs first.
+
+    def _aem_watch(self, fd: int) -> None:
+        ep = self._aem_urgent
+        if ep is None:
+            ep = self._aem_urgent = select.epoll()
+            self._aem.io_ready = self._aem_io_ready
+        try:
+            ep.register(fd, select.EPOLLIN)
+        except FileExistsError:
+            ep.modify(fd, select.EPOLLIN)
+        except OSError:  # closed meanwhile
+            return
+        self._aem_ho.check = True
+
+    def _aem_unwatch(self, fd: int) -> None:
+        ep = self._aem_urgent
+        if ep is not None:
+            try:
+                ep.unregister(fd)
+            except OSError:  # closed already (and so dropped from the set)
+                pass
+
+    def _aem_io_ready(self, level: int) -> bool:
+        """At a spent slice of a round at *level* (the core's io_ready): may
+        I/O above it be ready?  Only the urgent set can say no, and only if
+        no other I/O is registered above *level*."""
+        ep = self._aem_urgent
+        if ep is None or self._aem_ho.io_top > level:
+            return True
+        return bool(ep.poll(0))
+
+    def _aem_checkpoint(self) -> None:
+        ep = self._aem_urgent
+        if ep is None or self._aem_held or self._aem_ready is None:
+            return
+        if ep.poll(0):
+            self._aem_urgent_holds += 1
+            self._aem_hold(poll_first=True)
 
     def _aem_arm(self) -> None:
         """Have uvloop run the next round (once, however often it is asked);
@@ -843,5 +915,10 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         # bound methods of the loop: cycles
         self._aem_feeder = self._aem_noop = self._aem_inbox_h = None
         self._aem_uv_timer = None
+        self._aem_ho.check = False
+        if self._aem_urgent is not None:
+            self._aem_urgent.close()
+            self._aem_urgent = None
+            self._aem.io_ready = None
         self._aem_timer_when = _INF
         self._aem.clear()

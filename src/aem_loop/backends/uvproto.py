@@ -36,6 +36,7 @@ class _PriorityProtocol(asyncio.Protocol):
         self._aem_sched = loop._aem
         self._aem_backlog = 0
         self._aem_transport: Any = None
+        self._aem_fd = -1  # watched as urgent (see UVLoop._aem_watch)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._aem_inner, name)
@@ -64,6 +65,10 @@ class _PriorityProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self._aem_transport = transport
+        if self._aem_level > DEFAULT_PRIORITY:
+            self._aem_fd = _fd_of(transport)
+            if self._aem_fd >= 0:
+                self._aem_loop._aem_watch(self._aem_fd)
         self._aem_direct(self._aem_inner.connection_made, transport)
 
     def data_received(self, data: bytes) -> None:
@@ -80,6 +85,9 @@ class _PriorityProtocol(asyncio.Protocol):
         return True  # keep the transport open until the deferred call decides
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._aem_fd >= 0:
+            self._aem_loop._aem_unwatch(self._aem_fd)
+            self._aem_fd = -1
         self._aem_call(self._aem_inner.connection_lost, exc)
 
     def pause_writing(self) -> None:
@@ -110,7 +118,7 @@ def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
     if level == DEFAULT_PRIORITY:
         return factory
     loop._aem_leave_fast_path()
-    loop._aem_note_io(level)
+    loop._aem_note_io(level, watched=level > DEFAULT_PRIORITY)
 
     def make() -> Any:
         inner = factory()
@@ -119,6 +127,24 @@ def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
         return _PriorityProtocol(inner, level, loop)
 
     return make
+
+
+def _fd_of(transport: Any) -> int:
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (OSError, ValueError):
+        return -1
+
+
+def _watch_server(loop: Any, server: Any) -> Any:
+    """A server made under a priority above the default: its listening
+    sockets are urgent fds (a new connection to it must not wait behind
+    hand-offs)."""
+    if current_priority() > DEFAULT_PRIORITY and CLASSIFIER.get() is None:
+        for sock in server.sockets or ():
+            loop._aem_watch(sock.fileno())
+    return server
 
 
 def _unwrap(protocol: Any) -> Any:
@@ -131,16 +157,16 @@ class PriorityServerMixin:
     """Wraps protocol factories of stream servers and connections."""
 
     async def create_server(self, protocol_factory: Any, *args: Any, **kw: Any) -> Any:
-        return await super().create_server(  # type: ignore[misc]
+        return _watch_server(self, await super().create_server(  # type: ignore[misc]
             _wrap_factory(self, protocol_factory), *args, **kw
-        )
+        ))
 
     async def create_unix_server(
         self, protocol_factory: Any, *args: Any, **kw: Any
     ) -> Any:
-        return await super().create_unix_server(  # type: ignore[misc]
+        return _watch_server(self, await super().create_unix_server(  # type: ignore[misc]
             _wrap_factory(self, protocol_factory), *args, **kw
-        )
+        ))
 
     async def create_connection(
         self, protocol_factory: Any, *args: Any, **kw: Any

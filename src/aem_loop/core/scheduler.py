@@ -175,6 +175,7 @@ class Scheduler(ReadyQueue):
         "inherit",
         "inherited",
         "io_poll",
+        "io_ready",
         "lateness",
         "owner",
         "polls",
@@ -214,6 +215,9 @@ class Scheduler(ReadyQueue):
         # else a spent slice with urgent I/O possible ends the round and the
         # backend polls.
         self.io_poll: Callable[[], bool] | None = None
+        # A backend that can tell cheaply whether I/O above a level is ready
+        # sets this: at a spent slice, False lets the round go on unpolled.
+        self.io_ready: Callable[[int], bool] | None = None
         self.current = _NOT_DISPATCHING
         self.boosts: dict[Any, int] = {}
         self._boost_sources: dict[Any, dict[Any, int]] = {}
@@ -699,7 +703,8 @@ class Scheduler(ReadyQueue):
                             # work: pick those up here, without a poll that
                             # would re-list every busy fd.
                             self.slices += 1
-                            if self._must_poll():
+                            if self._must_poll() and (self.io_ready is None
+                                                      or self.io_ready(level)):
                                 io_poll = self.io_poll
                                 if io_poll is None:
                                     poll = True
