@@ -44,7 +44,11 @@ still ends with the tail (nothing queued there since).  If that round is
 cut short before the tail (more urgent work took its share), uvloop's
 queue is held and released after libuv's next poll, behind the rest.  A
 round at the back with nothing handed off behind it ends the hand-off
-epoch; at most HANDOFF_MAX hand-offs come in one.  What other threads queue
+epoch; at most HANDOFF_MAX hand-offs come in one.  I/O registered above L
+stops hand-offs at L, except servers and connections made under a priority
+above the default: their fds are watched in an epoll set of the loop's own
+that a checkpoint after every CHECK_EVERY-th hand-off asks (see
+``_aem_watch``).  What other threads queue
 is taken into the core by a handle put at the front.  A program whose
 streams or tasks are woken at one level thus pays one Python call per
 wakeup (a closure installed as the loop's call_soon), not the core's
@@ -61,10 +65,8 @@ from __future__ import annotations
 
 import collections
 import contextvars
-import gc
 import itertools
 import math
-import select
 import threading
 import time
 from asyncio import events
@@ -85,8 +87,18 @@ from ..core.loopbase import (
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
 from ..core.scheduler import _BIT, run_handed_off
 from ..events.loop import EventsLoopMixin
+from .uvhandoff import (
+    _CHECK_MASK,
+    _NEVER,
+    _UNSET,
+    HANDOFF_MAX,
+    UrgentFdsMixin,
+    _find_ready,
+    _HandOff,
+    _noop,
+)
 from .uvproto import PriorityServerMixin
-from .uvsendfile import sendfile_fallback
+from .uvsendfile import SendfileMixin
 from .uvspawn import with_posix_ids
 
 __all__ = ["UVLoop"]
@@ -115,74 +127,8 @@ def _fileno(fd: Any) -> int | None:
     except (AttributeError, TypeError, ValueError, OSError):
         return None
 _INF = math.inf
-# _HandOff.above while no hand-off is pending: above every level's bit.
-_NEVER = 1 << 200
-# Hand-offs between two rounds at the back of uvloop's queue (see "Hand-off"
-# in the module docstring): a bound on the batch a round at the back (work at
-# the hand-offs' level or below) waits behind.  Work from other threads and
-# more urgent work does not wait for it: it is taken at the front.
-HANDOFF_MAX = 1024
-# With urgent fds watched: a checkpoint after every this many hand-offs (a
-# power of two: the budget's low bits count them).
-CHECK_EVERY = 16
-_CHECK_MASK = CHECK_EVERY - 1
-
-
-def _noop() -> None:
-    pass
-
-
-_UNSET = object()
-
-
-class _HandOff:
-    """The hand-off state of one loop, in slots (read on every call_soon)."""
-
-    __slots__ = ("above", "base", "budget", "check", "h", "io_top", "saved", "tail", "top")
-
-    def __init__(self) -> None:
-        self.budget = 0  # hand-offs allowed before the next round at the back
-        self.base = 0  # the budget when hand-offs were last counted as dispatched
-        # Hand-offs behind a round (see "Hand-off" in the module docstring).
-        # While a round is armed at the back, and while it runs if some were
-        # made behind it: the hand-offs still allowed (the budget is 0 then).
-        self.saved = 0
-        # The first hand-off behind the armed round records the last callback
-        # the core held at level h then (tail; None: none): the round runs
-        # level h up to it, before the hand-offs.  More are handed off behind
-        # the round, or beside it while it runs, only while the core's level
-        # h ends with that tail (nothing queued there since, so nothing that
-        # must run after them).  _UNSET: none made behind the armed round.
-        # (A reader's handle is never the tail: it is queued again as itself.)
-        self.tail: Any = _UNSET
-        self.h = -1  # the level of the pending hand-offs; -1: none pending
-        self.above = _NEVER  # 2 << h: core bits this high preempt them
-        # No hand-off below top: the highest level I/O was registered at
-        # (io_top), or a pending timer was created at (reset when none pends).
-        self.top = DEFAULT_PRIORITY
-        self.io_top = DEFAULT_PRIORITY
-        # Urgent fds are watched (see UVLoop._aem_watch): every CHECK_EVERY-th
-        # hand-off is followed by a checkpoint that asks whether one is ready.
-        self.check = False
-
-
-def _find_ready(loop: uvloop.Loop) -> tuple[Any, Any]:
-    """uvloop's ready queue of *loop* (the deque its call_soon appends to and
-    each iteration pops from) and a handle that does nothing; found by asking
-    for one callback and looking for it among the loop's referents.  (None,
-    None) if this uvloop keeps it elsewhere: the backend then never hands
-    callbacks off nor takes them back."""
-    h = _uv_call_soon(loop, _noop)
-    for obj in gc.get_referents(loop):
-        if type(obj) is collections.deque and any(x is h for x in obj):
-            obj.remove(h)
-            return obj, h
-    h.cancel()
-    return None, None
-
-
-class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ignore[misc]
-             AEMLoopMixin, uvloop.Loop):
+class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore[misc]
+             EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop):
     """A uvloop loop whose callbacks, tasks and timers run in priority order."""
 
     _aem_backend = "uvloop"
@@ -535,53 +481,6 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
         if level > ho.top:
             ho.top = level
 
-    # -- urgent fds: asked among hand-offs ---------------------------------------
-    #
-    # Listening sockets and connections of servers made under a priority above
-    # the default are also registered (level-triggered, for input) in an epoll
-    # set of the loop's own.  Hand-offs then go on below their level; every
-    # CHECK_EVERY-th is followed by a checkpoint that polls that set without
-    # blocking: if an urgent fd is ready, the rest of uvloop's queue is held
-    # so that libuv polls now and the urgent event runs first.
-
-    def _aem_watch(self, fd: int) -> None:
-        ep = self._aem_urgent
-        if ep is None:
-            ep = self._aem_urgent = select.epoll()
-            self._aem.io_ready = self._aem_io_ready
-        try:
-            ep.register(fd, select.EPOLLIN)
-        except FileExistsError:
-            ep.modify(fd, select.EPOLLIN)
-        except OSError:  # closed meanwhile
-            return
-        self._aem_ho.check = True
-
-    def _aem_unwatch(self, fd: int) -> None:
-        ep = self._aem_urgent
-        if ep is not None:
-            try:
-                ep.unregister(fd)
-            except OSError:  # closed already (and so dropped from the set)
-                pass
-
-    def _aem_io_ready(self, level: int) -> bool:
-        """At a spent slice of a round at *level* (the core's io_ready): may
-        I/O above it be ready?  Only the urgent set can say no, and only if
-        no other I/O is registered above *level*."""
-        ep = self._aem_urgent
-        if ep is None or self._aem_ho.io_top > level:
-            return True
-        return bool(ep.poll(0))
-
-    def _aem_checkpoint(self) -> None:
-        ep = self._aem_urgent
-        if ep is None or self._aem_held or self._aem_ready is None:
-            return
-        if ep.poll(0):
-            self._aem_urgent_holds += 1
-            self._aem_hold(poll_first=True)
-
     def _aem_arm(self) -> None:
         """Have uvloop run the next round (once, however often it is asked);
         ahead of pending hand-offs if the core holds more urgent work."""
@@ -843,36 +742,6 @@ class UVLoop(PriorityServerMixin, EventsLoopMixin, CapsuleLoopMixin,  # type: ig
 
     async def subprocess_shell(self, protocol_factory: Any, cmd: Any, **kwargs: Any) -> Any:
         return await super().subprocess_shell(protocol_factory, cmd, **with_posix_ids(kwargs))
-
-    # -- sendfile: uvloop has none (see uvsendfile) --------------------------
-
-    async def sendfile(
-        self,
-        transport: Any,
-        file: Any,
-        offset: int = 0,
-        count: int | None = None,
-        *,
-        fallback: bool = True,
-    ) -> int:
-        """Send *file* over *transport* (read + write; libuv has no native path)."""
-        if transport.is_closing():
-            raise RuntimeError("Transport is closing")
-        if not fallback:
-            raise RuntimeError(
-                f"fallback is disabled and native sendfile is not supported "
-                f"for transport {transport!r}"
-            )
-        if not isinstance(offset, int):
-            raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
-        if offset < 0:
-            raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
-        if count is not None:
-            if not isinstance(count, int):
-                raise TypeError(f"count must be a positive integer (got {count!r})")
-            if count <= 0:
-                raise ValueError(f"count must be a positive integer (got {count!r})")
-        return await sendfile_fallback(self, transport, file, offset, count)
 
     # -- lifecycle ------------------------------------------------------------------
 

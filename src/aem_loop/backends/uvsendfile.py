@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["sendfile_fallback"]
+__all__ = ["SendfileMixin", "sendfile_fallback"]
 
 # Read this much per executor call: asyncio's own fallback uses the same
 # bound (constants.SENDFILE_FALLBACK_READBUFFER_SIZE, 256 KiB).
@@ -92,3 +92,35 @@ async def sendfile_fallback(
         if total:
             file.seek(offset + total)
         proto.restore()
+
+
+class SendfileMixin:
+    """``loop.sendfile`` for the uvloop backend: the fallback, checked as asyncio checks."""
+
+    async def sendfile(
+        self,
+        transport: Any,
+        file: Any,
+        offset: int = 0,
+        count: int | None = None,
+        *,
+        fallback: bool = True,
+    ) -> int:
+        """Send *file* over *transport* (read + write; libuv has no native path)."""
+        if transport.is_closing():
+            raise RuntimeError("Transport is closing")
+        if not fallback:
+            raise RuntimeError(
+                f"fallback is disabled and native sendfile is not supported "
+                f"for transport {transport!r}"
+            )
+        if not isinstance(offset, int):
+            raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+        if offset < 0:
+            raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+        if count is not None:
+            if not isinstance(count, int):
+                raise TypeError(f"count must be a positive integer (got {count!r})")
+            if count <= 0:
+                raise ValueError(f"count must be a positive integer (got {count!r})")
+        return await sendfile_fallback(self, transport, file, offset, count)

@@ -1,0 +1,141 @@
+"""The uvloop backend's hand-off state (see "Hand-off" in backends/uv.py):
+the slots read on every ``call_soon``, how uvloop's ready deque is found,
+and the urgent fds that checkpoints among the hand-offs ask."""
+
+from __future__ import annotations
+
+import collections
+import gc
+import select
+from typing import Any
+
+import uvloop
+
+from ..core.priority import DEFAULT_PRIORITY
+
+__all__ = ["CHECK_EVERY", "HANDOFF_MAX", "UrgentFdsMixin"]
+
+_uv_call_soon = uvloop.Loop.call_soon
+
+# _HandOff.above while no hand-off is pending: above every level's bit.
+_NEVER = 1 << 200
+# Hand-offs in one epoch (see "Hand-off" in backends/uv.py): a bound on the batch a round at the back (work at
+# the hand-offs' level or below) waits behind.  Work from other threads and
+# more urgent work does not wait for it: it is taken at the front.
+HANDOFF_MAX = 1024
+# With urgent fds watched: a checkpoint after every this many hand-offs (a
+# power of two: the budget's low bits count them).
+CHECK_EVERY = 16
+_CHECK_MASK = CHECK_EVERY - 1
+
+
+def _noop() -> None:
+    pass
+
+
+_UNSET = object()
+
+
+class _HandOff:
+    """The hand-off state of one loop, in slots (read on every call_soon)."""
+
+    __slots__ = ("above", "base", "budget", "check", "h", "io_top", "saved", "tail", "top")
+
+    def __init__(self) -> None:
+        self.budget = 0  # hand-offs allowed before the next round at the back
+        self.base = 0  # the budget when hand-offs were last counted as dispatched
+        # Hand-offs behind a round (see "Hand-off" in backends/uv.py).
+        # While a round is armed at the back, and while it runs if some were
+        # made behind it: the hand-offs still allowed (the budget is 0 then).
+        self.saved = 0
+        # The first hand-off behind the armed round records the last callback
+        # the core held at level h then (tail; None: none): the round runs
+        # level h up to it, before the hand-offs.  More are handed off behind
+        # the round, or beside it while it runs, only while the core's level
+        # h ends with that tail (nothing queued there since, so nothing that
+        # must run after them).  _UNSET: none made behind the armed round.
+        # (A reader's handle is never the tail: it is queued again as itself.)
+        self.tail: Any = _UNSET
+        self.h = -1  # the level of the pending hand-offs; -1: none pending
+        self.above = _NEVER  # 2 << h: core bits this high preempt them
+        # No hand-off below top: the highest level I/O was registered at
+        # (io_top), or a pending timer was created at (reset when none pends).
+        self.top = DEFAULT_PRIORITY
+        self.io_top = DEFAULT_PRIORITY
+        # Urgent fds are watched (see UVLoop._aem_watch): every CHECK_EVERY-th
+        # hand-off is followed by a checkpoint that asks whether one is ready.
+        self.check = False
+
+
+def _find_ready(loop: uvloop.Loop) -> tuple[Any, Any]:
+    """uvloop's ready queue of *loop* (the deque its call_soon appends to and
+    each iteration pops from) and a handle that does nothing; found by asking
+    for one callback and looking for it among the loop's referents.  (None,
+    None) if this uvloop keeps it elsewhere: the backend then never hands
+    callbacks off nor takes them back."""
+    h = _uv_call_soon(loop, _noop)
+    for obj in gc.get_referents(loop):
+        if type(obj) is collections.deque and any(x is h for x in obj):
+            obj.remove(h)
+            return obj, h
+    h.cancel()
+    return None, None
+
+
+class UrgentFdsMixin:
+    """The loop's urgent fds (a UVLoop's part; see below)."""
+
+    _aem: Any
+    _aem_ho: _HandOff
+    _aem_urgent: Any
+    _aem_urgent_holds: int
+    _aem_held: Any
+    _aem_ready: Any
+    _aem_hold: Any
+
+    # -- urgent fds: asked among hand-offs ---------------------------------------
+    #
+    # Listening sockets and connections of servers made under a priority above
+    # the default are also registered (level-triggered, for input) in an epoll
+    # set of the loop's own.  Hand-offs then go on below their level; every
+    # CHECK_EVERY-th is followed by a checkpoint that polls that set without
+    # blocking: if an urgent fd is ready, the rest of uvloop's queue is held
+    # so that libuv polls now and the urgent event runs first.
+
+    def _aem_watch(self, fd: int) -> None:
+        ep = self._aem_urgent
+        if ep is None:
+            ep = self._aem_urgent = select.epoll()
+            self._aem.io_ready = self._aem_io_ready
+        try:
+            ep.register(fd, select.EPOLLIN)
+        except FileExistsError:
+            ep.modify(fd, select.EPOLLIN)
+        except OSError:  # closed meanwhile
+            return
+        self._aem_ho.check = True
+
+    def _aem_unwatch(self, fd: int) -> None:
+        ep = self._aem_urgent
+        if ep is not None:
+            try:
+                ep.unregister(fd)
+            except OSError:  # closed already (and so dropped from the set)
+                pass
+
+    def _aem_io_ready(self, level: int) -> bool:
+        """At a spent slice of a round at *level* (the core's io_ready): may
+        I/O above it be ready?  Only the urgent set can say no, and only if
+        no other I/O is registered above *level*."""
+        ep = self._aem_urgent
+        if ep is None or self._aem_ho.io_top > level:
+            return True
+        return bool(ep.poll(0))
+
+    def _aem_checkpoint(self) -> None:
+        ep = self._aem_urgent
+        if ep is None or self._aem_held or self._aem_ready is None:
+            return
+        if ep.poll(0):
+            self._aem_urgent_holds += 1
+            self._aem_hold(poll_first=True)
