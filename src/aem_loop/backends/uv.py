@@ -169,6 +169,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         self._aem_feed_since = -1.0
         self._aem_lead_rest = 0  # run by the feeder before the held callbacks
         self._aem_urgent: Any = None  # the epoll set of urgent fds (_aem_watch)
+        self._aem_urgent_level: dict[int, int] = {}  # fd -> the level its events run at
         self._aem_urgent_holds = 0
         self._aem_thread: int | None = None
         # The fast path: until the process first uses a non-default priority
@@ -234,7 +235,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
                     ho.h = level
                     ho.above = 2 << level
                 ho.budget -= 1
-                if ho.check and not ho.budget & _CHECK_MASK:
+                if ho.check > level and not ho.budget & _CHECK_MASK:
                     _uv_call_soon(self, self._aem_checkpoint)  # runs before it: as well
                 if not sched.debug:
                     return _uv_call_soon(self, callback, *args, context=context)
@@ -292,7 +293,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
                             ho.h = level
                             ho.above = 2 << level
                         ho.budget -= 1
-                        if ho.check and not ho.budget & _CHECK_MASK:
+                        if ho.check > level and not ho.budget & _CHECK_MASK:
                             handle = uv_call_soon(callback, *args, context=context)
                             uv_call_soon(checkpoint)
                             return handle
@@ -317,7 +318,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
                             ho.h = level
                             ho.above = 2 << level
                         ho.saved -= 1
-                        if ho.check and not ho.saved & _CHECK_MASK:
+                        if ho.check > level and not ho.saved & _CHECK_MASK:
                             handle = uv_call_soon(callback, *args, context=context)
                             uv_call_soon(checkpoint)
                             return handle
@@ -784,10 +785,11 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         # bound methods of the loop: cycles
         self._aem_feeder = self._aem_noop = self._aem_inbox_h = None
         self._aem_uv_timer = None
-        self._aem_ho.check = False
+        self._aem_ho.check = -1
         if self._aem_urgent is not None:
             self._aem_urgent.close()
             self._aem_urgent = None
+            self._aem_urgent_level.clear()
             self._aem.io_ready = None
         self._aem_timer_when = _INF
         self._aem.clear()

@@ -19,8 +19,9 @@ _uv_call_soon = uvloop.Loop.call_soon
 
 # _HandOff.above while no hand-off is pending: above every level's bit.
 _NEVER = 1 << 200
-# Hand-offs in one epoch (see "Hand-off" in backends/uv.py): a bound on the batch a round at the back (work at
-# the hand-offs' level or below) waits behind.  Work from other threads and
+# Hand-offs in one epoch (see "Hand-off" in backends/uv.py): a bound on the
+# batch a round at the back (work at the hand-offs' level or below) waits
+# behind.  Work from other threads and
 # more urgent work does not wait for it: it is taken at the front.
 HANDOFF_MAX = 1024
 # With urgent fds watched: a checkpoint after every this many hand-offs (a
@@ -62,9 +63,10 @@ class _HandOff:
         # (io_top), or a pending timer was created at (reset when none pends).
         self.top = DEFAULT_PRIORITY
         self.io_top = DEFAULT_PRIORITY
-        # Urgent fds are watched (see UVLoop._aem_watch): every CHECK_EVERY-th
-        # hand-off is followed by a checkpoint that asks whether one is ready.
-        self.check = False
+        # The highest level urgent fds are watched at (see _aem_watch; -1:
+        # none): every CHECK_EVERY-th hand-off below it is followed by a
+        # checkpoint that asks whether one is ready.
+        self.check = -1
 
 
 def _find_ready(loop: uvloop.Loop) -> tuple[Any, Any]:
@@ -88,6 +90,7 @@ class UrgentFdsMixin:
     _aem: Any
     _aem_ho: _HandOff
     _aem_urgent: Any
+    _aem_urgent_level: dict[int, int]
     _aem_urgent_holds: int
     _aem_held: Any
     _aem_ready: Any
@@ -102,7 +105,8 @@ class UrgentFdsMixin:
     # blocking: if an urgent fd is ready, the rest of uvloop's queue is held
     # so that libuv polls now and the urgent event runs first.
 
-    def _aem_watch(self, fd: int) -> None:
+    def _aem_watch(self, fd: int, level: int) -> None:
+        """Watch *fd*, whose events run at *level*."""
         ep = self._aem_urgent
         if ep is None:
             ep = self._aem_urgent = select.epoll()
@@ -113,29 +117,35 @@ class UrgentFdsMixin:
             ep.modify(fd, select.EPOLLIN)
         except OSError:  # closed meanwhile
             return
-        self._aem_ho.check = True
+        self._aem_urgent_level[fd] = level
+        if level > self._aem_ho.check:
+            self._aem_ho.check = level
 
     def _aem_unwatch(self, fd: int) -> None:
         ep = self._aem_urgent
         if ep is not None:
+            self._aem_urgent_level.pop(fd, None)
             try:
                 ep.unregister(fd)
             except OSError:  # closed already (and so dropped from the set)
                 pass
 
+    def _aem_urgent_above(self, level: int) -> bool:
+        """Is a watched fd whose events run above *level* ready?"""
+        levels = self._aem_urgent_level
+        return any(levels.get(fd, level) > level for fd, _ in self._aem_urgent.poll(0))
+
     def _aem_io_ready(self, level: int) -> bool:
         """At a spent slice of a round at *level* (the core's io_ready): may
         I/O above it be ready?  Only the urgent set can say no, and only if
         no other I/O is registered above *level*."""
-        ep = self._aem_urgent
-        if ep is None or self._aem_ho.io_top > level:
+        if self._aem_urgent is None or self._aem_ho.io_top > level:
             return True
-        return bool(ep.poll(0))
+        return self._aem_urgent_above(level)
 
     def _aem_checkpoint(self) -> None:
-        ep = self._aem_urgent
-        if ep is None or self._aem_held or self._aem_ready is None:
+        if self._aem_urgent is None or self._aem_held or self._aem_ready is None:
             return
-        if ep.poll(0):
+        if self._aem_urgent_above(self._aem_ho.h):
             self._aem_urgent_holds += 1
             self._aem_hold(poll_first=True)

@@ -68,7 +68,7 @@ class _PriorityProtocol(asyncio.Protocol):
         if self._aem_level > DEFAULT_PRIORITY:
             self._aem_fd = _fd_of(transport)
             if self._aem_fd >= 0:
-                self._aem_loop._aem_watch(self._aem_fd)
+                self._aem_loop._aem_watch(self._aem_fd, self._aem_level)
         self._aem_direct(self._aem_inner.connection_made, transport)
 
     def data_received(self, data: bytes) -> None:
@@ -141,9 +141,10 @@ def _watch_server(loop: Any, server: Any) -> Any:
     """A server made under a priority above the default: its listening
     sockets are urgent fds (a new connection to it must not wait behind
     hand-offs)."""
-    if current_priority() > DEFAULT_PRIORITY and CLASSIFIER.get() is None:
+    level = current_priority()
+    if level > DEFAULT_PRIORITY and CLASSIFIER.get() is None:
         for sock in server.sockets or ():
-            loop._aem_watch(sock.fileno())
+            loop._aem_watch(sock.fileno(), level)
     return server
 
 
