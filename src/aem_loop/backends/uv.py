@@ -91,6 +91,7 @@ from .uvhandoff import (
     _CHECK_MASK,
     _NEVER,
     _UNSET,
+    CAN_WATCH,
     HANDOFF_MAX,
     UrgentFdsMixin,
     _find_ready,
@@ -170,6 +171,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         self._aem_lead_rest = 0  # run by the feeder before the held callbacks
         self._aem_urgent: Any = None  # the epoll set of urgent fds (_aem_watch)
         self._aem_urgent_level: dict[int, int] = {}  # fd -> the level its events run at
+        self._aem_urgent_owner: dict[int, Any] = {}  # fd -> who watches it
         self._aem_urgent_holds = 0
         self._aem_thread: int | None = None
         # The fast path: until the process first uses a non-default priority
@@ -475,7 +477,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         ho = self._aem_ho
         if not self._aem._io_bits >> level & 1:
             self._aem.io_register(level)
-        if watched:
+        if watched and CAN_WATCH:
             return
         if level > ho.io_top:
             ho.io_top = level
@@ -790,6 +792,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
             self._aem_urgent.close()
             self._aem_urgent = None
             self._aem_urgent_level.clear()
+            self._aem_urgent_owner.clear()
             self._aem.io_ready = None
         self._aem_timer_when = _INF
         self._aem.clear()

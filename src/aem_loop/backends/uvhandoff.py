@@ -13,7 +13,7 @@ import uvloop
 
 from ..core.priority import DEFAULT_PRIORITY
 
-__all__ = ["CHECK_EVERY", "HANDOFF_MAX", "UrgentFdsMixin"]
+__all__ = ["CAN_WATCH", "CHECK_EVERY", "HANDOFF_MAX", "UrgentFdsMixin"]
 
 _uv_call_soon = uvloop.Loop.call_soon
 
@@ -28,6 +28,8 @@ HANDOFF_MAX = 1024
 # power of two: the budget's low bits count them).
 CHECK_EVERY = 16
 _CHECK_MASK = CHECK_EVERY - 1
+# Urgent fds need epoll (Linux); elsewhere their I/O stops hand-offs below it.
+CAN_WATCH = hasattr(select, "epoll")
 
 
 def _noop() -> None:
@@ -91,6 +93,7 @@ class UrgentFdsMixin:
     _aem_ho: _HandOff
     _aem_urgent: Any
     _aem_urgent_level: dict[int, int]
+    _aem_urgent_owner: dict[int, Any]
     _aem_urgent_holds: int
     _aem_held: Any
     _aem_ready: Any
@@ -105,8 +108,10 @@ class UrgentFdsMixin:
     # blocking: if an urgent fd is ready, the rest of uvloop's queue is held
     # so that libuv polls now and the urgent event runs first.
 
-    def _aem_watch(self, fd: int, level: int) -> None:
-        """Watch *fd*, whose events run at *level*."""
+    def _aem_watch(self, fd: int, level: int, owner: Any = None) -> None:
+        """Watch *fd*, whose events run at *level*, for *owner*."""
+        if not CAN_WATCH:
+            return
         ep = self._aem_urgent
         if ep is None:
             ep = self._aem_urgent = select.epoll()
@@ -118,12 +123,16 @@ class UrgentFdsMixin:
         except OSError:  # closed meanwhile
             return
         self._aem_urgent_level[fd] = level
+        self._aem_urgent_owner[fd] = owner
         if level > self._aem_ho.check:
             self._aem_ho.check = level
 
-    def _aem_unwatch(self, fd: int) -> None:
+    def _aem_unwatch(self, fd: int, owner: Any) -> None:
+        """*owner* no longer needs *fd* watched (unless the number was
+        reused meanwhile: uvloop closes a socket before its connection_lost)."""
         ep = self._aem_urgent
-        if ep is not None:
+        if ep is not None and self._aem_urgent_owner.get(fd) is owner:
+            del self._aem_urgent_owner[fd]
             self._aem_urgent_level.pop(fd, None)
             try:
                 ep.unregister(fd)

@@ -68,7 +68,7 @@ class _PriorityProtocol(asyncio.Protocol):
         if self._aem_level > DEFAULT_PRIORITY:
             self._aem_fd = _fd_of(transport)
             if self._aem_fd >= 0:
-                self._aem_loop._aem_watch(self._aem_fd, self._aem_level)
+                self._aem_loop._aem_watch(self._aem_fd, self._aem_level, self)
         self._aem_direct(self._aem_inner.connection_made, transport)
 
     def data_received(self, data: bytes) -> None:
@@ -86,7 +86,7 @@ class _PriorityProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._aem_fd >= 0:
-            self._aem_loop._aem_unwatch(self._aem_fd)
+            self._aem_loop._aem_unwatch(self._aem_fd, self)
             self._aem_fd = -1
         self._aem_call(self._aem_inner.connection_lost, exc)
 
@@ -144,7 +144,7 @@ def _watch_server(loop: Any, server: Any) -> Any:
     level = current_priority()
     if level > DEFAULT_PRIORITY and CLASSIFIER.get() is None:
         for sock in server.sockets or ():
-            loop._aem_watch(sock.fileno(), level)
+            loop._aem_watch(sock.fileno(), level, server)
     return server
 
 
