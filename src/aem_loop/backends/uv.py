@@ -94,6 +94,7 @@ from .uvhandoff import (
     CAN_WATCH,
     HANDOFF_MAX,
     UrgentFdsMixin,
+    _fileno,
     _find_ready,
     _HandOff,
     _noop,
@@ -118,15 +119,6 @@ _uv_remove_reader = uvloop.Loop.remove_reader
 _uv_remove_writer = uvloop.Loop.remove_writer
 
 
-def _fileno(fd: Any) -> int | None:
-    """The fd number of an int or an object with fileno(); None for anything
-    else (uvloop then raises its own ValueError for it)."""
-    if isinstance(fd, int):
-        return fd
-    try:
-        return int(fd.fileno())
-    except (AttributeError, TypeError, ValueError, OSError):
-        return None
 _INF = math.inf
 class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore[misc]
              EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop):
@@ -170,9 +162,8 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         self._aem_feed_since = -1.0
         self._aem_lead_rest = 0  # run by the feeder before the held callbacks
         self._aem_urgent: Any = None  # the epoll set of urgent fds (_aem_watch)
-        self._aem_urgent_level: dict[int, int] = {}  # fd -> the level its events run at
-        self._aem_urgent_owner: dict[int, Any] = {}  # fd -> who watches it
-        self._aem_urgent_holds = 0
+        # fd -> (the level its events run at, who watches it)
+        self._aem_urgent_fds: dict[int, tuple[int, Any]] = {}
         self._aem_thread: int | None = None
         # The fast path: until the process first uses a non-default priority
         # there is nothing to order, and uvloop's own call_soon is this
@@ -791,8 +782,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         if self._aem_urgent is not None:
             self._aem_urgent.close()
             self._aem_urgent = None
-            self._aem_urgent_level.clear()
-            self._aem_urgent_owner.clear()
+            self._aem_urgent_fds.clear()
             self._aem.io_ready = None
         self._aem_timer_when = _INF
         self._aem.clear()

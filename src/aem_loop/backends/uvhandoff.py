@@ -32,6 +32,17 @@ _CHECK_MASK = CHECK_EVERY - 1
 CAN_WATCH = hasattr(select, "epoll")
 
 
+def _fileno(fd: Any) -> int | None:
+    """The fd number of an int or an object with fileno(); None for anything
+    else (for add_reader, uvloop then raises its own ValueError for it)."""
+    if isinstance(fd, int):
+        return fd
+    try:
+        return int(fd.fileno())
+    except (AttributeError, TypeError, ValueError, OSError):
+        return None
+
+
 def _noop() -> None:
     pass
 
@@ -65,8 +76,8 @@ class _HandOff:
         # (io_top), or a pending timer was created at (reset when none pends).
         self.top = DEFAULT_PRIORITY
         self.io_top = DEFAULT_PRIORITY
-        # The highest level urgent fds are watched at (see _aem_watch; -1:
-        # none): every CHECK_EVERY-th hand-off below it is followed by a
+        # The highest level an urgent fd was ever watched at (see _aem_watch;
+        # -1: none): every CHECK_EVERY-th hand-off below it is followed by a
         # checkpoint that asks whether one is ready.
         self.check = -1
 
@@ -92,9 +103,7 @@ class UrgentFdsMixin:
     _aem: Any
     _aem_ho: _HandOff
     _aem_urgent: Any
-    _aem_urgent_level: dict[int, int]
-    _aem_urgent_owner: dict[int, Any]
-    _aem_urgent_holds: int
+    _aem_urgent_fds: dict[int, tuple[int, Any]]
     _aem_held: Any
     _aem_ready: Any
     _aem_hold: Any
@@ -122,8 +131,7 @@ class UrgentFdsMixin:
             ep.modify(fd, select.EPOLLIN)
         except OSError:  # closed meanwhile
             return
-        self._aem_urgent_level[fd] = level
-        self._aem_urgent_owner[fd] = owner
+        self._aem_urgent_fds[fd] = (level, owner)
         if level > self._aem_ho.check:
             self._aem_ho.check = level
 
@@ -131,9 +139,9 @@ class UrgentFdsMixin:
         """*owner* no longer needs *fd* watched (unless the number was
         reused meanwhile: uvloop closes a socket before its connection_lost)."""
         ep = self._aem_urgent
-        if ep is not None and self._aem_urgent_owner.get(fd) is owner:
-            del self._aem_urgent_owner[fd]
-            self._aem_urgent_level.pop(fd, None)
+        watched = self._aem_urgent_fds.get(fd)
+        if ep is not None and watched is not None and watched[1] is owner:
+            del self._aem_urgent_fds[fd]
             try:
                 ep.unregister(fd)
             except OSError:  # closed already (and so dropped from the set)
@@ -141,8 +149,8 @@ class UrgentFdsMixin:
 
     def _aem_urgent_above(self, level: int) -> bool:
         """Is a watched fd whose events run above *level* ready?"""
-        levels = self._aem_urgent_level
-        return any(levels.get(fd, level) > level for fd, _ in self._aem_urgent.poll(0))
+        fds = self._aem_urgent_fds
+        return any(fds.get(fd, (level,))[0] > level for fd, _ in self._aem_urgent.poll(0))
 
     def _aem_io_ready(self, level: int) -> bool:
         """At a spent slice of a round at *level* (the core's io_ready): may
@@ -156,5 +164,4 @@ class UrgentFdsMixin:
         if self._aem_urgent is None or self._aem_held or self._aem_ready is None:
             return
         if self._aem_urgent_above(self._aem_ho.h):
-            self._aem_urgent_holds += 1
             self._aem_hold(poll_first=True)

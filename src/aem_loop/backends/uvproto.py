@@ -23,6 +23,7 @@ from typing import Any
 
 from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL, current_priority
 from ..events.classify import CLASSIFIER, ClassifiedProtocol, call_deferred, wrap_factory
+from .uvhandoff import _fileno
 
 __all__ = ["PriorityServerMixin"]
 
@@ -36,7 +37,7 @@ class _PriorityProtocol(asyncio.Protocol):
         self._aem_sched = loop._aem
         self._aem_backlog = 0
         self._aem_transport: Any = None
-        self._aem_fd = -1  # watched as urgent (see UVLoop._aem_watch)
+        self._aem_fd: int | None = None  # watched as urgent (see UVLoop._aem_watch)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._aem_inner, name)
@@ -66,9 +67,10 @@ class _PriorityProtocol(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self._aem_transport = transport
         if self._aem_level > DEFAULT_PRIORITY:
-            self._aem_fd = _fd_of(transport)
-            if self._aem_fd >= 0:
-                self._aem_loop._aem_watch(self._aem_fd, self._aem_level, self)
+            fd = _fileno(transport.get_extra_info("socket"))
+            if fd is not None and fd >= 0:  # -1: closed already
+                self._aem_fd = fd
+                self._aem_loop._aem_watch(fd, self._aem_level, self)
         self._aem_direct(self._aem_inner.connection_made, transport)
 
     def data_received(self, data: bytes) -> None:
@@ -85,9 +87,9 @@ class _PriorityProtocol(asyncio.Protocol):
         return True  # keep the transport open until the deferred call decides
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._aem_fd >= 0:
+        if self._aem_fd is not None:
             self._aem_loop._aem_unwatch(self._aem_fd, self)
-            self._aem_fd = -1
+            self._aem_fd = None
         self._aem_call(self._aem_inner.connection_lost, exc)
 
     def pause_writing(self) -> None:
@@ -126,23 +128,16 @@ def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
             return _PriorityBufferedProtocol(inner, level, loop)
         return _PriorityProtocol(inner, level, loop)
 
+    make._aem_level = level  # type: ignore[attr-defined]
     return make
 
 
-def _fd_of(transport: Any) -> int:
-    sock = transport.get_extra_info("socket")
-    try:
-        return int(sock.fileno()) if sock is not None else -1
-    except (OSError, ValueError):
-        return -1
-
-
-def _watch_server(loop: Any, server: Any) -> Any:
-    """A server made under a priority above the default: its listening
-    sockets are urgent fds (a new connection to it must not wait behind
-    hand-offs)."""
-    level = current_priority()
-    if level > DEFAULT_PRIORITY and CLASSIFIER.get() is None:
+def _watch_server(loop: Any, factory: Any, server: Any) -> Any:
+    """A server whose connections run above the default (*factory* from
+    _wrap_factory): its listening sockets are urgent fds too (a new
+    connection to it must not wait behind hand-offs)."""
+    level = getattr(factory, "_aem_level", DEFAULT_PRIORITY)
+    if level > DEFAULT_PRIORITY:
         for sock in server.sockets or ():
             loop._aem_watch(sock.fileno(), level, server)
     return server
@@ -158,16 +153,16 @@ class PriorityServerMixin:
     """Wraps protocol factories of stream servers and connections."""
 
     async def create_server(self, protocol_factory: Any, *args: Any, **kw: Any) -> Any:
-        return _watch_server(self, await super().create_server(  # type: ignore[misc]
-            _wrap_factory(self, protocol_factory), *args, **kw
-        ))
+        factory = _wrap_factory(self, protocol_factory)
+        return _watch_server(self, factory, await super().create_server(  # type: ignore[misc]
+            factory, *args, **kw))
 
     async def create_unix_server(
         self, protocol_factory: Any, *args: Any, **kw: Any
     ) -> Any:
-        return _watch_server(self, await super().create_unix_server(  # type: ignore[misc]
-            _wrap_factory(self, protocol_factory), *args, **kw
-        ))
+        factory = _wrap_factory(self, protocol_factory)
+        return _watch_server(self, factory, await super().create_unix_server(  # type: ignore[misc]
+            factory, *args, **kw))
 
     async def create_connection(
         self, protocol_factory: Any, *args: Any, **kw: Any
