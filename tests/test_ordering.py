@@ -654,6 +654,22 @@ async def test_spent_slices_poll_only_when_io_more_urgent_than_the_backlog_is_re
         assert extra < 8, extra  # not one full poll per spent slice (20 of them)
 
 
+async def _data_received_once(loop, protocol_factory, done) -> None:
+    """Send one message to a connection of *protocol_factory*'s (so that its
+    data_received runs from the loop's I/O, as a server's does) and wait
+    for *done*."""
+    import socket
+
+    a, b = socket.socketpair()
+    transport, _ = await loop.create_connection(protocol_factory, sock=a)
+    try:
+        b.send(b"go")
+        await done
+    finally:
+        transport.close()
+        b.close()
+
+
 @pytest.mark.asyncio
 async def test_urgent_connection_runs_before_a_backlog_of_default_callbacks():
     """A server made under HIGH beside 200 default callbacks queued from I/O
@@ -696,14 +712,9 @@ async def test_urgent_connection_runs_before_a_backlog_of_default_callbacks():
             for i in range(200):
                 loop.call_soon(busy, i)
 
-    a, b = socket.socketpair()
-    kick, _ = await loop.create_connection(Kick, sock=a)
     try:
-        b.send(b"go")
-        await done
+        await _data_received_once(loop, Kick, done)
     finally:
-        kick.close()
-        b.close()
         client.close()
         server_side.close()
         server.close()
@@ -774,7 +785,6 @@ async def test_a_round_cut_short_still_runs_its_share_before_later_callbacks():
     the uvloop backend): A1 queues urgent work (U), which takes A3's place
     in the round; A3 still runs before B (the uvloop backend holds B until
     it has), and U right after A1."""
-    import socket
 
     loop = asyncio.get_running_loop()
     await enter_priority_mode(loop)
@@ -805,14 +815,7 @@ async def test_a_round_cut_short_still_runs_its_share_before_later_callbacks():
             with aem_loop.priority(aem_loop.Priority.HIGH):
                 loop.call_soon(high)
 
-    a_sock, b_sock = socket.socketpair()
-    transport, _ = await loop.create_connection(Reader, sock=a_sock)
-    try:
-        b_sock.send(b"go")
-        await done
-    finally:
-        transport.close()
-        b_sock.close()
+    await _data_received_once(loop, Reader, done)
     assert order == ["go", "H", "X", "A1", "U", "A2", "A3", "B"]
 
 
