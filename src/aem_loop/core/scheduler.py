@@ -40,21 +40,18 @@ also be boosted explicitly (:meth:`boost`), see :class:`aem_loop.Lock`.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import time
-from asyncio import format_helpers
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .handles import AEMHandle
+from .handles import AEMHandle, is_wakeup, report_callback_error
 from .priority import DEFAULT_PRIORITY, NQUEUES, PRIORITY_VAR, boolean, seconds
 from .readyqueue import ReadyQueue
 from .stats import LatencyRecorder, LoopStatistics
 from .timers import AEMTimerHandle, TimerWheel
 
-__all__ = ["DEFAULT_AGING", "DEFAULT_TIME_SLICE", "Scheduler", "own_handle"]
+__all__ = ["DEFAULT_AGING", "DEFAULT_TIME_SLICE", "Scheduler"]
 
 # A round of dispatch polls I/O again after this long.  Far below a
 # millisecond so an urgent callback waits at most ~one slice behind a
@@ -91,36 +88,6 @@ _SAMPLE_EVERY = 8
 # the probe is dispatched (or cancelled) and the countdown starts again.
 _IN_FLIGHT = 1 << 62
 
-# Task classes (C and pure Python); their own steps are not wakeups.
-_TASK_TYPES = tuple({asyncio.Task, asyncio.tasks._PyTask})  # type: ignore[attr-defined]
-
-
-# Handle._run formats the callback with the loop's debug flag on 3.13+ only.
-_FORMAT_TAKES_DEBUG = (
-    "debug" in inspect.signature(format_helpers._format_callback_source).parameters
-)
-
-
-def report_callback_error(handle: Any, exc: BaseException) -> None:
-    """What ``Handle._run`` does when the callback raises: the dispatch loop
-    calls the callback itself (one Python frame less per callback than
-    ``handle._run()``) and reports through this, to the same effect."""
-    if _FORMAT_TAKES_DEBUG:
-        cb = format_helpers._format_callback_source(
-            handle._callback, handle._args, debug=handle._loop.get_debug()  # type: ignore[call-arg]
-        )
-    else:
-        cb = format_helpers._format_callback_source(handle._callback, handle._args)
-    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
-    if handle._source_traceback:
-        context["source_traceback"] = handle._source_traceback
-    handle._loop.call_exception_handler(context)
-
-
-def _run_foreign(handle: Any) -> None:
-    if not handle._cancelled:
-        handle._run()
-
 
 def foreign_handle(handle: Any) -> AEMHandle:
     """An AEMHandle that runs *handle*, one the core did not make (e.g. a
@@ -128,7 +95,7 @@ def foreign_handle(handle: Any) -> AEMHandle:
     dispatch loop calls an AEMHandle's callback itself, not ``_run``, and
     marks it (see core.handles).  It is queued at the priority of *handle*'s
     context (a copy: the inner ``_run`` enters the original)."""
-    return AEMHandle(_run_foreign, (handle,), handle._loop, handle._context.copy())
+    return AEMHandle(run_handed_off, (handle,), handle._loop, handle._context.copy())
 
 
 def own_handle(handle: Any) -> Any:
@@ -138,20 +105,12 @@ def own_handle(handle: Any) -> Any:
 
 
 def run_handed_off(handle: Any) -> None:
-    """Run *handle* (unless cancelled) from the backend's own queue: the
-    uvloop backend hands a callback to uvloop in debug mode this way, so that
-    ``call_soon`` returns a handle that records where it was made."""
+    """Run *handle* (unless cancelled) from another queue than the one it
+    was made for: a foreign handle's from the core's (see foreign_handle),
+    and on the uvloop backend in debug mode a core handle's from uvloop's,
+    so that ``call_soon`` returns a handle that records where it was made."""
     if not handle._cancelled:
         handle._run()
-
-
-def _is_wakeup(callback: Any) -> bool:
-    """False for a task rescheduling its own next step (a bare yield, e.g.
-    ``sleep(0)``), which keeps the task's level; True for a task woken by a
-    future (``task_wakeup``) and for any other future callback."""
-    if isinstance(getattr(callback, "__self__", None), _TASK_TYPES):
-        return "wakeup" in (getattr(callback, "__name__", None) or "")
-    return True
 
 
 class Scheduler(ReadyQueue):
@@ -284,7 +243,7 @@ class Scheduler(ReadyQueue):
             self.drain_inbox()
         level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
         cur = self.current
-        if cur > level and self.inherit and _is_wakeup(handle._callback):
+        if cur > level and self.inherit and is_wakeup(handle._callback):
             level = cur
             self.inherited += 1
         if self.boosts:
