@@ -176,6 +176,81 @@ async def test_sender_outrunning_the_handler_is_paused_memory_bounded_nothing_lo
 
 
 @pytest.mark.asyncio
+async def test_classifier_decides_the_activation_priority_from_the_data():
+    loop = asyncio.get_running_loop()
+    a, b = _pair()
+    acts = []
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    def classify(line):
+        if line == b"boom":
+            raise RuntimeError("classifier failed")
+        if line == b"bad":
+            return 500
+        return Priority.HIGH if line.startswith(b"!") else None
+
+    def handler(act):
+        acts.append((list(act.data), act.priority, aem_loop.current_priority(), act.occurrences))
+
+    ev = loop.add_event(aem_loop.SocketData(a, framers.Lines(), classify=classify), handler,
+                        priority=Priority.LOW)
+    sent = 0
+
+    async def busy():  # NORMAL work keeps the LOW activation pending
+        nonlocal sent
+        while not acts:
+            if sent == 0:
+                b.sendall(b"x\n")
+                sent = 1
+            elif sent == 1 and ev.statistics().occurrences == 1:
+                b.sendall(b"!y\n")  # merges into the pending activation and raises it
+                sent = 2
+            await asyncio.sleep(0)
+
+    await aem_loop.create_task(busy(), priority=Priority.NORMAL)
+    assert acts == [([b"x", b"!y"], Priority.HIGH, Priority.HIGH, 2)]
+    b.sendall(b"boom\nbad\nz\n")
+    b.shutdown(socket.SHUT_WR)
+    await ev.wait_unregistered()
+    assert [d for a_ in acts[1:] for d in a_[0]] == [b"boom", b"bad", b"z"]
+    assert all(prio == Priority.LOW for _d, prio, _c, _n in acts[1:])
+    assert [type(c["exception"]) for c in errors] == [RuntimeError, ValueError]
+    assert all("classifier" in c["message"] for c in errors)
+    with pytest.raises(TypeError, match="classify"):
+        aem_loop.SocketData(a, classify=42)
+    a.close()
+    b.close()
+
+
+@pytest.mark.asyncio
+async def test_pause_stops_reading_until_resume_nothing_lost():
+    loop = asyncio.get_running_loop()
+    a, b = _pair()
+    c, d = _pair()
+    got = []
+    ev = loop.add_event(aem_loop.SocketData(a, framers.Lines()), lambda act: got.extend(act.data))
+    other = loop.add_event(aem_loop.SocketData(c, framers.Lines()), lambda act: None)
+    ev.pause()
+    ev.pause()  # idempotent
+    b.sendall(b"one\ntwo\n")
+    d.sendall(b"ping\n")
+    await asyncio.sleep(0)
+    while other.statistics().activations == 0:  # the loop polled with both ready
+        await asyncio.sleep(0)
+    assert got == [] and a.recv(64, socket.MSG_PEEK) == b"one\ntwo\n"
+    ev.resume()
+    b.shutdown(socket.SHUT_WR)
+    await ev.wait_unregistered()
+    assert got == [b"one", b"two"]
+    with pytest.raises(TypeError, match="paused"):
+        loop.add_event(aem_loop.UserEvent(), lambda act: None).pause()
+    other.unregister()
+    for s in (a, b, c, d):
+        s.close()
+
+
+@pytest.mark.asyncio
 async def test_oneshot_unregisters_after_one_activation():
     loop = asyncio.get_running_loop()
     acts: list = []

@@ -5,6 +5,8 @@
   as ``python SCRIPT`` / ``python -m MODULE`` would run it: ``asyncio.run``,
   ``asyncio.Runner`` and ``asyncio.new_event_loop`` in it make aem loops.
 - ``aem-loop bench``: the benchmarks against stock asyncio and uvloop.
+- ``aem-loop httpd [DIR] [--port P] [--backend B]``: AEMhttpd, a
+  single-threaded static file server on the events API (``aem_loop.httpd``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def _run(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["httpd"]:
+        from .httpd import main as httpd_main
+
+        return httpd_main(args[1:])
     ap = argparse.ArgumentParser(prog="aem-loop", description="aem_loop tools")
     ap.add_argument("--version", action="version", version=f"aem-loop {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a loop option, e.g. time_slice=0.0005, aging=none, fast_path=false")
     r.add_argument("-m", dest="module", metavar="MODULE", help="run a module as python -m does")
     r.add_argument("target", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS]")
+    sub.add_parser("httpd", help="serve a directory over HTTP/1.1 with AEMhttpd "
+                   "(aem-loop httpd --help)", add_help=False)
     b = sub.add_parser("bench", help="echo and priority-latency benchmarks vs asyncio and uvloop")
     b.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     b.add_argument("--runs", type=int, default=3, help="repetitions per cell (median)")
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default=None, help="directory for JSON and Markdown results")
     b.add_argument("--plot", default=None, metavar="DIR",
                    help="write PNG plots of the results to DIR (matplotlib)")
-    a = ap.parse_args(argv)
+    a = ap.parse_args(args)
     if a.cmd == "run":
         return _run(a, r)
     if a.runs < 1:

@@ -59,6 +59,7 @@ class Activation:
     error: BaseException | None = None  # why the source stopped early (framing, reset)
     event_id: int = 0
     resource: Any = None  # what the event's constructor returned
+    priority: int = 0  # the level the handler runs at (raised by a SocketData classifier)
 
     @property
     def merged(self) -> int:
@@ -77,10 +78,11 @@ class EventStatistics:
 
 
 class _Pending:
-    __slots__ = ("count", "data", "eof", "error", "nbytes", "t")
+    __slots__ = ("count", "data", "eof", "error", "level", "nbytes", "t")
 
-    def __init__(self, t: float) -> None:
+    def __init__(self, t: float, level: int) -> None:
         self.t = t
+        self.level = level
         self.data: list[Any] = []
         self.count = 0
         self.eof = False
@@ -155,6 +157,8 @@ class Event:
         self.errors = 0
         self.paused = 0
         self._lateness = LatencyRecorder()
+        self._level_ctx: dict[int, contextvars.Context] = {}
+        self._held = False
         self._job: Any = None
         self._job = attach(self)  # may raise: then nothing was registered
         if self.parent is not None:
@@ -221,6 +225,27 @@ class Event:
         if self._cloner is not None and self._cloner.flags & EventFlags.KEEPALIVE:
             self._spawn(self._cloner.close())
 
+    def pause(self) -> None:
+        """Stop the source's job from reading (or watching) for this event
+        until :meth:`resume`: what was merged stays pending, and a sender
+        meets the kernel's socket buffer.  For fd sources (``Readable``,
+        ``Writable``, ``SocketData``); idempotent."""
+        if not self._registered:
+            return
+        hold = getattr(self._job, "hold", None)
+        if hold is None:
+            raise TypeError(f"only fd sources can be paused, not {self.source!r}")
+        if not self._held:
+            self._held = True
+            hold(self)
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`; idempotent."""
+        if self._held:
+            self._held = False
+            if self._job is not None:
+                self._job.activated(self)
+
     def statistics(self) -> EventStatistics:
         return EventStatistics(
             activations=self.activations,
@@ -239,28 +264,45 @@ class Event:
     # -- from the source's job (job level) -------------------------------------------
 
     def _occur(self, items: Any = (), *, nbytes: int = 0, error: BaseException | None = None,
-               eof: bool = False, count: int = 1, inline: bool = True) -> int:
+               eof: bool = False, count: int = 1, inline: bool = True,
+               level: int | None = None) -> int:
         """Merge an occurrence into the pending activation (queued if none;
         run at once, with *inline*, when nothing more urgent is queued).
+        *level* (a classifier's verdict on the data) raises this activation
+        above the event's priority; a pending activation moves up to it, the
+        data merged before included (their order is kept).
         Returns the bytes now pending for the handler (for flow control)."""
         if not self._registered:
             return 0
+        lv = self.priority if level is None or level <= self.priority else level
         p = self._pending
         if p is None:
-            p = self._pending = _Pending(time.monotonic())
+            p = self._pending = _Pending(time.monotonic(), lv)
+            ctx = self._ctx if lv == self.priority else self._context_at(lv)
             sched = self._loop._aem
-            if not inline or self._running or sched.queued_above(self.priority):
-                self._handle = self._loop._aem_schedule(self._activate, (), self._ctx)
+            if not inline or self._running or sched.queued_above(lv):
+                self._handle = self._loop._aem_schedule(self._activate, (), ctx)
             else:
                 # Nothing more urgent waits (no other job either): the
                 # activation runs now, without a detour through the queue.
                 self._fill(p, items, nbytes, error, eof, count)
-                sched.run_direct(self.priority, self._ctx.run, self._activate)
+                sched.run_direct(lv, ctx.run, self._activate)
                 return self._pending_bytes()
         else:
             self.merged += count
+            if lv > p.level and self._handle is not None:
+                self._handle.cancel()
+                p.level = lv
+                self._handle = self._loop._aem_schedule(self._activate, (), self._context_at(lv))
         self._fill(p, items, nbytes, error, eof, count)
         return p.nbytes
+
+    def _context_at(self, level: int) -> contextvars.Context:
+        ctx = self._level_ctx.get(level)
+        if ctx is None:
+            ctx = self._level_ctx[level] = self._ctx.copy()
+            ctx.run(PRIORITY_VAR.set, level)
+        return ctx
 
     def _fill(self, p: _Pending, items: Any, nbytes: int,
               error: BaseException | None, eof: bool, count: int) -> None:
@@ -298,7 +340,7 @@ class Event:
             return
         self._lateness.add(max(0.0, time.monotonic() - p.t))
         self.activations += 1
-        act = Activation(p.data, p.count, p.eof, p.error, self.id)
+        act = Activation(p.data, p.count, p.eof, p.error, self.id, None, p.level)
         if p.eof or self.flags & EventFlags.ONESHOT:
             self.unregister()
         elif self._job is not None:

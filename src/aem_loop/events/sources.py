@@ -26,7 +26,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from ..core.periodic import PeriodicJob, check_interval, check_missed
-from ..core.priority import JOB_LEVEL, PRIORITY_VAR
+from ..core.priority import JOB_LEVEL, PRIORITY_VAR, check_priority
 from .framers import FramingError, check_framer
 
 __all__ = [
@@ -120,6 +120,8 @@ class _Job:
         if not self.events:
             self.loop._aem_jobs.pop(self.key, None)
             self.stop()
+        elif ev._held:
+            self.activated(ev)  # a pause ends with its event
 
     def activated(self, ev: Any) -> None:
         """The event's activation is running (a paused job may resume)."""
@@ -164,6 +166,13 @@ class _FdJob(_Job):
     def stop(self) -> None:
         self._unwatch()
 
+    def hold(self, ev: Any) -> None:
+        """``ev.pause()``: stop watching until every holder resumed."""
+        self._unwatch()
+
+    def _held(self) -> bool:
+        return any(e._held for e in self.events)
+
 
 class _ReadyJob(_FdJob):
     """Readiness of an fd.  Level-triggered readiness cannot be lost while
@@ -182,7 +191,7 @@ class _ReadyJob(_FdJob):
             self._unwatch()
 
     def activated(self, ev: Any) -> None:
-        if not self.watching and self.events:
+        if not self.watching and self.events and not self._held():
             self._watch()
 
 
@@ -252,7 +261,9 @@ class _SocketJob(_FdJob):
                 ev._occur(msgs, nbytes=len(data), error=err, eof=True)
                 self.detach(ev)
             elif msgs:
-                pending = ev._occur(msgs, nbytes=len(data))
+                classify = ev.source.classify
+                level = None if classify is None else _classify(ev, classify, msgs)
+                pending = ev._occur(msgs, nbytes=len(data), level=level)
                 if pending > ev.source.high_water:
                     pause = True
                     ev.paused += 1
@@ -275,10 +286,31 @@ class _SocketJob(_FdJob):
             self.detach(ev)
 
     def activated(self, ev: Any) -> None:
-        if self.watching or self.finished or not self.events:
+        if self.watching or self.finished or not self.events or self._held():
             return
         if all(e._pending_bytes() <= e.source.high_water for e in self.events):
             self._watch()
+
+
+def _classify(ev: Any, classify: Any, msgs: list[Any]) -> int | None:
+    """The highest level *classify* gives these messages (None: the event's).
+    A classifier that raises or answers a bad priority is reported and
+    leaves the message at the event's priority."""
+    level = None
+    for msg in msgs:
+        try:
+            got = classify(msg)
+            if got is None:
+                continue
+            got = check_priority(got)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            ev._failed(exc, "classifier")
+            continue
+        if level is None or got > level:
+            level = got
+    return level
 
 
 class SocketData:
@@ -292,10 +324,15 @@ class SocketData:
     short); a framing error or a socket error ends the stream the same way,
     with the error.  Reading stops while more than *high_water* bytes wait
     for the handler.  The socket stays the caller's: the event never closes it.
+
+    *classify* (``message -> priority | None``) decides the priority from
+    the data: it sees each complete message at job level, and the
+    activation carrying it runs at the highest level it answered (never
+    below the event's priority; ``act.priority`` says which).
     """
 
     def __init__(self, sock: socket.socket, framer: Any = None, *,
-                 high_water: int = DEFAULT_HIGH_WATER) -> None:
+                 high_water: int = DEFAULT_HIGH_WATER, classify: Any = None) -> None:
         if not isinstance(sock, socket.socket):
             raise TypeError(f"SocketData needs a socket.socket, not {sock!r}")
         if sock.fileno() < 0:
@@ -311,6 +348,9 @@ class SocketData:
         if isinstance(high_water, bool) or not isinstance(high_water, int) or high_water < 1:
             raise ValueError(f"high_water must be an int >= 1 byte, got {high_water!r}")
         self.high_water = high_water
+        if classify is not None and not callable(classify):
+            raise TypeError(f"classify must be callable or None, got {classify!r}")
+        self.classify = classify
         self.sock = sock
 
     def _aem_attach(self, ev: Any) -> Any:
