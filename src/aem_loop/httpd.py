@@ -220,6 +220,8 @@ class HTTPServer:
         self._closed: asyncio.Future[None] | None = None
         self._clock = _Clock()
         self._cache: dict[str, _Cached] = {}
+        self._lookups: dict[str, tuple[int, str, Any]] = {}
+        self._lookups_second = -1
         self._cache_bytes = 0
         self.stats: dict[str, int] = {
             "connections": 0, "requests": 0, "timeouts": 0, "bytes_sent": 0,
@@ -346,6 +348,30 @@ class HTTPServer:
             if path.startswith(prefix):
                 return prio
         return None
+
+    def _lookup(self, target: str) -> tuple[int, str, Any]:
+        """(status, real path, stat) of a request target; what the file
+        system said is reused for one second (a file that changes is seen
+        within a second, as with nginx's open_file_cache_valid 1s)."""
+        sec = int(self._loop.time())
+        if sec != self._lookups_second:
+            self._lookups.clear()
+            self._lookups_second = sec
+        hit = self._lookups.get(target)
+        if hit is None:
+            status, real = self._resolve(target)
+            st = None
+            if status == 200:
+                try:
+                    st = os.stat(real)
+                except OSError:
+                    st = None
+                if st is None or not stat.S_ISREG(st.st_mode):
+                    status = 404
+            hit = (status, real, st)
+            if len(self._lookups) < 4096:
+                self._lookups[target] = hit
+        return hit
 
     def _resolve(self, target: str) -> tuple[int, str]:
         """(status, real path): 200 and the file, or 400/403/404 and ''."""
@@ -620,17 +646,9 @@ class _Connection:
         if req.method not in ("GET", "HEAD"):
             self._emit(405, req, keep=keep, extra="Allow: GET, HEAD\r\n")
             return
-        status, real = s._resolve(req.target)
+        status, real, st = s._lookup(req.target)
         if status != 200:
             self._emit(status, req, keep=keep and status != 400)
-            return
-        try:
-            st = os.stat(real)
-        except OSError:
-            self._emit(404, req, keep=keep)
-            return
-        if not stat.S_ISREG(st.st_mode):
-            self._emit(404, req, keep=keep)
             return
         if _not_modified(req, st.st_mtime):
             self._emit(304, req, keep=keep, length=False,

@@ -127,6 +127,7 @@ class Event:
         self.source = source
         self.handler = handler
         self.flags = flags
+        self._oneshot = bool(flags & EventFlags.ONESHOT)
         self.priority = current_priority() if priority is None else check_priority(priority)
         self.constructor = constructor
         self.destructor = destructor
@@ -341,7 +342,7 @@ class Event:
         self._lateness.add(max(0.0, time.monotonic() - p.t))
         self.activations += 1
         act = Activation(p.data, p.count, p.eof, p.error, self.id, None, p.level)
-        if p.eof or self.flags & EventFlags.ONESHOT:
+        if p.eof or self._oneshot:
             self.unregister()
         elif self._job is not None:
             self._job.activated(self)
