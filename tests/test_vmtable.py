@@ -149,6 +149,86 @@ def test_close_releases_live_blocks():
         t.alloc(1)
 
 
+@pytest.mark.parametrize("zone", ["uzone", "vzone"])
+@pytest.mark.parametrize("holder", ["memoryview", "numpy"])
+def test_close_with_a_buffer_still_exported_closes_whole_and_keeps_the_memory_valid(zone, holder):
+    t = VMTable(4096, zone=zone)
+    b = t.alloc(16)
+    other = t.alloc(16)
+    b[:] = b"0123456789abcdef"
+    if holder == "numpy":
+        np = pytest.importorskip("numpy")
+        kept = np.frombuffer(b.view, dtype=np.uint8)
+    else:
+        kept = memoryview(b.view)[2:6]
+    t.close()  # no BufferError, nothing half closed
+    assert b.released and other.released and t.live_blocks == 0
+    with pytest.raises(VMTableError, match="closed"):
+        t.alloc(1)
+    with pytest.raises(VMTableError):
+        b.tobytes()
+    # the outside buffer still reads the block's bytes: the pool's memory is
+    # freed (a vzone unmapped) only when it is gone
+    assert bytes(kept[:4]) == (b"0123" if holder == "numpy" else b"2345")
+    t.close()  # idempotent
+    del kept
+
+
+def _in_child(fn) -> str:
+    """Run *fn* in a forked child; what it returns (or raises) as text."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            try:
+                out = f"ok {fn()}"
+            except Exception as exc:  # reported to the parent
+                out = f"{type(exc).__name__}: {exc}"
+            os.write(w, out.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return text
+
+
+def test_vzone_allocation_is_refused_in_a_forked_child():
+    """The allocator's state is per process: a child that allocated would
+    hand out blocks the parent hands out too.  It gets a clear error; it
+    still reads and writes the blocks handed to it."""
+    with VMTable(1 << 16, zone="vzone") as t:
+        b = t.alloc(64)
+        off, length = b.descriptor()
+        got = _in_child(lambda: t.alloc(64))
+        assert got.startswith("VMTableError: cannot allocate in process"), got
+        assert f"belongs to process {os.getpid()}" in got
+        assert _in_child(lambda: b.release()).startswith("VMTableError: cannot release")
+
+        def write_back():
+            t.view(off, length)[:5] = b"child"
+            return "written"
+
+        assert _in_child(write_back) == "ok written"
+        assert b.tobytes()[:5] == b"child"
+        # a child that closes the table leaves the owner's blocks alone
+        assert _in_child(lambda: t.close()) == "ok None"
+        assert not b.released and t.live_blocks == 1
+        c = t.alloc(64)
+        assert c.offset != b.offset
+        c.release()
+        b.release()
+
+
+def test_uzone_allocation_in_a_forked_child_is_its_own():
+    with VMTable(4096, zone="uzone") as t:
+        b = t.alloc(64)
+        assert _in_child(lambda: t.alloc(64).offset) == f"ok {64}"  # its copy of the state
+        b.release()
+
+
 def test_vzone_shared_with_forked_child_without_copy():
     """The child reads the parent's block by descriptor and writes its answer
     into the same memory; the parent sees it: one mapping, no copy."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import mmap
+import os
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -155,6 +156,8 @@ class Block:
         view, table = self._view, self._table
         if view is None or table is None:
             raise VMTableError("block released twice")
+        if table._pid and table._pid != os.getpid():
+            raise table._foreign("release a block")
         try:
             if self._base is not None:  # the longer view it was cut from
                 self._base.release()
@@ -166,6 +169,19 @@ class Block:
         self._table = None
         table._free_block(self)
         return True
+
+    def _forget(self) -> None:
+        """The table closes: drop the block without returning it.  A buffer
+        exported from it (a numpy array, a view held by C code) keeps the
+        memory valid until it is gone."""
+        for v in (self._view, self._base):
+            if v is not None:
+                try:
+                    v.release()
+                except BufferError:
+                    pass
+        self._view = self._base = None
+        self._table = None
 
     def __enter__(self) -> Block:
         return self
@@ -226,6 +242,18 @@ class VMTable:
         self._allocs = self._releases = self._fallbacks = self._exhausted = 0
         self._unmerged = 0  # releases not yet merged with their buddies
         self._closed = False
+        # a vzone's allocator state is its creator's: a forked child shares
+        # the bytes but not the parent's later allocations (0: a uzone, whose
+        # child has a private copy of both)
+        self._pid = os.getpid() if zone == "vzone" else 0
+
+    def _foreign(self, what: str) -> VMTableError:
+        return VMTableError(
+            f"cannot {what} in process {os.getpid()}: this vzone VMTable belongs to "
+            f"process {self._pid}, which created it. A forked child reads and writes the "
+            f"blocks handed to it (table.view(offset, length)); only the creating process "
+            f"allocates and releases (its allocator state is not shared)"
+        )
 
     # -- allocation -------------------------------------------------------------
 
@@ -274,6 +302,8 @@ class VMTable:
         """A block of exactly *n* bytes (capacity: the next power of two)."""
         if self._closed:
             raise VMTableError("VMTable is closed")
+        if self._pid and self._pid != os.getpid():
+            raise self._foreign("allocate")
         block = self._alloc_pool(n)
         return block if block is not None else self._exhaust(n)
 
@@ -299,6 +329,8 @@ class VMTable:
         (first come, first served)."""
         if self._closed:
             raise VMTableError("VMTable is closed")
+        if self._pid and self._pid != os.getpid():
+            raise self._foreign("allocate")
         if not self._waiters:
             block = self._alloc_pool(n)
             if block is not None:
@@ -408,19 +440,33 @@ class VMTable:
         return len(self._live)
 
     def close(self) -> None:
-        """Release every live block and free the pool."""
+        """Release every live block and free the pool.
+
+        A block whose buffer is still exported (a numpy array or a
+        memoryview over ``block.view``, a transport writing it) is dropped
+        from the table all the same; its memory stays valid until that last
+        user is gone, and then the pool's memory is freed (a vzone is
+        unmapped).  In a forked child, close() drops the child's view of the
+        pool and leaves the blocks to the process that owns them.
+        """
         if self._closed:
             return
+        self._closed = True  # first: nothing is allocated from here on
+        owner = not self._pid or self._pid == os.getpid()
         for b in list(self._live.values()):
-            b.release()
+            if not owner or not b.try_release():
+                b._forget()
+        self._live.clear()
         for _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(VMTableError("VMTable closed"))
         self._waiters.clear()
-        self._closed = True
         self._mv.release()
         if isinstance(self._mem, mmap.mmap):
-            self._mem.close()
+            try:
+                self._mem.close()
+            except BufferError:
+                pass  # an export outlives the table: unmapped when it is gone
 
     def __enter__(self) -> VMTable:
         return self
