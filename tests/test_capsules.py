@@ -638,6 +638,48 @@ async def test_fork_nocldwait_is_reaped() -> None:
 
 
 @pytest.mark.asyncio
+async def test_fork_nocldwait_failure_reaches_the_exception_handler() -> None:
+    loop = asyncio.get_running_loop()
+    seen = loop.create_future()
+    loop.set_exception_handler(lambda lp, ctx: seen.done() or seen.set_result(ctx))
+    try:
+        child = await aem_loop.cloner(fail, flags=F.FORK | F.NOCLDWAIT).activate("forked boom")
+        ctx = await seen
+    finally:
+        loop.set_exception_handler(None)
+    assert isinstance(ctx["exception"], ValueError) and "forked boom" in str(ctx["exception"])
+    assert "fire-and-forget" in ctx["message"]
+    await child.wait()
+    assert gone(child.pid)
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_fork_nocldwait_child_outliving_its_loop_is_reaped_and_leaks_no_fd(backend) -> None:
+    from aem_loop.capsules.cloner import join_reapers
+
+    r, w = os.pipe()
+
+    def wait_for_word() -> None:  # runs in the forked child
+        os.close(w)
+        os.read(r, 1)
+
+    async def start() -> aem_loop.ChildProcess:
+        return await aem_loop.cloner(wait_for_word, flags=F.FORK | F.NOCLDWAIT).activate()
+
+    loop = aem_loop.new_event_loop(backend=backend)
+    try:
+        child = loop.run_until_complete(start())
+    finally:
+        loop.close()  # the child runs on
+    os.close(r)
+    assert not gone(child.pid) and not _zombie(child.pid)
+    os.write(w, b"x")  # let it finish now that its loop is gone
+    os.close(w)
+    assert join_reapers(30)
+    assert gone(child.pid)  # reaped: no zombie (the fixture checks fds and threads)
+
+
+@pytest.mark.asyncio
 async def test_capsule_event_and_children(pool: CapsulePool) -> None:
     ev = aem_loop.cloner(served, flags=F.CAPSULE, pool=pool, name="svc")
     assert "svc" in await ev.activate()

@@ -30,6 +30,7 @@ import enum
 import itertools
 import os
 import pickle
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -260,24 +261,26 @@ class ClonerEvent:
     # -- fork --------------------------------------------------------------------------
 
     async def _fork(self, args: tuple[Any, ...], prio: int, timeout: float | None) -> Any:
-        loop = self._loop
-        nocldwait = bool(self.flags & EventFlags.NOCLDWAIT)
+        loop: Any = self._loop
         rfd, wfd = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             try:
                 os.close(rfd)
-                _child_body(self._handler, args, self.info, wfd, nocldwait)
+                _child_body(self._handler, args, self.info, wfd,
+                            bool(self.flags & EventFlags.NOCLDWAIT))
             finally:
                 os._exit(0)
         os.close(wfd)
         child = ChildProcess(self, pid, "fork")
         self.children.append(child)
         pidfd = os.pidfd_open(pid)
+        forked = loop._aem_forked
 
         def reaped() -> None:
             if child._done.done():
                 return
+            forked.pop(pid, None)
             loop.remove_reader(pidfd)
             os.close(pidfd)
             try:
@@ -287,11 +290,26 @@ class ClonerEvent:
             child.status = status
             child._done.set_result(status)
 
+        forked[pid] = pidfd
         loop.add_reader(pidfd, reaped)
-        if nocldwait:
-            os.close(rfd)
-            return child
         os.set_blocking(rfd, False)
+        nocldwait = bool(self.flags & EventFlags.NOCLDWAIT)
+        answer = self._answer(child, rfd, timeout, reaped, kill_on_cancel=not nocldwait)
+        if nocldwait:
+            # fire and forget: the answer is awaited in the background, and
+            # a failure goes to the loop's exception handler
+            self._spawn_background(answer)
+            return child
+        return await answer
+
+    async def _answer(self, child: ChildProcess, rfd: int, timeout: float | None,
+                      reaped: Callable[[], None], *, kill_on_cancel: bool) -> Any:
+        """The forked child's frame from *rfd*, then its exit: the result, or
+        its exception re-raised, or CapsuleDied.  Cancelled (the caller gave
+        up, or the loop ends), the child is killed -- except a fire-and-forget
+        one (*kill_on_cancel* False), which runs on and is reaped anyway."""
+        loop = self._loop
+        pid = child.pid
         reader = w.Reader()
         got: asyncio.Future[bytes | None] = loop.create_future()
 
@@ -310,17 +328,19 @@ class ClonerEvent:
         try:
             raw = await (got if timeout is None else asyncio.wait_for(got, timeout))
         except (asyncio.CancelledError, TimeoutError) as exc:
-            loop.remove_reader(rfd)
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-            reaped()  # killed: reap it now (immediate), no zombie, no fd left
+            if isinstance(exc, TimeoutError) or kill_on_cancel:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+                reaped()  # killed: reap it now (immediate), no zombie, no fd left
             if isinstance(exc, TimeoutError):
                 raise TimeoutError(
                     f"forked {self.info.name!r} did not finish in {timeout} s") from None
             raise
         finally:
+            if not loop.is_closed():
+                loop.remove_reader(rfd)
             os.close(rfd)
         status = await child.wait()
         if raw is None:
@@ -355,15 +375,40 @@ def _child_body(handler: Callable[..., Any], args: tuple[Any, ...], info: Any, w
             out = w.dumps((0, w.ERR, (exc, tb, repr(exc))))
         except Exception:
             out = w.dumps((0, w.ERR, (None, tb, repr(exc))))
-        if nocldwait:
-            os.write(2, tb.encode(errors="replace"))
-            os._exit(1)
-    if not nocldwait:
-        data = w.frame(out)
-        view = memoryview(data)
+    data = w.frame(out)
+    view = memoryview(data)
+    try:
         while view:
             view = view[os.write(wfd, view):]
+    except BrokenPipeError:
+        pass  # the parent is gone (its loop closed): nobody to tell
     os._exit(0)
+
+
+_REAPERS: set[threading.Thread] = set()
+
+
+def _reap_later(pid: int) -> None:
+    """Wait for *pid* in a daemon thread of its own (its loop is closing)."""
+    def reap() -> None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        finally:
+            _REAPERS.discard(threading.current_thread())
+
+    t = threading.Thread(target=reap, name=f"aem-reap-{pid}", daemon=True)
+    _REAPERS.add(t)
+    t.start()
+
+
+def join_reapers(timeout: float | None = None) -> bool:
+    """Wait until the children that outlived their loops are reaped (tests,
+    and programs that want none left behind).  True if none is left."""
+    for t in list(_REAPERS):
+        t.join(timeout)
+    return not _REAPERS
 
 
 class CapsuleLoopMixin:
@@ -387,6 +432,26 @@ class CapsuleLoopMixin:
                            priority=priority, name=name)
 
     _aem_capsule_pool: CapsulePool | None = None
+
+    @property
+    def _aem_forked(self) -> dict[int, int]:
+        """Forked children (FORK cloner events) not reaped yet: pid -> pidfd."""
+        d: dict[int, int] | None = self.__dict__.get("_aem_forked_d")
+        if d is None:
+            d = self.__dict__["_aem_forked_d"] = {}
+        return d
+
+    def close(self) -> None:
+        forked = self.__dict__.get("_aem_forked_d")
+        if forked and not self.is_running():  # type: ignore[attr-defined]
+            # children that outlive the loop (fire and forget): their pidfds
+            # close with it, and a thread reaps each when it exits (no zombie)
+            for pid, pidfd in list(forked.items()):
+                self.remove_reader(pidfd)  # type: ignore[attr-defined]
+                os.close(pidfd)
+                _reap_later(pid)
+            forked.clear()
+        super().close()  # type: ignore[misc]
 
     def set_default_executor(self, executor: Any) -> None:
         if isinstance(executor, CapsulePool):
