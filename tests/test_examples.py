@@ -1,8 +1,14 @@
 """The examples run (each in its own process, as a user would run them)."""
 
+import contextlib
 import pathlib
+import re
+import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -44,27 +50,52 @@ def test_events_demo_runs(backend):
     assert "4000 values from 4 threads, none lost: True" in out
 
 
-@pytest.mark.parametrize("backend", ["selector", "uvloop"])
-def test_aiohttp_app_serves_health_at_high_and_stops_on_ctrl_c(backend):
-    import re
-    import signal
-    import urllib.request
-
-    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "aiohttp_app.py"), backend, "0"],
+@contextlib.contextmanager
+def started(name: str, *args: str) -> Iterator[subprocess.Popen]:
+    """The example running in its own process (killed if the test fails)."""
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / name), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def ctrl_c(proc: subprocess.Popen) -> str:
+    """Interrupt the example as Ctrl-C does: it exits 0 without a traceback.
+    Returns the rest of its output."""
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    return out
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_aiohttp_app_serves_health_at_high_and_stops_on_ctrl_c(backend):
+    with started("aiohttp_app.py", backend, "0") as proc:
         line = proc.stdout.readline()  # printed once both sites listen
         m = re.search(r"health on (http://127\.0\.0\.1:\d+/health)", line)
         assert m, line
         with urllib.request.urlopen(m.group(1), timeout=30) as r:
             assert r.read() == b"ok at priority 75\n"
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert out.strip() == "stopped"
-    assert "Traceback" not in err
+        assert ctrl_c(proc).strip() == "stopped"
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_aemhttpd_example_serves_urgent_paths_at_high_and_stops_on_ctrl_c(backend):
+    with started("aemhttpd.py", "--port", "0", "--backend", backend) as proc:
+        line = proc.stdout.readline()
+        m = re.search(r"on (http://127\.0\.0\.1:\d+/)", line)
+        assert m, line
+        with urllib.request.urlopen(m.group(1) + "aemhttpd.py", timeout=30) as r:
+            assert r.read() == (EXAMPLES / "aemhttpd.py").read_bytes()
+        assert "GET /aemhttpd.py -> 200" in proc.stdout.readline()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(m.group(1) + "urgent/nothing", timeout=30)
+        assert e.value.code == 404
+        e.value.close()
+        assert proc.stdout.readline().strip().endswith("-> 404 (14 bytes) at priority 75")
+        assert "AEMhttpd stopped: 2 requests" in ctrl_c(proc)
