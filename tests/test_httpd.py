@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -344,33 +345,68 @@ async def test_refuses_a_stock_loop_with_a_clear_error(site):
     assert "aem loop" in msg
 
 
-@pytest.mark.parametrize("backend", ["selector", "uvloop"])
-def test_cli_serves_a_directory_as_a_newcomer_tries_it(site, backend):
-    """aem-loop httpd DIR: a file, a missing file, '..'; SIGINT stops it cleanly."""
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def _httpd(site, backend: str) -> tuple[subprocess.Popen, int]:
+    """``aem-loop httpd SITE`` in a process of its own, listening."""
+    port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "aem_loop.cli", "httpd", str(site), "--port", str(port),
          "--backend", backend],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    assert "serving" in proc.stdout.readline()  # listening from here on
+    return proc, port
+
+
+def _read_response(f) -> tuple[int, bytes]:
+    status = int(f.readline().split()[1])
+    length = 0
+    while (h := f.readline()) != b"\r\n":
+        if h.lower().startswith(b"content-length:"):
+            length = int(h.split(b":")[1])
+    return status, f.read(length)
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_cli_serves_a_directory_as_a_newcomer_tries_it(site, backend):
+    """aem-loop httpd DIR: a file, a missing file, '..'; SIGINT stops it cleanly."""
+    proc, port = _httpd(site, backend)
     try:
-        assert "serving" in proc.stdout.readline()  # listening from here on
-        with socket.create_connection(("127.0.0.1", port)) as c:
-            f = c.makefile("rb")
+        with socket.create_connection(("127.0.0.1", port)) as c, c.makefile("rb") as f:
             for path, status in (("/a.txt", 200), ("/missing", 404), ("/../secret.txt", 403)):
                 c.sendall(get(path))
-                line = f.readline()
-                assert line.split()[1] == str(status).encode(), path
-                length = 0
-                while (h := f.readline()) != b"\r\n":
-                    if h.lower().startswith(b"content-length:"):
-                        length = int(h.split(b":")[1])
-                assert b"SECRET" not in f.read(length)
+                got, body = _read_response(f)
+                assert got == status, path
+                assert b"SECRET" not in body
     finally:
-        proc.send_signal(2)
+        proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "stopped: 3 requests" in out
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_sigterm_finishes_the_responses_in_flight(site, backend):
+    proc, port = _httpd(site, backend)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as c, c.makefile("rb") as f:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+            c.sendall(get("/big.bin") * 3)
+            first = f.read(64)  # answering has begun; most of it is still to send
+            proc.send_signal(signal.SIGTERM)
+            rest = first + f.read()  # until the server closes the connection
+        expected = (site / "big.bin").read_bytes()
+        assert rest.count(b"HTTP/1.1 200 OK") == 3 and rest.count(expected) == 3
+        out, err = proc.communicate(timeout=30)  # it exits by itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "stopped: 3 requests" in out
