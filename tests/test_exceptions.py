@@ -154,3 +154,43 @@ def test_removing_fds_after_close_answers_false(backend):
     finally:
         r.close()
         w.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+@pytest.mark.parametrize("prioritized", [False, True])
+async def test_debug_mode_reports_each_slow_callback_once_by_its_own_name(caplog, prioritized):
+    """asyncio's debug mode logs "Executing <handle> took N seconds" for a
+    callback over slow_callback_duration: once per callback, task step and
+    timer, naming it (not a wrapper of the loop's, not twice)."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0  # every callback counts as slow
+    done = loop.create_future()
+
+    def plain_callback():
+        pass
+
+    def timer_callback():
+        done.set_result(None)
+
+    async def task_body():
+        pass
+
+    try:
+        with caplog.at_level("WARNING", logger="asyncio"):
+            with aem_loop.priority(80 if prioritized else aem_loop.Priority.NORMAL):
+                loop.call_soon(plain_callback)
+                await loop.create_task(task_body())
+                loop.call_later(0.001, timer_callback)
+            await done
+            await asyncio.sleep(0)
+    finally:
+        loop.set_debug(False)
+        loop.slow_callback_duration = 0.1
+    messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Executing")]
+    for name in ("plain_callback", "task_body", "timer_callback"):
+        assert sum(name in m for m in messages) == 1, (name, messages)
+    assert not [m for m in messages if "_aem" in m or "run_handed_off" in m], messages
+    timer = next(m for m in messages if "timer_callback" in m)
+    assert timer.startswith("Executing <TimerHandle")

@@ -85,7 +85,7 @@ from ..core.loopbase import (
     make_scheduler,
 )
 from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
-from ..core.scheduler import _BIT, run_handed_off
+from ..core.scheduler import _BIT
 from ..events.loop import EventsLoopMixin
 from .uvhandoff import (
     _CHECK_MASK,
@@ -120,6 +120,9 @@ _uv_remove_writer = uvloop.Loop.remove_writer
 
 
 _INF = math.inf
+_UV_SLOW = uvloop.Loop.__mro__[1].__dict__["slow_callback_duration"]  # uvloop's C field
+
+
 class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore[misc]
              EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop):
     """A uvloop loop whose callbacks, tasks and timers run in priority order."""
@@ -127,8 +130,24 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
     _aem_backend = "uvloop"
     _aem_timer_hook = True
 
+    # Slow callbacks (debug mode): the core times each callback it runs and
+    # reports it once, by the callback's own name.  uvloop times its own
+    # handles -- a hand-off's wrapper, the core's whole round -- and would
+    # report the same time again under another name, so uvloop's threshold
+    # (its C field) stays at infinity and this property is the loop's.
+    _aem_slow = 0.1
+
+    @property
+    def slow_callback_duration(self) -> float:
+        return self._aem_slow
+
+    @slow_callback_duration.setter
+    def slow_callback_duration(self, value: float) -> None:
+        self._aem_slow = value
+
     def __init__(self, *, fast_path: bool = True, **options: Any) -> None:
         super().__init__()
+        _UV_SLOW.__set__(self, _INF)
         try:
             check_fast_path(fast_path)
             self._aem = make_scheduler(self, options)
@@ -186,6 +205,11 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         # (uvloop's add function, fd) -> the queued handle of a reader/writer
         self._aem_io: dict[tuple[Any, int | None], events.Handle] = {}
 
+    def _aem_run_debug_handoff(self, handle: Any) -> None:
+        """A hand-off in debug mode: timed by the core (see slow_callback_duration)."""
+        if not handle._cancelled:
+            self._aem._run_debug(handle)
+
     # -- entry points into the core ---------------------------------------------
 
     def call_soon(
@@ -237,7 +261,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
                 self._aem_check_thread()
                 if handle._source_traceback:
                     del handle._source_traceback[-1]
-                _uv_call_soon(self, run_handed_off, handle)
+                _uv_call_soon(self, self._aem_run_debug_handoff, handle)
                 return handle
         if sched.debug or not FAST_HANDLES:
             handle = AEMHandle(callback, args, self, context)  # type: ignore[arg-type]

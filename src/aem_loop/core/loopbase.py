@@ -271,6 +271,9 @@ class AEMLoopMixin:
             )
         finally:
             self._aem_creating = prev
+        tb = getattr(task, "_source_traceback", None)
+        if tb and tb[-1].filename == __file__:
+            del tb[-1]  # debug mode: "created at" names the caller, not this frame
         if self._aem_collect is not None:
             self._aem_collect.append(task)
         return task

@@ -566,7 +566,7 @@ class Scheduler(ReadyQueue):
         if not bits:
             return 0
         if (bits == _DEF_BIT and floor < 0 and limit < 0 and self._io_bits < _ABOVE_DEF
-                and not self.timers.n):
+                and not self.timers.n and not self.debug):
             # Only the default level is queued and nothing (I/O, a timer)
             # could bring more urgent work by time: asyncio's round is this
             # round, without its per-level bookkeeping.
