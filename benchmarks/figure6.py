@@ -250,34 +250,6 @@ def measure(kind: str, root: str, idle: list[int], duration: float) -> dict[int,
             server.wait()
 
 
-def plot(data: dict, path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    for kind, per in data["median"].items():
-        xs = sorted(per, key=int)
-        style = "--" if kind.startswith("aiohttp") else ("-" if kind != "poll" else ":")
-        for ax, key in zip(axes, ("p50", "p99"), strict=True):
-            ax.plot([int(x) for x in xs], [per[x][key] for x in xs], style, marker="o",
-                    label=kind, linewidth=2 if kind == "poll" else 1.5)
-    for ax, key in zip(axes, ("p50", "p99"), strict=True):
-        ax.set_xlabel("idle connections")
-        ax.set_ylabel(f"response time {key} (ms)")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{ACTIVE} active connections (wrk) while idle connections grow "
-                 f"(medians of {data['runs']} runs)", fontsize=10)
-    fig.text(0.5, 0.005, data["machine"], ha="center", fontsize=7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -341,7 +313,10 @@ def main() -> None:
             "raw": {k: [{str(n): v for n, v in r.items()} for r in rs] for k, rs in raw.items()}}
     save_results(a.out, "figure6", "\n".join(lines) + "\n", data)
     if a.out:
-        print("plot:", plot({**data, "machine": machine()}, os.path.join(a.out, "figure6.png")))
+        from aem_loop.bench.plot import plot_figure6
+
+        print("plot:", plot_figure6({**data, "machine": machine()},
+                                    os.path.join(a.out, "figure6.png")))
 
 
 if __name__ == "__main__":

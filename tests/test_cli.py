@@ -103,3 +103,15 @@ def test_bench_plot_needs_out() -> None:
     out = _cli("bench", "--plot", "somewhere")
     assert out.returncode == 2
     assert "--out" in out.stderr
+
+
+def test_plot_draws_the_repositorys_results_echo_latency_figure6(tmp_path) -> None:
+    """The JSON the benchmarks wrote (benchmarks/results) draws every plot."""
+    import pathlib
+
+    res = pathlib.Path(__file__).parent.parent / "benchmarks" / "results"
+    out = subprocess.run([sys.executable, "-m", "aem_loop.bench.plot", str(res), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in ("latency", "echo", "figure6"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

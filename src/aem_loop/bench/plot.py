@@ -7,7 +7,12 @@ benchmarks write with ``--out``) as PNG files in OUT_DIR (default: the same
 directory); ``aem-loop bench --plot DIR`` does it after a run.
 
 - ``latency.png``: how late an urgent (CRITICAL) probe runs, p99, against
-  the number of busy tasks queued beside it, one line per loop.
+  the number of busy tasks queued beside it, one line per loop;
+- ``echo.png``: echo throughput of the aem backends against stock asyncio
+  and uvloop, per cell, with no priority used, a priority in use, and the
+  server created under HIGH;
+- ``figure6.png``: response time against idle connections, one line per
+  server (``benchmarks/figure6.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["plot_all", "plot_latency"]
+__all__ = ["plot_all", "plot_echo", "plot_figure6", "plot_latency"]
 
 _STYLE = {  # loop -> (colour, marker)
     "asyncio": ("#d62728", "o"),
@@ -34,6 +39,15 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt: Any, fig: Any, data: dict[str, Any], path: str) -> str:
+    """The machine the figures come from under the plot, then the PNG."""
+    fig.text(0.5, 0.005, data.get("machine", ""), ha="center", fontsize=7, alpha=0.8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot_latency(data: dict[str, Any], path: str) -> str:
@@ -65,14 +79,63 @@ def plot_latency(data: dict[str, Any], path: str) -> str:
     ax.set_title("An urgent callback behind a backlog")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.text(0.01, 0.01, data.get("machine", ""), fontsize=6, alpha=0.7)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, data, path)
 
 
-_PLOTS = {"latency": plot_latency}
+def plot_echo(data: dict[str, Any], path: str) -> str:
+    """Echo throughput ratios per cell (the echo benchmark's JSON)."""
+    plt = _pyplot()
+    cells = list(data["cells"])
+    series = [  # (ratio key, label, colour, hatch)
+        ("aem-selector/asyncio", "aem-selector vs asyncio", _STYLE["aem-selector"][0], ""),
+        ("aem-selector/prio/asyncio", "  a priority in use", _STYLE["aem-selector"][0], "//"),
+        ("aem-selector/high/asyncio", "  server under HIGH", _STYLE["aem-selector"][0], ".."),
+        ("aem-uvloop/uvloop", "aem-uvloop vs uvloop", _STYLE["aem-uvloop"][0], ""),
+        ("aem-uvloop/prio/uvloop", "  a priority in use", _STYLE["aem-uvloop"][0], "//"),
+        ("aem-uvloop/high/uvloop", "  server under HIGH", _STYLE["aem-uvloop"][0], ".."),
+    ]
+    series = [s for s in series if any(s[0] in data["cells"][c]["ratios"] for c in cells)]
+    fig, ax = plt.subplots(figsize=(10, 4.2), dpi=110)
+    width = 0.8 / max(1, len(series))
+    for i, (key, label, colour, hatch) in enumerate(series):
+        xs = [c + (i - (len(series) - 1) / 2) * width for c in range(len(cells))]
+        ys = [data["cells"][c]["ratios"].get(key, float("nan")) for c in cells]
+        ax.bar(xs, ys, width, label=label, color=colour, hatch=hatch,
+               alpha=0.9 if not hatch else 0.55, edgecolor="white")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(cells)))
+    ax.set_xticklabels(cells, fontsize=8)
+    ax.set_ylim(0.7, 1.22)  # the legend sits above the bars
+    ax.set_ylabel("requests/s vs stock (1 = as fast)")
+    ax.set_title(f"Echo throughput against the stock loop it is built on "
+                 f"(medians of {data.get('runs', '?')} runs)", fontsize=10)
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(plt, fig, data, path)
+
+
+def plot_figure6(data: dict[str, Any], path: str) -> str:
+    """Response time p50 and p99 against idle connections (figure6.json)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for kind, per in data["median"].items():
+        xs = sorted(per, key=int)
+        style = ":" if kind == "poll" else ("--" if kind.startswith("aiohttp") else "-")
+        for ax, key in zip(axes, ("p50", "p99"), strict=True):
+            ax.plot([int(x) for x in xs], [per[x][key] for x in xs], style, marker="o",
+                    label=kind, linewidth=2 if kind == "poll" else 1.5)
+    for ax, key in zip(axes, ("p50", "p99"), strict=True):
+        ax.set_xlabel("idle connections")
+        ax.set_ylabel(f"response time {key} (ms)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{data['active']} active connections (wrk) while idle connections grow "
+                 f"(medians of {data['runs']} runs)", fontsize=10)
+    return _save(plt, fig, data, path)
+
+
+_PLOTS = {"latency": plot_latency, "echo": plot_echo, "figure6": plot_figure6}
 
 
 def plot_all(results: str, out: str | None = None) -> list[str]:
