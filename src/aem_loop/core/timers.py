@@ -29,6 +29,12 @@ next occupied slot through a bitmap instead of ticking through empty ones):
   have at least 16 s, and a bucket is moved at once only when it holds
   timers that are due.
 
+- New timers first go to a *pending* bucket (an append): they enter the
+  wheel when the loop next asks it anything (next_when, pop_due), in the
+  order they were scheduled.  A timer cancelled before that never touches
+  the wheel: a server that sets a timeout per request and cancels it
+  before the loop's next iteration pays an append and a cancel.
+
 Guarantees (asyncio's): a timer never fires before its time (the bucket is
 only a hint: the exact time is compared); timers due at the same time fire
 in the order they were scheduled (buckets keep that order and a due batch
@@ -150,6 +156,7 @@ class TimerWheel:
         "_limit",
         "_mig_end",
         "_mig_key",
+        "_pend",
         "_ring",
         "_soon",
         "_summary",
@@ -182,6 +189,8 @@ class TimerWheel:
         self._far_keys: list[int] = []  # heap; may hold keys emptied since
         self._mig_key = -1  # next far key of the migrating epoch, or -1
         self._mig_end = -1
+        # timers not in the wheel yet: [None, live, handles or None...]
+        self._pend: list[Any] = [None, 0]
         self.fired = 0
         self.wakeups = 0  # pop_due calls that fired at least one timer
         self.wakeups_saved = 0
@@ -192,12 +201,33 @@ class TimerWheel:
     # -- insert / remove -------------------------------------------------------
 
     def push(self, h: AEMTimerHandle, fire: float) -> None:
-        """Insert *h* to fire at *fire* (>= its ``_when``)."""
+        """Schedule *h* to fire at *fire* (>= its ``_when``): into the pending
+        bucket, which enters the wheel at the next question (_flush)."""
         h._aem_fire = fire
         h._aem_wheel = self
         self.n += 1
         if fire < self._soon:
             self._soon = fire
+        b = self._pend
+        live = b[1] + 1
+        b[1] = live
+        if len(b) > 2 * live + 16:
+            _compact(b)  # timers set and cancelled within one iteration
+        h._aem_idx = len(b)
+        b.append(h)
+        h._aem_bucket = b
+
+    def _flush(self) -> None:
+        """The pending timers enter the wheel, in the order they were scheduled."""
+        b = self._pend
+        self._pend = [None, 0]
+        insert = self._insert
+        for h in islice(b, 2, None):
+            if h is not None:
+                insert(h, h._aem_fire)
+
+    def _insert(self, h: AEMTimerHandle, fire: float) -> None:
+        """Put *h* in its bucket of the ring or of the far timers."""
         try:
             tick = int(fire * TICKS_PER_SECOND)
         except OverflowError:  # call_later(math.inf): sleep forever (or -inf: now)
@@ -234,6 +264,9 @@ class TimerWheel:
     def _shrink(self, b: list[Any]) -> None:
         """A cancel left bucket *b* empty: drop it."""
         tick = b[0]
+        if tick is None:  # the pending bucket: empty it
+            del b[2:]
+            return
         if tick >= 0:
             self._drop_slot(tick)
         else:
@@ -274,6 +307,8 @@ class TimerWheel:
         """When the loop must wake up next for its timers, or None."""
         if not self.n:
             return None
+        if len(self._pend) > 2:
+            self._flush()
         if self._mig_key >= 0:
             self._advance_far()
         tick = self._next_tick()
@@ -306,6 +341,8 @@ class TimerWheel:
         """Remove and return the timers that fire before *end*, in firing order."""
         if not self.n or end <= self._soon:
             return []
+        if len(self._pend) > 2:
+            self._flush()
         end_tick = int(end * TICKS_PER_SECOND)
         if self._mig_key >= 0:
             self._advance_far(end_tick)
@@ -417,8 +454,7 @@ class TimerWheel:
                 self._direct = key << _FAR_BITS
                 for h in islice(b, 2, None):
                     if h is not None:
-                        self.n -= 1  # push() counts it again
-                        self.push(h, h._aem_fire)
+                        self._insert(h, h._aem_fire)
                 moved += b[1]
         if key >= self._mig_end:
             self._mig_key = self._mig_end = -1
@@ -428,13 +464,14 @@ class TimerWheel:
             self._direct = key << _FAR_BITS
 
     def clear(self) -> None:
-        for b in [*self._ring, *self._far.values()]:
+        for b in [*self._ring, *self._far.values(), self._pend]:
             if b is not None:
                 for h in islice(b, 2, None):
                     if h is not None:
                         h._aem_bucket = None
                         h._scheduled = False
         self._ring = [None] * (_RING_MASK + 1)
+        self._pend = [None, 0]
         self._far.clear()
         self._far_keys.clear()
         self._mig_key = self._mig_end = -1
