@@ -172,10 +172,12 @@ def _run(variant: str, module: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         path = tmp.name
     try:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", variant, module, path],
-            capture_output=True, text=True, timeout=_TIMEOUT,
-        )
+        # in a directory of its own: the tests leave @test_* files in theirs
+        with tempfile.TemporaryDirectory() as work:
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--child", variant, module, path],
+                capture_output=True, text=True, timeout=_TIMEOUT, cwd=work,
+            )
         with open(path) as f:
             text = f.read()
         if not text:
