@@ -115,3 +115,18 @@ def test_plot_draws_the_repositorys_results_echo_latency_figure6(tmp_path) -> No
     assert out.returncode == 0, out.stderr
     for name in ("latency", "echo", "figure6"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+@pytest.mark.parametrize("name", ["echo", "latency", "timers", "capsules", "vmtable", "rounds",
+                                  "events", "aiohttp_routes", "figure6", "instructions"])
+def test_every_benchmark_script_starts(name) -> None:
+    """benchmarks/NAME.py runs the package's benchmark (aem-loop bench --only runs the same)."""
+    import pathlib
+
+    script = pathlib.Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout
+    only = "aiohttp" if name == "aiohttp_routes" else name
+    assert only in _cli("bench", "--help").stdout

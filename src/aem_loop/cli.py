@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import warnings
 from typing import Any
@@ -89,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     b.add_argument("--runs", type=int, default=3, help="repetitions per cell (median)")
     b.add_argument("--only", choices=("echo", "latency", "timers", "capsules", "vmtable",
-                                       "rounds"), default=None,
-                   help="one benchmark (all but echo and latency run only when asked)")
+                                       "rounds", "events", "aiohttp", "figure6",
+                                       "instructions"), default=None,
+                   help="one benchmark (all but echo and latency run only when asked; "
+                        "aiohttp and figure6 need wrk, instructions valgrind)")
     b.add_argument("--out", default=None, help="directory for JSON and Markdown results")
     b.add_argument("--plot", default=None, metavar="DIR",
                    help="write PNG plots of the results to DIR (matplotlib)")
@@ -125,6 +128,31 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import rounds
 
         rounds.main(["--runs", str(a.runs), *(["--out", a.out] if a.out else [])])
+    if a.only in ("aiohttp", "figure6") and not shutil.which("wrk"):
+        print(f"aem-loop bench --only {a.only} needs wrk, the HTTP load generator "
+              "(Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
+        return 2
+    out = ["--out", a.out] if a.out else []
+    runs = ["--runs", str(a.runs)]
+    if a.only == "events":
+        from .bench import events_bench
+
+        events_bench.main([*runs, "--duration", "1" if a.quick else "2", *out])
+    if a.only == "aiohttp":
+        from .bench import aiohttp_routes
+
+        aiohttp_routes.main([*runs, "--duration", "1" if a.quick else "3", *out])
+        aiohttp_routes.main(["--app", "hello", *runs, "--duration", "1" if a.quick else "2",
+                             *out])
+    if a.only == "figure6":
+        from .bench import figure6
+
+        figure6.main([*runs, "--duration", "1" if a.quick else "3", *out,
+                      *(["--idle", "0,1000,10000"] if a.quick else [])])
+    if a.only == "instructions":
+        from .bench import instructions
+
+        instructions.main([])
     if a.plot:
         from .bench.plot import plot_all
 

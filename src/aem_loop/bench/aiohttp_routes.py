@@ -1,0 +1,471 @@
+"""An aiohttp app under a /bulk flood: how fast is /health answered, and at what cost?
+
+    python benchmarks/aiohttp_routes.py [--runs 3] [--duration 3] [--out benchmarks/results]
+    python benchmarks/aiohttp_routes.py --app hello [--runs 3] [--out benchmarks/results]
+
+One aiohttp app, one port: /bulk does 8 slices of 0.5 ms CPU with a yield
+in between; wrk (pinned to the second CPU) floods it with 64 keep-alive
+connections; a probe process (plain blocking socket, its own keep-alive
+connection) asks /health every 5 ms.  The server process is pinned to the
+first CPU.  For each loop (stock asyncio, uvloop, aem on both backends)
+and each way of using priorities:
+
+- plain: no priorities at all (must be stock speed);
+- routes: ``aem_loop.aiohttp.route_priorities(app, {"/health": HIGH})``;
+- site: /health's probe connects to a second site started under
+  ``priority(HIGH)`` (per-site priority, a second port).
+
+The probe is open-loop: a request every 5 ms whatever the answers, each on
+an idle connection of its own set of 64 keep-alive connections (each has
+answered one request before the measured period), so every loop serves the
+same /health work. The probe runs at real-time priority (SCHED_FIFO) where
+permitted, so that it is not scheduled behind wrk on the CPU they share.
+Reported: /health p50/p99/max (ms) (the latency counts from when the request
+was due) and /bulk requests served per second of the server's CPU time while
+the probe ran (the server is saturated; wrk's own requests/s moves in steps
+of one round of its 64 connections, ~7% of a 3 s run, so it cannot show a
+few percent), medians over the runs (runs interleaved); the stock loops run
+the same app without priorities in every mode.
+
+``--app hello``: aiohttp's hello world instead (``/`` answers "Hello,
+World!"), flooded by wrk with 50 connections, the probe as above; modes
+plain, prio (a priority used in the process before serving: what any
+program that uses priorities has done) and site.  The figure is requests
+per second of the server's CPU time (the server is saturated), beside
+wrk's own requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from aem_loop.bench.common import machine, save_results
+
+LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
+MODES = ("plain", "routes", "site")
+HELLO_MODES = ("plain", "prio", "site")
+PROBE_INTERVAL = 0.005
+
+
+# -- the server (a child process) --------------------------------------------------------
+
+def serve(loop_name: str, mode: str, options: str = "", app_kind: str = "bulk") -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    import aem_loop
+    import aem_loop.aiohttp
+
+    os.sched_setaffinity(0, {0})
+
+    served = [0]
+    probed = [0]
+
+    async def bulk(request: web.Request) -> web.Response:
+        for _ in range(8):
+            end = time.perf_counter() + 0.0005
+            while time.perf_counter() < end:
+                pass
+            await asyncio.sleep(0)
+        served[0] += 1
+        return web.Response(text="bulk")
+
+    async def health(request: web.Request) -> web.Response:
+        probed[0] += 1
+        return web.Response(text="ok")
+
+    async def hello(request: web.Request) -> web.Response:
+        served[0] += 1
+        return web.Response(text="Hello, World!")
+
+    app = web.Application()
+    app.router.add_get("/bulk", bulk)
+    app.router.add_get("/", hello)
+    app.router.add_get("/health", health)
+    aem = loop_name.startswith("aem-")
+    if aem and mode == "routes":
+        aem_loop.aiohttp.route_priorities(app, {"/health": aem_loop.Priority.HIGH})
+
+    async def main(argv: list[str] | None = None) -> None:
+        if aem and mode == "prio":
+            with aem_loop.priority(aem_loop.Priority.HIGH):
+                await asyncio.sleep(0)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        probe_port = port
+        if mode == "site":
+            if aem:
+                with aem_loop.priority(aem_loop.Priority.HIGH):
+                    site2 = web.TCPSite(runner, "127.0.0.1", 0)
+                    await site2.start()
+            else:
+                site2 = web.TCPSite(runner, "127.0.0.1", 0)
+                await site2.start()
+            probe_port = runner.addresses[1][1]
+        print(port, probe_port, flush=True)
+        loop = asyncio.get_running_loop()
+        # "mark" lines from the parent: /bulk requests served and the server's
+        # CPU seconds since the last mark ("stop" ends it)
+        mark = (served[0], time.process_time(), time.perf_counter(), probed[0])
+        while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "mark":
+            now = (served[0], time.process_time(), time.perf_counter(), probed[0])
+            print(*(b - a for a, b in zip(mark, now, strict=True)), flush=True)
+            mark = now
+        await runner.cleanup()
+
+    if loop_name == "asyncio":
+        asyncio.run(main())
+    elif loop_name == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        opts: dict[str, Any] = {k: float(v) for k, v in
+                                (o.split("=") for o in options.split(",") if o)}
+        aem_loop.run(main(), backend=loop_name.split("-", 1)[1], **opts)
+
+
+# -- the probe (a child process) ---------------------------------------------------------
+
+def _realtime() -> bool:
+    """Put this process ahead of wrk on the CPU they share (SCHED_FIFO), so
+    that its requests leave when due: without it the probe's own lateness
+    (scheduled behind a busy wrk, ~0.6 ms median here) is counted as the
+    server's.  Needs CAP_SYS_NICE (root); whether it got it is reported."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+PROBE_CONNECTIONS = 64
+
+
+def probe(port: int, duration: float) -> None:
+    """Open loop: a /health request every PROBE_INTERVAL whatever the answers,
+    each on an idle keep-alive connection of a set of PROBE_CONNECTIONS, so
+    every loop serves the same /health work; prints the latencies."""
+    import selectors
+
+    os.sched_setaffinity(0, {1})
+    realtime = _realtime()
+    req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    # select(2) takes its timeout in microseconds (epoll_wait and poll in whole
+    # milliseconds: a request would leave up to 1 ms after it was due)
+    sel = selectors.SelectSelector()
+    idle = []
+    for _ in range(PROBE_CONNECTIONS):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        idle.append(s)
+    # Every connection answers once before the measured period (not counted;
+    # all at once, so that it is short on every loop): the figure is a
+    # request's latency on an established keep-alive connection.
+    # (Connections opened at once are accepted at different speeds: the
+    # selector backend accepts a batch per readiness, libuv one per loop
+    # iteration, ~1 ms apart under this flood.)
+    for s in idle:
+        s.sendall(req)
+    for s in idle:
+        buf = b""
+        while not buf.endswith(b"ok"):
+            chunk = s.recv(4096)
+            if not chunk:
+                raise SystemExit("server closed a probe connection")
+            buf += chunk
+        s.setblocking(False)
+    sent: dict[socket.socket, tuple[float, bytes]] = {}
+    out: list[float] = []
+    missed = 0
+    start = time.perf_counter()
+    end = start + duration
+    k = 0
+    while True:
+        now = time.perf_counter()
+        due = start + k * PROBE_INTERVAL
+        if due <= now and due < end:
+            k += 1
+            if idle:
+                s = idle.pop()
+                s.send(req)
+                sent[s] = (due, b"")
+                sel.register(s, selectors.EVENT_READ)
+            else:
+                missed += 1
+            continue
+        if now >= end and not sent:
+            break
+        timeout = max(0.0, min(due, end) - now) if now < end else 1.0
+        for key, _ in sel.select(timeout):
+            s = key.fileobj  # type: ignore[assignment]
+            t0, buf = sent[s]
+            chunk = s.recv(4096)
+            if not chunk:
+                raise SystemExit("server closed a probe connection")
+            buf += chunk
+            if buf.endswith(b"ok"):
+                out.append(time.perf_counter() - t0)
+                del sent[s]
+                sel.unregister(s)
+                idle.append(s)
+            else:
+                sent[s] = (t0, buf)
+    for s in idle:
+        s.close()
+    print(json.dumps({"latency": out, "missed": missed, "realtime": realtime}))
+
+
+# -- one measurement ---------------------------------------------------------------------
+
+def measure(loop_name: str, mode: str, duration: float, options: str = "",
+            app_kind: str = "bulk") -> dict[str, float]:
+    me = "-m", "aem_loop.bench.aiohttp_routes"  # the roles run as modules of the package
+    srv = subprocess.Popen([sys.executable, *me, "--serve", loop_name, mode, options, app_kind],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    conns, path = (64, "/bulk") if app_kind == "bulk" else (50, "/")
+    try:
+        assert srv.stdout is not None and srv.stdin is not None
+        port, probe_port = map(int, srv.stdout.readline().split())
+        wrk = subprocess.Popen(
+            ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{math.ceil(duration) + 3}s",
+             f"http://127.0.0.1:{port}{path}"],
+            stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)  # the flood is on before the probe starts
+        srv.stdin.write("mark\n")
+        srv.stdin.flush()
+        srv.stdout.readline()
+        pr = subprocess.run([sys.executable, *me, "--probe", str(probe_port), str(duration)],
+                            capture_output=True, text=True, check=True)
+        if wrk.poll() is not None:
+            raise RuntimeError(f"{loop_name}/{mode}: the wrk flood ended before the probe did; "
+                               "the /health figures would not be under load")
+        srv.stdin.write("mark\n")
+        srv.stdin.flush()
+        n, cpu, wall, probes = map(float, srv.stdout.readline().split())
+        wout, _ = wrk.communicate(timeout=duration + 30)
+        srv.stdin.write("stop\n")
+        srv.stdin.flush()
+        srv.wait(timeout=30)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    got = json.loads(pr.stdout)
+    lat = np.array(got["latency"]) * 1e3
+    m = re.search(r"Requests/sec:\s+([\d.]+)", wout)
+    return {
+        "health_p50_ms": float(np.percentile(lat, 50)),
+        "health_p99_ms": float(np.percentile(lat, 99)),
+        "health_max_ms": float(lat.max()),
+        "probes": len(lat),
+        "probes_missed": got["missed"],
+        "probe_realtime": float(got["realtime"]),
+        "wrk_rps": float(m.group(1)) if m else float("nan"),
+        # served by the server while the probe ran, per second of its CPU time
+        # (wrk's own count steps by whole rounds of its 64 connections: ~7%)
+        "bulk_rps": n / cpu,
+        "bulk_wall_rps": n / wall,
+        "health_per_s": probes / wall,
+    }
+
+
+def hello_bursts(loops: list[str], modes: list[str], cycles: int, burst: float,
+                 options: str) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """Hello-world throughput, interleaved: every (mode, loop) server runs at
+    once; wrk loads one at a time for *burst* seconds, in rotating order,
+    cycle after cycle, so that the servers compared in one cycle see the
+    same machine (this VM's speed drifts by 2x within seconds)."""
+    me = "-m", "aem_loop.bench.aiohttp_routes"  # the roles run as modules of the package
+    keys = [(m, n) for m in modes for n in loops]
+    procs: dict[tuple[str, str], tuple[subprocess.Popen[str], int]] = {}
+    out: dict[str, dict[str, list[dict[str, float]]]] = {}
+    try:
+        for key in keys:
+            srv = subprocess.Popen([sys.executable, *me, "--serve", key[1], key[0], options,
+                                    "hello"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert srv.stdout is not None
+            procs[key] = (srv, int(srv.stdout.readline().split()[0]))
+        for c in range(cycles):
+            for i in range(len(keys)):
+                key = keys[(c + i) % len(keys)]
+                srv, port = procs[key]
+                assert srv.stdin is not None and srv.stdout is not None
+                srv.stdin.write("mark\n")
+                srv.stdin.flush()
+                srv.stdout.readline()
+                w = subprocess.run(
+                    ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{burst:g}s",
+                     f"http://127.0.0.1:{port}/"],
+                    capture_output=True, text=True, check=True)
+                srv.stdin.write("mark\n")
+                srv.stdin.flush()
+                n, cpu, _, _ = map(float, srv.stdout.readline().split())
+                m = re.search(r"Requests/sec:\s+([\d.]+)", w.stdout)
+                out.setdefault(key[0], {}).setdefault(key[1], []).append({
+                    "wrk_rps": float(m.group(1)) if m else float("nan"),
+                    "per_cpu_s": n / cpu if cpu else float("nan"),
+                    "cycle": c,
+                })
+            print(f"cycle {c + 1}/{cycles}", flush=True)
+    finally:
+        for srv, _ in procs.values():
+            if srv.stdin is not None:
+                try:
+                    srv.stdin.write("stop\n")
+                    srv.stdin.flush()
+                except OSError:
+                    pass
+            try:
+                srv.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                srv.wait()
+    return out
+
+
+def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> None:
+    cycles = max(1, round(a.duration * 5))
+    per = hello_bursts(loops, modes, a.runs * cycles, 1.0, a.aem_options)
+    lat: dict[str, list[dict[str, float]]] = {}
+    for _ in range(a.runs):  # the urgent route's latency: site mode, probe on the HIGH site
+        for name in loops:
+            lat.setdefault(name, []).append(measure(name, "site", a.duration, a.aem_options,
+                                                    "hello"))
+    lines = [
+        "# aiohttp hello world: throughput with priorities in use",
+        "",
+        f"Machine: {machine()}. wrk -t1 -c50 on CPU 1, server on CPU 0. Throughput: every "
+        f"server runs at once and wrk loads each for 1 s in turn, {a.runs * cycles} cycles in "
+        "rotating order; figures are medians over the cycles, ratios medians of the "
+        "per-cycle ratios to the stock loop (uvloop for aem-uvloop, asyncio otherwise). "
+        "Modes: plain (no priorities), prio (a priority used in the process before "
+        "serving), site (a second site listening under Priority.HIGH). /health: probed "
+        f"every {PROBE_INTERVAL * 1e3:.0f} ms on the HIGH site (a plain second site on the "
+        f"stock loops) during a {a.duration:g} s flood, medians of {a.runs} runs.",
+        "Command: `python benchmarks/aiohttp_routes.py --app hello "
+        f"--runs {a.runs} --duration {a.duration:g}`",
+        "",
+        "| mode | loop | wrk req/s | vs stock | req per server CPU-s | vs stock |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def ratio(mode: str, name: str, k: str) -> str:
+        if not name.startswith("aem"):
+            return ""
+        ref = per[mode].get("uvloop" if name == "aem-uvloop" else "asyncio")
+        if not ref:
+            return ""
+        rs = [x[k] / y[k] for x, y in zip(per[mode][name], ref, strict=True)]
+        return f"{statistics.median(rs):.3f}x"
+
+    for mode in modes:
+        for name in loops:
+            rs = per[mode][name]
+            lines.append(f"| {mode} | {name} | "
+                         f"{statistics.median(r['wrk_rps'] for r in rs):.0f} | "
+                         f"{ratio(mode, name, 'wrk_rps')} | "
+                         f"{statistics.median(r['per_cpu_s'] for r in rs):.0f} | "
+                         f"{ratio(mode, name, 'per_cpu_s')} |")
+    lines += ["", "| loop | /health p50 ms | /health p99 ms | /health max ms |",
+              "|---|---|---|---|"]
+    for name in loops:
+        m = {k: statistics.median(r[k] for r in lat[name])
+             for k in ("health_p50_ms", "health_p99_ms", "health_max_ms")}
+        lines.append(f"| {name} | {m['health_p50_ms']:.2f} | {m['health_p99_ms']:.2f} | "
+                     f"{m['health_max_ms']:.2f} |")
+    print("\n".join(lines))
+    save_results(a.out, "aiohttp_hello", "\n".join(lines) + "\n",
+                 {"bursts": per, "latency": lat})
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--loops", default=",".join(LOOPS))
+    ap.add_argument("--modes", default=None,
+                    help=f"default: {','.join(MODES)}; with --app hello {','.join(HELLO_MODES)}")
+    ap.add_argument("--app", choices=("bulk", "hello"), default="bulk")
+    ap.add_argument("--aem-options", default="",
+                    help="loop options for the aem servers, e.g. time_slice=0.001")
+    ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.serve:
+        serve(*a.serve)
+        return
+    if a.probe:
+        probe(int(a.probe[0]), float(a.probe[1]))
+        return
+    loops = a.loops.split(",")
+    modes = (a.modes or ",".join(MODES if a.app == "bulk" else HELLO_MODES)).split(",")
+    if a.app == "hello":
+        hello_report(a, loops, modes)
+        return
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for run in range(a.runs):
+        for mode in modes:
+            for name in loops:
+                r = measure(name, mode, a.duration, a.aem_options, a.app)
+                results.setdefault(mode, {}).setdefault(name, []).append(r)
+                print(f"run {run + 1}/{a.runs} {mode:6} {name:13} /health p50 "
+                      f"{r['health_p50_ms']:7.2f} p99 {r['health_p99_ms']:7.2f} ms, "
+                      f"{a.app} {r['bulk_rps']:8.0f} req/CPU-s, wrk {r['wrk_rps']:8.0f} "
+                      "req/s", flush=True)
+    hello = a.app == "hello"
+    what, conns = ("/ (hello world)", 50) if hello else ("/bulk", 64)
+    lines = [
+        f"# aiohttp: /health latency under a {what} flood",
+        "",
+        f"Machine: {machine()}. wrk -t1 -c{conns} on CPU 1, server on CPU 0, probe every "
+        f"{PROBE_INTERVAL * 1e3:.0f} ms on CPU 1; {a.duration:.0f} s per cell, medians of "
+        f"{a.runs} interleaved runs.",
+        "Command: `python benchmarks/aiohttp_routes.py "
+        + ("--app hello " if hello else "") + f"--runs {a.runs} --duration {a.duration:g}`",
+        "",
+        "| mode | loop | /health p50 ms | /health p99 ms | /health max ms | /health served/s "
+        f"| {what} per CPU-s | vs stock | wrk req/s | vs stock |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode in modes:
+        med = {
+            name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+            for name, rs in results[mode].items()
+        }
+        for name in loops:
+            m = med[name]
+            ref = med.get("uvloop" if name == "aem-uvloop" else "asyncio")
+            ratio = wratio = ""
+            if ref is not None and name.startswith("aem"):
+                ratio = f"{m['bulk_rps'] / ref['bulk_rps']:.3f}x"
+                wratio = f"{m['wrk_rps'] / ref['wrk_rps']:.3f}x"
+            lines.append(f"| {mode} | {name} | {m['health_p50_ms']:.2f} | "
+                         f"{m['health_p99_ms']:.2f} | {m['health_max_ms']:.2f} | "
+                         f"{m['health_per_s']:.0f} | {m['bulk_rps']:.0f} | {ratio} | "
+                         f"{m['wrk_rps']:.0f} | {wratio} |")
+    save_results(a.out, "aiohttp_hello" if hello else "aiohttp_routes", "\n".join(lines) + "\n",
+                 {"results": results})
+
+
+if __name__ == "__main__":
+    main()

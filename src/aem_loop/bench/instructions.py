@@ -1,0 +1,147 @@
+"""User-space instructions per echo round trip, counted by valgrind's callgrind.
+
+Throughput on a shared VM drifts by 2-3x over minutes; instruction counts do
+not.  The server (one loop per run) runs under callgrind; a plain blocking
+client keeps 10 connections doing 1 KiB round trips, ROUNDS_LO then
+ROUNDS_HI times; the difference divided by the extra round trips removes
+start-up.  Needs valgrind (Debian package) and takes ~1 minute.
+
+    python benchmarks/instructions.py [--loops asyncio,aem-selector] [--api streams]
+
+A loop name may carry a server variant as in benchmarks/echo.py:
+``aem-uvloop/prio`` (a priority used before serving), ``aem-uvloop/high``
+(the server created under Priority.HIGH).
+
+Note: valgrind emulates clock_gettime, which inflates loops that read the
+clock often (aem's time slice) well beyond its real cost (~100 ns a read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROUNDS_LO, ROUNDS_HI = 100, 400
+CONNS = 10
+
+SERVER = r"""
+import asyncio, sys
+from aem_loop.bench.common import loop_factory, settle_malloc
+settle_malloc()
+n_conn = int(sys.argv[3]) + 1  # the clients and the readiness probe
+done = [0]
+class Echo(asyncio.Protocol):
+    def connection_made(self, t): self.t = t
+    def data_received(self, d): self.t.write(d)
+    def connection_lost(self, exc):
+        done[0] += 1
+        if done[0] == n_conn: fut.set_result(None)
+async def handle(r, w):
+    try:
+        while d := await r.read(65536):
+            w.write(d)
+    finally:
+        w.close()
+        done[0] += 1
+        if done[0] == n_conn: fut.set_result(None)
+async def main():
+    global fut
+    loop = asyncio.get_running_loop(); fut = loop.create_future()
+    if variant == "prio":  # a priority used in the process before serving
+        import aem_loop
+        with aem_loop.priority(aem_loop.Priority.HIGH):
+            await asyncio.sleep(0)
+    if variant == "high":  # the server created under Priority.HIGH
+        import aem_loop
+        with aem_loop.priority(aem_loop.Priority.HIGH):
+            await serve(loop)
+    else:
+        await serve(loop)
+    await fut
+async def serve(loop):
+    global srv
+    if sys.argv[4] == "streams":
+        srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[2]))
+    else:
+        srv = await loop.create_server(Echo, "127.0.0.1", int(sys.argv[2]))
+name, _, variant = sys.argv[1].partition("/")
+with asyncio.Runner(loop_factory=loop_factory(name)) as r: r.run(main())
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _client(port: int, rounds: int) -> None:
+    deadline = time.monotonic() + 120
+    while True:  # wait for the server (slow to start under valgrind)
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNS)]
+    msg = b"x" * 1024
+    for _ in range(rounds):
+        for s in socks:
+            s.sendall(msg)
+        for s in socks:
+            got = 0
+            while got < len(msg):
+                got += len(s.recv(65536))
+    for s in socks:
+        s.close()
+
+
+def instructions(loop: str, rounds: int, api: str) -> int:
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as d:
+        script = f"{d}/server.py"
+        with open(script, "w") as f:
+            f.write(SERVER)
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/out",
+             sys.executable, script, loop, str(port), str(CONNS), api],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        _client(port, rounds)
+        _, err = proc.communicate(timeout=300)
+    m = re.search(r"Collected : (\d+)", err)
+    if proc.returncode or not m:
+        raise RuntimeError(f"callgrind run failed for {loop}: {err[-2000:]}")
+    return int(m.group(1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--loops", default="asyncio,aem-selector")
+    ap.add_argument("--api", choices=("protocol", "streams"), default="protocol")
+    a = ap.parse_args(argv)
+    if not shutil.which("valgrind"):
+        sys.exit("valgrind is not installed (apt-get install valgrind)")
+    from aem_loop.bench.common import machine
+
+    extra = (ROUNDS_HI - ROUNDS_LO) * CONNS
+    base = None
+    print(f"instructions per 1 KiB {a.api} echo round trip, {CONNS} connections; {machine()}")
+    for loop in a.loops.split(","):
+        per = (instructions(loop, ROUNDS_HI, a.api)
+               - instructions(loop, ROUNDS_LO, a.api)) / extra
+        base = base or per
+        print(f"{loop:14} {per:9,.0f} instr/rt  {per / base:5.2f}x of {a.loops.split(',')[0]}")
+
+
+if __name__ == "__main__":
+    main()
