@@ -130,3 +130,13 @@ def test_every_benchmark_script_starts(name) -> None:
     assert "usage:" in out.stdout
     only = "aiohttp" if name == "aiohttp_routes" else name
     assert only in _cli("bench", "--help").stdout
+
+
+def test_aem_loop_run_runs_an_example_as_written() -> None:
+    """`aem-loop run examples/priority_demo.py` (the README's example of `run`)."""
+    import pathlib
+
+    demo = pathlib.Path(__file__).parent.parent / "examples" / "priority_demo.py"
+    out = _cli("run", str(demo))
+    assert out.returncode == 0, out.stderr
+    assert "heartbeat lateness" in out.stdout
