@@ -258,6 +258,23 @@ async def test_a_client_that_stops_reading_does_not_grow_server_memory(site):
 
 
 @pytest.mark.asyncio
+async def test_pipelined_large_files_hold_one_open_file_at_a_time(site):
+    server = await started(site, max_output=64 * 1024)  # big.bin goes by sendfile
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=1 << 20)
+    n = 100
+    writer.write(get("/big.bin") * n)
+    before = len(os.listdir("/proc/self/fd"))
+    most = 0
+    expected = (site / "big.bin").read_bytes()
+    for _ in range(n):
+        most = max(most, len(os.listdir("/proc/self/fd")) - before)
+        assert (await read_response(reader)).body == expected
+    assert most <= 1  # the file being sent, never one per queued request
+    assert server.statistics()["peak_output"] <= 64 * 1024 + BIG + 512
+    await stop(server, writer)
+
+
+@pytest.mark.asyncio
 async def test_graceful_shutdown_loses_no_in_flight_response(site):
     server = await started(site)
     serving = asyncio.ensure_future(server.serve_forever())

@@ -161,8 +161,9 @@ class HTTPServer:
       request head must be complete that long after the connection became
       ready for it (slowloris);
     - memory per connection is bounded: reading stops while *max_output*
-      bytes of responses wait for the client, files over *sendfile_min*
-      bytes are not read into memory;
+      bytes of responses (a file body by its size) wait for the client, files
+      over *sendfile_min* bytes are not read into memory, so a connection
+      holds at most one open file;
     - *routes* ``{path prefix: priority}`` (longest prefix wins) decides each
       request's priority from its request line; others run at *priority*
       (default: the priority current at :meth:`start`);
@@ -603,6 +604,7 @@ class _Connection:
                     return False
                 item.offset += n
                 item.remaining -= n
+                self.out_bytes -= n
                 self.server.stats["bytes_sent"] += n
                 self.last_progress = self.loop.time()
                 if item.remaining:
@@ -673,6 +675,12 @@ class _Connection:
             os.close(fd)
         else:
             self.out.append(_FileBody(fd, size))
+            # a file body counts by its size: answering stops behind it, so a
+            # client that pipelines requests for large files without reading
+            # holds one open file, not one per request
+            self.out_bytes += size
+            if self.out_bytes > s.stats["peak_output"]:
+                s.stats["peak_output"] = self.out_bytes
 
     def _emit(self, status: int, req: HTTPRequest | None, *, keep: bool,
               body: bytes | None = None, ctype: str = "text/plain; charset=utf-8",
