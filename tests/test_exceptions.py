@@ -194,3 +194,38 @@ async def test_debug_mode_reports_each_slow_callback_once_by_its_own_name(caplog
     assert not [m for m in messages if "_aem" in m or "run_handed_off" in m], messages
     timer = next(m for m in messages if "timer_callback" in m)
     assert timer.startswith("Executing <TimerHandle")
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_debug_mode_reports_the_loops_own_handles_too(caplog):
+    """A transport's connection_made runs from a handle of the loop's own
+    (uvloop schedules it in C): debug mode reports it as the stock loop
+    does, once for the server's connection and once for the client's."""
+    loop = asyncio.get_running_loop()
+    made = loop.create_future()
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            made.set_result(None)
+
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0
+    try:
+        with caplog.at_level("WARNING", logger="asyncio"):
+            server = await loop.create_server(Server, "127.0.0.1", 0)
+            _reader, writer = await asyncio.open_connection(
+                "127.0.0.1", server.sockets[0].getsockname()[1])
+            await made
+            await asyncio.sleep(0)
+    finally:
+        loop.set_debug(False)
+        loop.slow_callback_duration = 0.1
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    messages = [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("Executing") and "connection_made" in r.getMessage()]
+    assert len(messages) == 2, messages

@@ -66,6 +66,7 @@ from __future__ import annotations
 import collections
 import contextvars
 import itertools
+import logging
 import math
 import threading
 import time
@@ -120,7 +121,27 @@ _uv_remove_writer = uvloop.Loop.remove_writer
 
 
 _INF = math.inf
-_UV_SLOW = uvloop.Loop.__mro__[1].__dict__["slow_callback_duration"]  # uvloop's C field
+
+
+_SLOW_MESSAGES = ("Executing %s took %.3f seconds", "Executing %r took %.3f seconds")
+
+
+class _CoreHandlesNotSlow(logging.Filter):
+    """Debug mode's slow-callback report, once per callback: the core times
+    each callback it runs and reports it by its own name; uvloop times its
+    own handles, and those of this backend (the core's round, a hand-off in
+    debug mode, the timer that wakes the core) would report the same time
+    again under the loop's name.  uvloop's reports of them are dropped; its
+    reports of its own handles (a transport's connection_made) stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg not in _SLOW_MESSAGES or not isinstance(args, tuple) or not args:
+            return True
+        return "UVLoop._aem_" not in str(args[0])
+
+
+logging.getLogger("asyncio").addFilter(_CoreHandlesNotSlow())
 
 
 class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore[misc]
@@ -130,24 +151,8 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
     _aem_backend = "uvloop"
     _aem_timer_hook = True
 
-    # Slow callbacks (debug mode): the core times each callback it runs and
-    # reports it once, by the callback's own name.  uvloop times its own
-    # handles -- a hand-off's wrapper, the core's whole round -- and would
-    # report the same time again under another name, so uvloop's threshold
-    # (its C field) stays at infinity and this property is the loop's.
-    _aem_slow = 0.1
-
-    @property
-    def slow_callback_duration(self) -> float:
-        return self._aem_slow
-
-    @slow_callback_duration.setter
-    def slow_callback_duration(self, value: float) -> None:
-        self._aem_slow = value
-
     def __init__(self, *, fast_path: bool = True, **options: Any) -> None:
         super().__init__()
-        _UV_SLOW.__set__(self, _INF)
         try:
             check_fast_path(fast_path)
             self._aem = make_scheduler(self, options)
