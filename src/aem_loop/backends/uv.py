@@ -66,7 +66,6 @@ from __future__ import annotations
 import collections
 import contextvars
 import itertools
-import logging
 import math
 import threading
 import time
@@ -123,25 +122,6 @@ _uv_remove_writer = uvloop.Loop.remove_writer
 _INF = math.inf
 
 
-_SLOW_MESSAGES = ("Executing %s took %.3f seconds", "Executing %r took %.3f seconds")
-
-
-class _CoreHandlesNotSlow(logging.Filter):
-    """Debug mode's slow-callback report, once per callback: the core times
-    each callback it runs and reports it by its own name; uvloop times its
-    own handles, and those of this backend (the core's round, a hand-off in
-    debug mode, the timer that wakes the core) would report the same time
-    again under the loop's name.  uvloop's reports of them are dropped; its
-    reports of its own handles (a transport's connection_made) stay."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if record.msg not in _SLOW_MESSAGES or not isinstance(args, tuple) or not args:
-            return True
-        return "UVLoop._aem_" not in str(args[0])
-
-
-logging.getLogger("asyncio").addFilter(_CoreHandlesNotSlow())
 
 
 class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore[misc]

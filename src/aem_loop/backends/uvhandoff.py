@@ -1,11 +1,14 @@
 """The uvloop backend's hand-off state (see "Hand-off" in backends/uv.py):
 the slots read on every ``call_soon``, how uvloop's ready deque is found,
-and the urgent fds that checkpoints among the hand-offs ask."""
+the urgent fds that checkpoints among the hand-offs ask, and in debug mode
+the filter that keeps uvloop from reporting this backend's own handles (the
+core reports the callbacks they run)."""
 
 from __future__ import annotations
 
 import collections
 import gc
+import logging
 import select
 from typing import Any
 
@@ -165,3 +168,26 @@ class UrgentFdsMixin:
             return
         if self._aem_urgent_above(self._aem_ho.h):
             self._aem_hold(poll_first=True)
+
+
+# -- debug mode: one slow-callback report per callback ---------------------------------
+
+_SLOW_MESSAGES = ("Executing %s took %.3f seconds", "Executing %r took %.3f seconds")
+
+
+class _CoreHandlesNotSlow(logging.Filter):
+    """Debug mode's slow-callback report, once per callback: the core times
+    each callback it runs and reports it by its own name; uvloop times its
+    own handles, and those of this backend (the core's round, a hand-off in
+    debug mode, the timer that wakes the core) would report the same time
+    again under the loop's name.  uvloop's reports of them are dropped; its
+    reports of its own handles (a transport's connection_made) stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg not in _SLOW_MESSAGES or not isinstance(args, tuple) or not args:
+            return True
+        return "UVLoop._aem_" not in str(args[0])
+
+
+logging.getLogger("asyncio").addFilter(_CoreHandlesNotSlow())

@@ -106,9 +106,7 @@ def own_handle(handle: Any) -> Any:
 
 def run_handed_off(handle: Any) -> None:
     """Run *handle* (unless cancelled) from another queue than the one it
-    was made for: a foreign handle's from the core's (see foreign_handle),
-    and on the uvloop backend in debug mode a core handle's from uvloop's,
-    so that ``call_soon`` returns a handle that records where it was made."""
+    was made for: a foreign handle's from the core's (see foreign_handle)."""
     if not handle._cancelled:
         handle._run()
 
