@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from aem_loop.bench.common import machine, save_results
+from aem_loop.bench.common import ask_to_stop, child, machine, save_results
 
 LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
 MODES = ("plain", "routes", "site")
@@ -237,10 +237,9 @@ def probe(port: int, duration: float) -> None:
 def measure(loop_name: str, mode: str, duration: float, options: str = "",
             app_kind: str = "bulk") -> dict[str, float]:
     me = "-m", "aem_loop.bench.aiohttp_routes"  # the roles run as modules of the package
-    srv = subprocess.Popen([sys.executable, *me, "--serve", loop_name, mode, options, app_kind],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     conns, path = (64, "/bulk") if app_kind == "bulk" else (50, "/")
-    try:
+    with child([sys.executable, *me, "--serve", loop_name, mode, options, app_kind],
+               stdin=subprocess.PIPE, stdout=subprocess.PIPE) as srv:
         assert srv.stdout is not None and srv.stdin is not None
         port, probe_port = map(int, srv.stdout.readline().split())
         wrk = subprocess.Popen(
@@ -260,13 +259,7 @@ def measure(loop_name: str, mode: str, duration: float, options: str = "",
         srv.stdin.flush()
         n, cpu, wall, probes = map(float, srv.stdout.readline().split())
         wout, _ = wrk.communicate(timeout=duration + 30)
-        srv.stdin.write("stop\n")
-        srv.stdin.flush()
-        srv.wait(timeout=30)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
+        ask_to_stop(srv, "stop\n")
     got = json.loads(pr.stdout)
     lat = np.array(got["latency"]) * 1e3
     m = re.search(r"Requests/sec:\s+([\d.]+)", wout)

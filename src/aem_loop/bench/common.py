@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # The loops every benchmark compares, in table order.
@@ -155,3 +158,31 @@ def save_results(out: str | None, name: str, text: str, data: dict[str, object])
     with open(os.path.join(out, f"{name}.json"), "w") as f:
         json.dump({"machine": machine(), **data}, f, indent=1)
 
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def child(args: list[str], **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """A benchmark's helper process (text mode, pipes as given); killed on
+    the way out if it is still running (a measurement that failed)."""
+    proc: subprocess.Popen[str] = subprocess.Popen(args, text=True, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def ask_to_stop(proc: subprocess.Popen[str], line: str, timeout: float = 30.0) -> None:
+    """Ask a child that reads commands on its stdin to stop, and wait for it
+    (``subprocess.TimeoutExpired`` if it does not)."""
+    assert proc.stdin is not None
+    proc.stdin.write(line)
+    proc.stdin.flush()
+    proc.wait(timeout=timeout)

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from aem_loop.bench.common import machine, save_results
+from aem_loop.bench.common import ask_to_stop, child, machine, save_results
 
 LINE = b"x" * 63 + b"\n"
 CONNECTIONS = 10
@@ -127,20 +127,13 @@ def client(port: int, duration: float) -> None:
 
 def throughput(kind: str, duration: float) -> float:
     me = "-m", "aem_loop.bench.events_bench"  # the roles run as modules of the package
-    srv = subprocess.Popen([sys.executable, *me, "--serve", kind], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True)
-    try:
-        assert srv.stdout is not None and srv.stdin is not None
+    with child([sys.executable, *me, "--serve", kind], stdin=subprocess.PIPE,
+               stdout=subprocess.PIPE) as srv:
+        assert srv.stdout is not None
         port = int(srv.stdout.readline())
         out = subprocess.run([sys.executable, *me, "--client", str(port), str(duration)],
                              capture_output=True, text=True, check=True).stdout
-        srv.stdin.write("\n")
-        srv.stdin.flush()
-        srv.wait(timeout=30)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
+        ask_to_stop(srv, "\n")
     return float(out)
 
 

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 
-from aem_loop.bench.common import machine, pin, save_results
+from aem_loop.bench.common import free_port, machine, pin, save_results
 
 SERVERS = ["aemhttpd-selector", "aemhttpd-uvloop", "aiohttp-aem-selector",
            "aiohttp-aem-uvloop", "aiohttp-asyncio", "aiohttp-uvloop", "poll"]
@@ -209,14 +209,8 @@ def wrk(port: int, duration: float) -> dict[str, float]:
             + (0 if non2xx is None else int(non2xx.group(1)))}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(kind: str, root: str, idle: list[int], duration: float) -> dict[int, dict]:
-    port = _free_port()
+    port = free_port()
     me = [sys.executable, "-m", "aem_loop.bench.figure6"]
     server = subprocess.Popen([*me, "--serve", kind, "--port", str(port), "--root", root],
                               stdout=subprocess.PIPE, text=True)

@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from aem_loop.bench.common import free_port, machine
+
 ROUNDS_LO, ROUNDS_HI = 100, 400
 CONNS = 10
 
@@ -75,12 +77,6 @@ with asyncio.Runner(loop_factory=loop_factory(name)) as r: r.run(main())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _client(port: int, rounds: int) -> None:
     deadline = time.monotonic() + 120
     while True:  # wait for the server (slow to start under valgrind)
@@ -105,7 +101,7 @@ def _client(port: int, rounds: int) -> None:
 
 
 def instructions(loop: str, rounds: int, api: str) -> int:
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as d:
         script = f"{d}/server.py"
         with open(script, "w") as f:
@@ -131,8 +127,6 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not installed (apt-get install valgrind)")
-    from aem_loop.bench.common import machine
-
     extra = (ROUNDS_HI - ROUNDS_LO) * CONNS
     base = None
     print(f"instructions per 1 KiB {a.api} echo round trip, {CONNS} connections; {machine()}")
