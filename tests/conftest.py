@@ -18,6 +18,7 @@ import asyncio
 import functools
 import importlib
 import os
+import socket
 import threading
 
 import pytest
@@ -59,6 +60,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     loop = aem_loop.new_event_loop(backend="uvloop")
     loop.run_until_complete(asyncio.sleep(0))
     loop.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a
+    test starts in another process)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _fds() -> set[int]:

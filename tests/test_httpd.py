@@ -16,6 +16,7 @@ import pytest
 
 from aem_loop import Priority
 from aem_loop.httpd import HTTPServer
+from conftest import free_port
 
 BIG = 300_000  # over sendfile_min: sent with os.sendfile
 
@@ -362,15 +363,9 @@ async def test_refuses_a_stock_loop_with_a_clear_error(site):
     assert "aem loop" in msg
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _httpd(site, backend: str) -> tuple[subprocess.Popen, int]:
     """``aem-loop httpd SITE`` in a process of its own, listening."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "aem_loop.cli", "httpd", str(site), "--port", str(port),
          "--backend", backend],

@@ -12,12 +12,13 @@ import pathlib
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
 
 import pytest
+
+from conftest import free_port
 
 ROOT = pathlib.Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -36,12 +37,6 @@ def snippet(first_line: str) -> str:
 def run_snippet(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True, cwd=ROOT).stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_every_python_snippet_is_one_this_file_runs():
