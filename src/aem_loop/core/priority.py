@@ -168,6 +168,18 @@ def check_priority(value: object, what: str = "priority") -> int:
     return value
 
 
+def context_at(cache: dict[int, contextvars.Context], base: contextvars.Context,
+               level: int) -> contextvars.Context:
+    """A copy of *base* whose priority is *level*, made once per level and
+    kept in *cache* (what a connection or an event runs at when the data
+    raise it)."""
+    ctx = cache.get(level)
+    if ctx is None:
+        ctx = cache[level] = base.copy()
+        ctx.run(PRIORITY_VAR.set, level)
+    return ctx
+
+
 def current_priority() -> int:
     """The priority of the code that is running now (NORMAL by default)."""
     return PRIORITY_VAR.get(DEFAULT_PRIORITY)

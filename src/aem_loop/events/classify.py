@@ -34,6 +34,7 @@ from ..core.priority import (
     JOB_LEVEL,
     PRIORITY_VAR,
     check_priority,
+    context_at,
     current_priority,
 )
 
@@ -61,6 +62,21 @@ class _Classifier:
 CLASSIFIER: contextvars.ContextVar[_Classifier | None] = contextvars.ContextVar(
     "aem_loop.classifier", default=None
 )
+
+
+def verdict(fn: Callable[[Any], int | None], message: Any, base: int,
+            report: Callable[[BaseException], None]) -> int:
+    """The level classifier *fn* gives *message*: its answer checked as a
+    priority, *base* for None.  A classifier that raises or answers a bad
+    priority is reported (``report(exc)``) and the message keeps *base*."""
+    try:
+        p = fn(message)
+        return base if p is None else check_priority(p, "classifier result")
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        report(exc)
+        return base
 
 
 @contextmanager
@@ -288,12 +304,7 @@ class ClassifiedProtocol(asyncio.Protocol):
     # -- levels and contexts
 
     def _aem_ctx(self, level: int) -> contextvars.Context:
-        ctx = self._aem_ctxs.get(level)
-        if ctx is None:
-            ctx = self._aem_ctxs[self._aem_base].copy()
-            ctx.run(PRIORITY_VAR.set, level)
-            self._aem_ctxs[level] = ctx
-        return ctx
+        return context_at(self._aem_ctxs, self._aem_ctxs[self._aem_base], level)
 
     def _aem_classify(self, data: bytes) -> int:
         scanner = self._aem_scanner
@@ -303,23 +314,19 @@ class ClassifiedProtocol(asyncio.Protocol):
         best = -1
         base = self._aem_base
         for head in heads:
-            try:
-                p = self._aem_fn(head)
-                level = base if p is None else check_priority(p, "classifier result")
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._aem_loop.call_exception_handler({
-                    "message": f"classifier {self._aem_fn!r} failed; the message keeps "
-                               f"the connection's priority",
-                    "exception": exc,
-                    "protocol": self._aem_inner,
-                })
-                level = base
+            level = verdict(self._aem_fn, head, base, self._aem_report)
             self._aem_cur = level
             if level > best:
                 best = level
         return best
+
+    def _aem_report(self, exc: BaseException) -> None:
+        self._aem_loop.call_exception_handler({
+            "message": f"classifier {self._aem_fn!r} failed; the message keeps "
+                       f"the connection's priority",
+            "exception": exc,
+            "protocol": self._aem_inner,
+        })
 
     # -- running the inner protocol
 

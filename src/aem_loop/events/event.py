@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..capsules.cloner import ClonerEvent, EventFlags
-from ..core.priority import PRIORITY_VAR, check_priority, current_priority
+from ..core.priority import PRIORITY_VAR, check_priority, context_at, current_priority
 from ..core.stats import LatencyRecorder, LatencySummary
 
 _NO_FLAGS = EventFlags(0)
@@ -299,11 +299,7 @@ class Event:
         return p.nbytes
 
     def _context_at(self, level: int) -> contextvars.Context:
-        ctx = self._level_ctx.get(level)
-        if ctx is None:
-            ctx = self._level_ctx[level] = self._ctx.copy()
-            ctx.run(PRIORITY_VAR.set, level)
-        return ctx
+        return context_at(self._level_ctx, self._ctx, level)
 
     def _fill(self, p: _Pending, items: Any, nbytes: int,
               error: BaseException | None, eof: bool, count: int) -> None:

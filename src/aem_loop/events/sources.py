@@ -17,6 +17,7 @@ an activation has run, so memory stays bounded whatever the sender does.
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 import signal as _signal
 import socket
@@ -26,7 +27,8 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from ..core.periodic import PeriodicJob, check_interval, check_missed
-from ..core.priority import JOB_LEVEL, PRIORITY_VAR, check_priority
+from ..core.priority import JOB_LEVEL, PRIORITY_VAR
+from .classify import verdict
 from .framers import FramingError, check_framer
 
 __all__ = [
@@ -292,25 +294,11 @@ class _SocketJob(_FdJob):
             self._watch()
 
 
-def _classify(ev: Any, classify: Any, msgs: list[Any]) -> int | None:
-    """The highest level *classify* gives these messages (None: the event's).
-    A classifier that raises or answers a bad priority is reported and
-    leaves the message at the event's priority."""
-    level = None
-    for msg in msgs:
-        try:
-            got = classify(msg)
-            if got is None:
-                continue
-            got = check_priority(got)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            ev._failed(exc, "classifier")
-            continue
-        if level is None or got > level:
-            level = got
-    return level
+def _classify(ev: Any, classify: Any, msgs: list[Any]) -> int:
+    """The highest level *classify* gives these messages (see
+    :func:`~aem_loop.events.classify.verdict`; a failure is the event's)."""
+    report = functools.partial(ev._failed, what="classifier")
+    return max(verdict(classify, msg, ev.priority, report) for msg in msgs)
 
 
 class SocketData:
