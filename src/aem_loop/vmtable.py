@@ -156,8 +156,8 @@ class Block:
         view, table = self._view, self._table
         if view is None or table is None:
             raise VMTableError("block released twice")
-        if table._pid and table._pid != os.getpid():
-            raise table._foreign("release a block")
+        if table._pid:
+            table._check_owner("release a block")
         try:
             if self._base is not None:  # the longer view it was cut from
                 self._base.release()
@@ -247,13 +247,23 @@ class VMTable:
         # child has a private copy of both)
         self._pid = os.getpid() if zone == "vzone" else 0
 
-    def _foreign(self, what: str) -> VMTableError:
-        return VMTableError(
-            f"cannot {what} in process {os.getpid()}: this vzone VMTable belongs to "
-            f"process {self._pid}, which created it. A forked child reads and writes the "
-            f"blocks handed to it (table.view(offset, length)); only the creating process "
-            f"allocates and releases (its allocator state is not shared)"
-        )
+    def _foreign(self) -> bool:
+        """Whether this is a forked child of a vzone's creating process."""
+        return bool(self._pid) and self._pid != os.getpid()
+
+    def _check_owner(self, what: str) -> None:
+        if self._foreign():
+            raise VMTableError(
+                f"cannot {what} in process {os.getpid()}: this vzone VMTable belongs to "
+                f"process {self._pid}, which created it. A forked child reads and writes the "
+                f"blocks handed to it (table.view(offset, length)); only the creating process "
+                f"allocates and releases (its allocator state is not shared)"
+            )
+
+    def _check_can_allocate(self) -> None:
+        if self._closed:
+            raise VMTableError("VMTable is closed")
+        self._check_owner("allocate")
 
     # -- allocation -------------------------------------------------------------
 
@@ -300,10 +310,8 @@ class VMTable:
 
     def alloc(self, n: int) -> Block:
         """A block of exactly *n* bytes (capacity: the next power of two)."""
-        if self._closed:
-            raise VMTableError("VMTable is closed")
-        if self._pid and self._pid != os.getpid():
-            raise self._foreign("allocate")
+        if self._closed or self._pid:  # one test on the uzone fast path
+            self._check_can_allocate()
         block = self._alloc_pool(n)
         return block if block is not None else self._exhaust(n)
 
@@ -327,10 +335,8 @@ class VMTable:
     async def alloc_wait(self, n: int) -> Block:
         """Like :meth:`alloc`, but wait for releases instead of exhausting
         (first come, first served)."""
-        if self._closed:
-            raise VMTableError("VMTable is closed")
-        if self._pid and self._pid != os.getpid():
-            raise self._foreign("allocate")
+        if self._closed or self._pid:  # one test on the uzone fast path
+            self._check_can_allocate()
         if not self._waiters:
             block = self._alloc_pool(n)
             if block is not None:
@@ -452,9 +458,9 @@ class VMTable:
         if self._closed:
             return
         self._closed = True  # first: nothing is allocated from here on
-        owner = not self._pid or self._pid == os.getpid()
+        foreign = self._foreign()
         for b in list(self._live.values()):
-            if not owner or not b.try_release():
+            if foreign or not b.try_release():
                 b._forget()
         self._live.clear()
         for _, fut in self._waiters:
