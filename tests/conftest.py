@@ -15,11 +15,15 @@ threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import os
+import signal
 import socket
+import subprocess
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -68,6 +72,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], **popen) -> Iterator[subprocess.Popen]:
+    """*cmd* in a process of its own, text pipes for stdout and stderr;
+    killed on the way out if it still runs (a test that failed)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def ends_cleanly(proc: subprocess.Popen, sig: int | None = signal.SIGINT) -> str:
+    """Send *sig* (SIGINT: as Ctrl-C does; None: the process stops by
+    itself) and wait: it exits 0 without a traceback.  The rest of its
+    standard output."""
+    if sig is not None:
+        proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    return out
 
 
 def _fds() -> set[int]:

@@ -3,14 +3,14 @@
 import contextlib
 import pathlib
 import re
-import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
+
+from conftest import ends_cleanly, running
 
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 
@@ -50,27 +50,9 @@ def test_events_demo_runs(backend):
     assert "4000 values from 4 threads, none lost: True" in out
 
 
-@contextlib.contextmanager
-def started(name: str, *args: str) -> Iterator[subprocess.Popen]:
+def started(name: str, *args: str) -> contextlib.AbstractContextManager[subprocess.Popen]:
     """The example running in its own process (killed if the test fails)."""
-    proc = subprocess.Popen([sys.executable, str(EXAMPLES / name), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def ctrl_c(proc: subprocess.Popen) -> str:
-    """Interrupt the example as Ctrl-C does: it exits 0 without a traceback.
-    Returns the rest of its output."""
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    return out
+    return running([sys.executable, str(EXAMPLES / name), *args])
 
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
@@ -81,7 +63,7 @@ def test_aiohttp_app_serves_health_at_high_and_stops_on_ctrl_c(backend):
         assert m, line
         with urllib.request.urlopen(m.group(1), timeout=30) as r:
             assert r.read() == b"ok at priority 75\n"
-        assert ctrl_c(proc).strip() == "stopped"
+        assert ends_cleanly(proc).strip() == "stopped"
 
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
@@ -98,4 +80,4 @@ def test_aemhttpd_example_serves_urgent_paths_at_high_and_stops_on_ctrl_c(backen
         assert e.value.code == 404
         e.value.close()
         assert proc.stdout.readline().strip().endswith("-> 404 (14 bytes) at priority 75")
-        assert "AEMhttpd stopped: 2 requests" in ctrl_c(proc)
+        assert "AEMhttpd stopped: 2 requests" in ends_cleanly(proc)

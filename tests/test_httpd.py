@@ -5,18 +5,20 @@ graceful shutdown, priorities from the route table."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
 from aem_loop import Priority
 from aem_loop.httpd import HTTPServer
-from conftest import free_port
+from conftest import ends_cleanly, free_port, running
 
 BIG = 300_000  # over sendfile_min: sent with os.sendfile
 
@@ -363,16 +365,14 @@ async def test_refuses_a_stock_loop_with_a_clear_error(site):
     assert "aem loop" in msg
 
 
-def _httpd(site, backend: str) -> tuple[subprocess.Popen, int]:
+@contextlib.contextmanager
+def _httpd(site, backend: str) -> Iterator[tuple[subprocess.Popen, int]]:
     """``aem-loop httpd SITE`` in a process of its own, listening."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aem_loop.cli", "httpd", str(site), "--port", str(port),
-         "--backend", backend],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert "serving" in proc.stdout.readline()  # listening from here on
-    return proc, port
+    with running([sys.executable, "-m", "aem_loop.cli", "httpd", str(site), "--port", str(port),
+                  "--backend", backend]) as proc:
+        assert "serving" in proc.stdout.readline()  # listening from here on
+        yield proc, port
 
 
 def _read_response(f) -> tuple[int, bytes]:
@@ -387,26 +387,19 @@ def _read_response(f) -> tuple[int, bytes]:
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
 def test_cli_serves_a_directory_as_a_newcomer_tries_it(site, backend):
     """aem-loop httpd DIR: a file, a missing file, '..'; SIGINT stops it cleanly."""
-    proc, port = _httpd(site, backend)
-    try:
+    with _httpd(site, backend) as (proc, port):
         with socket.create_connection(("127.0.0.1", port)) as c, c.makefile("rb") as f:
             for path, status in (("/a.txt", 200), ("/missing", 404), ("/../secret.txt", 403)):
                 c.sendall(get(path))
                 got, body = _read_response(f)
                 assert got == status, path
                 assert b"SECRET" not in body
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    assert "stopped: 3 requests" in out
+        assert "stopped: 3 requests" in ends_cleanly(proc)
 
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
 def test_sigterm_finishes_the_responses_in_flight(site, backend):
-    proc, port = _httpd(site, backend)
-    try:
+    with _httpd(site, backend) as (proc, port):
         with socket.create_connection(("127.0.0.1", port)) as c, c.makefile("rb") as f:
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
             c.sendall(get("/big.bin") * 3)
@@ -415,10 +408,4 @@ def test_sigterm_finishes_the_responses_in_flight(site, backend):
             rest = first + f.read()  # until the server closes the connection
         expected = (site / "big.bin").read_bytes()
         assert rest.count(b"HTTP/1.1 200 OK") == 3 and rest.count(expected) == 3
-        out, err = proc.communicate(timeout=30)  # it exits by itself
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err and "stopped: 3 requests" in out
+        assert "stopped: 3 requests" in ends_cleanly(proc, None)  # it exits by itself

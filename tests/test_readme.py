@@ -11,14 +11,13 @@ from __future__ import annotations
 import pathlib
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import urllib.request
 
 import pytest
 
-from conftest import free_port
+from conftest import ends_cleanly, free_port, running
 
 ROOT = pathlib.Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -62,22 +61,12 @@ def test_anyio_snippet_runs_on_an_aem_loop():
 
 
 def _serve_until_ctrl_c(cmd: list[str], url: str, expect: bytes, cwd: pathlib.Path) -> str:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd)
-    try:
+    with running(cmd, cwd=cwd) as proc:
         line = proc.stdout.readline()  # both print a line once they listen
         assert "127.0.0.1" in line, (line, proc.stderr.read() if proc.poll() else "")
         with urllib.request.urlopen(url, timeout=30) as r:
             assert r.read() == expect
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    return out
+        return ends_cleanly(proc)
 
 
 def test_aiohttp_snippet_serves_with_route_priorities_and_stops_on_ctrl_c():
