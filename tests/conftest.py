@@ -134,6 +134,10 @@ def no_leaks():
     yield
     import gc
 
+    # Threads first: one that is still ending (a pool's manager, a reaper)
+    # closes its fds and reaps its children as it ends.
+    for t in set(threading.enumerate()) - threads:
+        t.join(timeout=5)
     gc.collect()
     leaked_fds = _fds() - fds
     # /proc listing itself opens an fd that is gone by the time we look.
@@ -141,8 +145,6 @@ def no_leaks():
     names = [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked_fds]
     assert not leaked_fds, f"leaked fds: {names}"
     assert _children() <= kids, f"leaked child processes: {_children() - kids}"
-    for t in set(threading.enumerate()) - threads:
-        t.join(timeout=5)
     left = [t for t in set(threading.enumerate()) - threads if t.is_alive()]
     assert not left, f"leaked threads: {left}"
 

@@ -35,9 +35,15 @@ class _PriorityProtocol(asyncio.Protocol):
         self._aem_limit = 2 << level  # the core's bitmap below this: nothing more urgent
         self._aem_loop = loop
         self._aem_sched = loop._aem
-        self._aem_backlog = 0
+        self._aem_backlog = [0]  # events of this connection deferred, not run yet
         self._aem_transport: Any = None
         self._aem_fd: int | None = None  # watched as urgent (see UVLoop._aem_watch)
+        if type(self).data_received is _PriorityProtocol.data_received:
+            # The path of every message as a closure in the instance (uvloop
+            # looks data_received up once per transport): the class's
+            # __getattr__ (attributes forwarded to the inner protocol) turns
+            # every attribute read on self into the slow generic lookup.
+            self.data_received = self._aem_data_received()  # type: ignore[method-assign,assignment]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._aem_inner, name)
@@ -49,18 +55,42 @@ class _PriorityProtocol(asyncio.Protocol):
         return self._aem_sched.run_direct(self._aem_level, fn, *args)
 
     def _aem_call(self, fn: Callable[..., Any], *args: Any) -> None:
-        if not self._aem_backlog and self._aem_sched._bits < self._aem_limit:
+        if not self._aem_backlog[0] and self._aem_sched._bits < self._aem_limit:
             self._aem_sched.run_direct(self._aem_level, fn, *args)
             return
         self._aem_defer(fn, args)
 
     def _aem_defer(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self._aem_backlog += 1
+        self._aem_backlog[0] += 1
         self._aem_loop.call_soon(self._aem_deferred, fn, args)
 
     def _aem_deferred(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self._aem_backlog -= 1
+        self._aem_backlog[0] -= 1
         call_deferred(self._aem_loop, self._aem_transport, self._aem_inner, fn, args)
+
+    def _aem_data_received(self) -> Callable[[bytes], None]:
+        """data_received with everything it reads bound: at once, marked as
+        running at the connection's level, unless something more urgent is
+        queued or an earlier event of this connection waits."""
+        backlog = self._aem_backlog
+        sched = self._aem_sched
+        limit = self._aem_limit
+        level = self._aem_level
+        inner = self._aem_inner
+        defer = self._aem_defer  # a cycle, broken at connection_lost
+
+        def data_received(data: bytes) -> None:
+            if not backlog[0] and sched._bits < limit:
+                prev = sched.current
+                sched.current = level
+                try:
+                    inner.data_received(data)
+                finally:
+                    sched.current = prev
+            else:
+                defer(inner.data_received, (data,))
+
+        return data_received
 
     # -- protocol interface -------------------------------------------------
 
@@ -73,20 +103,17 @@ class _PriorityProtocol(asyncio.Protocol):
                 self._aem_loop._aem_watch(fd, self._aem_level, self)
         self._aem_direct(self._aem_inner.connection_made, transport)
 
-    def data_received(self, data: bytes) -> None:
-        # _aem_call, inlined: the path of every message
-        if not self._aem_backlog and self._aem_sched._bits < self._aem_limit:
-            self._aem_sched.run_direct(self._aem_level, self._aem_inner.data_received, data)
-        else:
-            self._aem_defer(self._aem_inner.data_received, (data,))
+    def data_received(self, data: bytes) -> None:  # the instance's closure stands for it
+        self._aem_call(self._aem_inner.data_received, data)
 
     def eof_received(self) -> bool | None:
-        if not self._aem_backlog and self._aem_sched._bits < self._aem_limit:
+        if not self._aem_backlog[0] and self._aem_sched._bits < self._aem_limit:
             return self._aem_direct(self._aem_inner.eof_received)  # type: ignore[no-any-return]
         self._aem_call(self._aem_inner.eof_received)
         return True  # keep the transport open until the deferred call decides
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.__dict__.pop("data_received", None)  # its closure refers to self
         if self._aem_fd is not None:
             self._aem_loop._aem_unwatch(self._aem_fd, self)
             self._aem_fd = None
