@@ -120,6 +120,38 @@ async def _echo_server():
     return srv.sockets[0].getsockname()[:2]
 
 
+@pytest.mark.asyncio
+async def test_urgent_work_from_another_thread_cuts_a_round_at_one_level():
+    """A round of five callbacks, all at one level above the default: the
+    first has another thread queue a more urgent callback (and waits for
+    it to be queued); that one runs next, before the other four."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    await enter_priority_mode(loop)
+    order = []
+    done = loop.create_future()
+
+    def queue_urgent():
+        with aem_loop.priority(99):
+            loop.call_soon_threadsafe(order.append, "urgent")
+
+    def high(n):
+        order.append(n)
+        if n == 0:
+            t = threading.Thread(target=queue_urgent)
+            t.start()
+            t.join()
+        if n == 4:
+            done.set_result(None)
+
+    with aem_loop.priority(75):
+        for n in range(5):
+            loop.call_soon(high, n)
+    await done
+    assert order == [0, "urgent", 1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("fast_path", [True, False])
 def test_equal_priorities_behave_exactly_like_stock(fast_path):
     """On the fast path and on leveled dispatch (fast_path=False) alike."""

@@ -74,8 +74,6 @@ _IO_UNKNOWN = 1 << NQUEUES
 # The default level, its bit, and every bit up to it (the fast path's).
 _DEF = DEFAULT_PRIORITY
 _DEF_BIT = 1 << _DEF
-_DEF_MASK = (_DEF_BIT << 1) - 1
-_ABOVE_DEF = _DEF_BIT << 1  # _io_bits below this: no I/O above the default level
 
 # Lateness is sampled, not measured for every callback: a probe starts at one
 # in this many pushes to a level with no probe in flight (counted per level,
@@ -359,21 +357,26 @@ class Scheduler(ReadyQueue):
         job level, which names no queued callback: run_ready clears it."""
         self._bits |= _BIT[NQUEUES - 1]
 
-    def run_flat(self) -> None:
-        """:meth:`run_ready` on the fast path: asyncio's round (what is ready
-        when it begins, FIFO), with the lateness probe and counts kept."""
+    def run_flat(self, level: int = _DEF) -> None:
+        """A round at one level: asyncio's round (what is ready when it
+        begins, FIFO), with the lateness probe and counts kept.  The selector
+        backend's fast path (the default level), and :meth:`run_ready` when
+        one level is queued and nothing (I/O, a timer) can bring more urgent
+        work by time: no shares, no slice clock.  Work a callback (or another
+        thread) queues above *level* ends the round; it runs next."""
         if self.inbox:
             self.drain_inbox()
-        if self._bits != _DEF_BIT:
-            # empty, or the first other priority was used meanwhile
+        bit = 1 << level
+        if self._bits != bit:
+            # empty, or work was queued at another level meanwhile
             if self._bits:
                 self.run_ready()
             return
-        q = self._flat_q
-        p = self._probe[_DEF]
+        q = self._levels[level]
+        p = self._probe[level]
         popped = skipped = 0
-        mask = _DEF_MASK
-        self.current = _DEF
+        mask = (bit << 1) - 1
+        self.current = level
         try:
             for popped in range(1, len(q) + 1):
                 try:
@@ -402,17 +405,21 @@ class Scheduler(ReadyQueue):
                 if handle is p:
                     p = None
                     if handle._cancelled:
-                        self._end_probe(_DEF)
+                        self._end_probe(level)
                     else:
-                        self._sample(_DEF, self._clock())
+                        self._sample(level, self._clock())
                 if self._bits > mask:
-                    break  # a callback used the first other priority: urgent work
+                    break  # more urgent work (or the first other priority used)
+                if self.inbox:
+                    self.drain_inbox()
+                    if self._bits > mask:
+                        break
         finally:
             self.current = _NOT_DISPATCHING
-            self.dispatched[_DEF] += popped - skipped
+            self.dispatched[level] += popped - skipped
             if not q:
-                self._bits &= ~_DEF_BIT
-                self._since[_DEF] = 0.0
+                self._bits &= ~bit
+                self._since[level] = 0.0
 
     # -- registered I/O levels ----------------------------------------------
 
@@ -563,12 +570,12 @@ class Scheduler(ReadyQueue):
         bits = self._bits
         if not bits:
             return 0
-        if (bits == _DEF_BIT and floor < 0 and limit < 0 and self._io_bits < _ABOVE_DEF
+        if (not bits & (bits - 1) and floor < 0 and limit < 0 and self._io_bits < bits << 1
                 and not self.timers.n and not self.debug):
-            # Only the default level is queued and nothing (I/O, a timer)
-            # could bring more urgent work by time: asyncio's round is this
-            # round, without its per-level bookkeeping.
-            self.run_flat()
+            # One level is queued and nothing (I/O, a timer) could bring more
+            # urgent work by time: asyncio's round is this round, without its
+            # per-level bookkeeping.
+            self.run_flat(bits.bit_length() - 1)
             return 0
         levels = self._levels
         # what is ready now: at most this many run in this round
