@@ -262,6 +262,55 @@ def test_route_priorities_checks_its_input():
 
 @pytest.mark.asyncio
 @pytest.mark.backends("selector", "uvloop")
+async def test_spent_slices_ask_the_classified_connections_before_polling():
+    """A classified connection (idle) beside a default backlog of long
+    callbacks: its urgent message, sent by the 10th, is handled right after
+    that one, before the rest; while it has no data, a spent slice asks the
+    kernel about the classified fds (one epoll set) instead of polling every
+    fd (selector) or returning to libuv (uvloop): far fewer polls than the
+    20 spent slices."""
+    loop = asyncio.get_running_loop()
+    order: list = []
+    got = loop.create_future()
+
+    class Urgent(asyncio.Protocol):
+        def data_received(self, data):
+            order.append((data, aem_loop.current_priority()))
+            got.set_result(None)
+
+    with aem_loop.classify(_urgent):
+        server = await loop.create_server(Urgent, "127.0.0.1", 0)
+    client = socket.create_connection(server.sockets[0].getsockname())
+    await asyncio.sleep(0.05)  # accepted, idle
+    slices0 = loop.statistics().slices
+
+    def busy(i: int) -> None:
+        end = time.monotonic() + 0.001  # several time slices
+        while time.monotonic() < end:
+            pass
+        order.append(i)
+        if i == 9:
+            client.send(b"urgent")
+
+    polls = loop.statistics().polls
+    for i in range(20):
+        loop.call_soon(busy, i)
+    await got
+    while len(order) < 21:
+        await asyncio.sleep(0)
+    extra = loop.statistics().polls - polls
+    spent = loop.statistics().slices - slices0
+    client.close()
+    server.close()
+    await server.wait_closed()
+    assert order.index((b"urgent", Priority.HIGH)) == 10  # right after the one that sent it
+    assert [x for x in order if isinstance(x, int)] == list(range(20))
+    assert spent >= 10, spent
+    assert extra < 8, (extra, spent)
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector", "uvloop")
 async def test_connection_lost_runs_after_what_connection_made_queued():
     """A client that connects and closes at once: the protocol's own queued
     work (aiohttp starts its request loop this way) runs before connection_lost,

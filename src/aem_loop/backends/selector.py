@@ -251,6 +251,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         if read and _job_reader(callback, args):
             ctx = _copy_context()
             ctx.run(PRIORITY_VAR.set, JOB_LEVEL)
+            if not self._aem_mixed:  # the fast path's rounds know one level only
+                self._aem_leave_fast_path()
         handle = AEMHandle(callback, args, self, ctx)
         handle._aem_q = False
         sel: Any = self._selector

@@ -56,7 +56,8 @@ _UNSET = object()
 class _HandOff:
     """The hand-off state of one loop, in slots (read on every call_soon)."""
 
-    __slots__ = ("above", "base", "budget", "check", "h", "io_top", "saved", "tail", "top")
+    __slots__ = ("above", "base", "blind_top", "budget", "check", "h", "io_top", "saved",
+                 "tail", "top")
 
     def __init__(self) -> None:
         self.budget = 0  # hand-offs allowed before the next round at the back
@@ -79,6 +80,9 @@ class _HandOff:
         # (io_top), or a pending timer was created at (reset when none pends).
         self.top = DEFAULT_PRIORITY
         self.io_top = DEFAULT_PRIORITY
+        # The highest level I/O that the urgent fds do not cover was
+        # registered at: a spent slice below it must let libuv poll.
+        self.blind_top = DEFAULT_PRIORITY
         # The highest level an urgent fd was ever watched at (see _aem_watch;
         # -1: none): every CHECK_EVERY-th hand-off below it is followed by a
         # checkpoint that asks whether one is ready.
@@ -138,6 +142,15 @@ class UrgentFdsMixin:
         if level > self._aem_ho.check:
             self._aem_ho.check = level
 
+    def _aem_watch_transport(self, transport: Any, level: int, owner: Any) -> int | None:
+        """Watch the socket of *transport* (a connection whose events run at
+        *level*) for *owner*; its fd, or None if it has none (closed already)."""
+        fd = _fileno(transport.get_extra_info("socket"))
+        if fd is None or fd < 0:
+            return None
+        self._aem_watch(fd, level, owner)
+        return fd
+
     def _aem_unwatch(self, fd: int, owner: Any) -> None:
         """*owner* no longer needs *fd* watched (unless the number was
         reused meanwhile: uvloop closes a socket before its connection_lost)."""
@@ -159,7 +172,12 @@ class UrgentFdsMixin:
         """At a spent slice of a round at *level* (the core's io_ready): may
         I/O above it be ready?  Only the urgent set can say no, and only if
         no other I/O is registered above *level*."""
-        if self._aem_urgent is None or self._aem_ho.io_top > level:
+        if self._aem_urgent is None or self._aem_ho.blind_top > level:
+            return True
+        if self._aem_ready or self._aem_held:
+            # uvloop's own callbacks wait, e.g. the connection_made of a
+            # connection just accepted, whose fd is not watched yet (held
+            # ones: the feeder decides): let them run
             return True
         return self._aem_urgent_above(level)
 

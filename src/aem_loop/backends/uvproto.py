@@ -23,7 +23,6 @@ from typing import Any
 
 from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL, current_priority
 from ..events.classify import CLASSIFIER, ClassifiedProtocol, call_deferred, wrap_factory
-from .uvhandoff import _fileno
 
 __all__ = ["PriorityServerMixin"]
 
@@ -97,10 +96,7 @@ class _PriorityProtocol(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self._aem_transport = transport
         if self._aem_level > DEFAULT_PRIORITY:
-            fd = _fileno(transport.get_extra_info("socket"))
-            if fd is not None and fd >= 0:  # -1: closed already
-                self._aem_fd = fd
-                self._aem_loop._aem_watch(fd, self._aem_level, self)
+            self._aem_fd = self._aem_loop._aem_watch_transport(transport, self._aem_level, self)
         self._aem_direct(self._aem_inner.connection_made, transport)
 
     def data_received(self, data: bytes) -> None:  # the instance's closure stands for it
@@ -135,13 +131,16 @@ class _PriorityBufferedProtocol(_PriorityProtocol, asyncio.BufferedProtocol):
 
 
 def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
+    # A classified connection's every message may be urgent: no hand-off
+    # below job level, and its fd (and its server's) is watched, so that a
+    # spent slice returns to libuv only when one of them has data.
     if getattr(factory, "_aem_classified", False):  # its protocols are classified already
-        loop._aem_note_io(JOB_LEVEL)
+        loop._aem_note_io(JOB_LEVEL, watched=True, handoffs=False)
         return factory
     classifier = CLASSIFIER.get()
     if classifier is not None:  # the classified protocol keeps the connection's level too
         loop._aem_leave_fast_path()
-        loop._aem_note_io(JOB_LEVEL)
+        loop._aem_note_io(JOB_LEVEL, watched=True, handoffs=False)
         return wrap_factory(loop, factory, classifier)
     level = current_priority()
     if level == DEFAULT_PRIORITY:
@@ -163,7 +162,10 @@ def _watch_server(loop: Any, factory: Any, server: Any) -> Any:
     """A server whose connections run above the default (*factory* from
     _wrap_factory): its listening sockets are urgent fds too (a new
     connection to it must not wait behind hand-offs)."""
-    level = getattr(factory, "_aem_level", DEFAULT_PRIORITY)
+    if getattr(factory, "_aem_classified", False):
+        level = JOB_LEVEL
+    else:
+        level = getattr(factory, "_aem_level", DEFAULT_PRIORITY)
     if level > DEFAULT_PRIORITY:
         for sock in server.sockets or ():
             loop._aem_watch(sock.fileno(), level, server)

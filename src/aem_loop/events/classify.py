@@ -294,6 +294,7 @@ class ClassifiedProtocol(asyncio.Protocol):
         self._aem_transport: Any = None
         self._aem_started: list[Any] = []  # tasks connection_made created
         self._aem_buffered = isinstance(inner, asyncio.BufferedProtocol)
+        self._aem_fd: int | None = None  # watched at job level (the uvloop backend)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._aem_inner, name)
@@ -389,6 +390,9 @@ class ClassifiedProtocol(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self._aem_transport = transport
         loop = self._aem_loop
+        watch = getattr(loop, "_aem_watch_transport", None)
+        if watch is not None:  # uvloop backend: see backends/uvproto.py
+            self._aem_fd = watch(transport, JOB_LEVEL, self)
         prev = loop._aem_collect
         started: list[Any] = []
         loop._aem_collect = started
@@ -433,6 +437,9 @@ class ClassifiedProtocol(asyncio.Protocol):
         return True  # keep the transport open until the queued call decides
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._aem_fd is not None:
+            self._aem_loop._aem_unwatch(self._aem_fd, self)
+            self._aem_fd = None
         # Always queued at the connection's level: the transport calls this
         # from a job-level callback, and the protocol may have queued work at
         # its own level that must run first (aiohttp's request loop, whose
