@@ -285,9 +285,7 @@ async def test_spent_slices_ask_the_classified_connections_before_polling():
     slices0 = loop.statistics().slices
 
     def busy(i: int) -> None:
-        end = time.monotonic() + 0.001  # several time slices
-        while time.monotonic() < end:
-            pass
+        _busy(0.001)  # several time slices
         order.append(i)
         if i == 9:
             client.send(b"urgent")
