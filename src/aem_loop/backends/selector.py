@@ -355,8 +355,12 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
             ready = sel._selector.poll(t, max(len(fd_to_key), 1))
         except InterruptedError:
             return
-        if not ready:
-            return
+        if ready:
+            self._aem_queue_ready(ready)
+
+    def _aem_queue_ready(self, ready: list[tuple[int, int]]) -> None:
+        """Queue the readers and writers of the (fd, epoll events) in *ready*."""
+        fd_to_key = self._selector._fd_to_key  # type: ignore[attr-defined]
         handles: list[Any] = []
         add = handles.append
         for fd, ev in ready:
@@ -386,10 +390,14 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         sched = self._aem
         n = sched._bits.bit_length()
         above = sched._io_bits >> n << n
-        if above & UNTIERED or above >> NQUEUES or self._aem_tiers.any_ready(above):  # type: ignore[union-attr]
+        if above & UNTIERED or above >> NQUEUES:
             self._aem_poll_epoll(0)
             return True
-        return False
+        ready = self._aem_tiers.ready(above)  # type: ignore[union-attr]
+        if not ready:
+            return False
+        self._aem_queue_ready(ready)
+        return True
 
     def _run_once(self) -> None:
         sched = self._aem

@@ -6,9 +6,10 @@ every busy fd of the backlog's level too, whose readers then run one poll
 at a time instead of in one batch per round.  Here every priority level
 above the default that has a reader or writer gets an epoll set of its own
 holding just those fds (an fd can sit in several epoll sets).  At a slice
-boundary the loop asks the sets of the levels above the backlog, most
-urgent first, for one ready fd (``epoll_wait`` with a timeout of 0 and room
-for one event, about a microsecond), and polls in full only if one is.
+boundary the loop asks the sets of the levels above the backlog for what is
+ready (``epoll_wait`` with a timeout of 0, about a microsecond when nothing
+is) and queues just that: the backlog's own fds are left to the poll at the
+end of the round, where their readers are queued in one batch.
 
 Levels at or below the default have no set: urgent I/O at those levels
 above an even lower backlog still means a full poll (rare: a backlog below
@@ -29,6 +30,7 @@ __all__ = ["UNTIERED", "UrgentTiers"]
 UNTIERED = (1 << (DEFAULT_PRIORITY + 1)) - 1
 
 _IN = select.EPOLLIN
+_BATCH = 64
 _OUT = select.EPOLLOUT
 
 
@@ -76,16 +78,20 @@ class UrgentTiers:
         else:
             del self._regs[fd]
 
-    def any_ready(self, levels: int) -> bool:
-        """Whether an fd of one of the levels in the bitmap *levels* is ready."""
+    def ready(self, levels: int) -> list[tuple[int, int]]:
+        """The (fd, events) ready now in the sets of the levels in the bitmap
+        *levels* (at most _BATCH per level; the rest stays ready, level-triggered)."""
         eps = self._eps
+        out: list[tuple[int, int]] = []
         while levels:
             level = levels.bit_length() - 1
             ep = eps.get(level)
-            if ep is not None and ep.poll(0, 1):
-                return True
+            if ep is not None:
+                got = ep.poll(0, _BATCH)
+                if got:
+                    out += got
             levels &= ~(1 << level)
-        return False
+        return out
 
     def close(self) -> None:
         for ep in self._eps.values():
