@@ -14,7 +14,7 @@ from typing import Any
 
 import uvloop
 
-from ..core.priority import DEFAULT_PRIORITY
+from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL
 
 __all__ = ["CAN_WATCH", "CHECK_EVERY", "HANDOFF_MAX", "UrgentFdsMixin"]
 
@@ -174,10 +174,12 @@ class UrgentFdsMixin:
         no other I/O is registered above *level*."""
         if self._aem_urgent is None or self._aem_ho.blind_top > level:
             return True
-        if self._aem_ready or self._aem_held:
-            # uvloop's own callbacks wait, e.g. the connection_made of a
-            # connection just accepted, whose fd is not watched yet (held
-            # ones: the feeder decides): let them run
+        if self._aem_ho.check >= JOB_LEVEL and (self._aem_ready or self._aem_held):
+            # A classified server's connection just accepted is not watched
+            # until its connection_made, which waits in uvloop's queue (or
+            # among the held callbacks): let it run.  (Hand-offs are stopped
+            # below job level then, so that queue holds uvloop's own
+            # callbacks; with a prioritized site only, it holds hand-offs.)
             return True
         return self._aem_urgent_above(level)
 
