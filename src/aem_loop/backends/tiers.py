@@ -30,8 +30,8 @@ __all__ = ["UNTIERED", "UrgentTiers"]
 UNTIERED = (1 << (DEFAULT_PRIORITY + 1)) - 1
 
 _IN = select.EPOLLIN
-_BATCH = 64
 _OUT = select.EPOLLOUT
+_BATCH = 64  # ready fds taken from one level's set per ask
 
 
 class UrgentTiers:

@@ -91,7 +91,6 @@ from .uvhandoff import (
     _CHECK_MASK,
     _NEVER,
     _UNSET,
-    CAN_WATCH,
     HANDOFF_MAX,
     UrgentFdsMixin,
     _fileno,
@@ -120,8 +119,6 @@ _uv_remove_writer = uvloop.Loop.remove_writer
 
 
 _INF = math.inf
-
-
 
 
 class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore[misc]
@@ -468,28 +465,6 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
             )
 
     # -- dispatch -----------------------------------------------------------------
-
-    def _aem_note_io(self, level: int, watched: bool = False, handoffs: bool = True) -> None:
-        """I/O was registered at *level*: no hand-off below it from now on
-        (its readiness must not wait behind a batch in uvloop's queue) --
-        unless it is *watched*: its fds are in the loop's urgent epoll set,
-        which checkpoints among the hand-offs ask (see _aem_watch).  Watched
-        I/O with *handoffs* False still stops hand-offs below it (classified
-        connections: any message may be urgent, and a checkpoint every few
-        hand-offs would be too late), but a spent slice asks the set whether
-        it is ready instead of returning to libuv (see _aem_io_ready)."""
-        ho = self._aem_ho
-        if not self._aem._io_bits >> level & 1:
-            self._aem.io_register(level)
-        watched = watched and CAN_WATCH
-        if not watched and level > ho.blind_top:
-            ho.blind_top = level
-        if watched and handoffs:
-            return
-        if level > ho.io_top:
-            ho.io_top = level
-        if level > ho.top:
-            ho.top = level
 
     def _aem_arm(self) -> None:
         """Have uvloop run the next round (once, however often it is asked);

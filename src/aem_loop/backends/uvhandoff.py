@@ -124,6 +124,28 @@ class UrgentFdsMixin:
     # blocking: if an urgent fd is ready, the rest of uvloop's queue is held
     # so that libuv polls now and the urgent event runs first.
 
+    def _aem_note_io(self, level: int, watched: bool = False, handoffs: bool = True) -> None:
+        """I/O was registered at *level*: no hand-off below it from now on
+        (its readiness must not wait behind a batch in uvloop's queue) --
+        unless it is *watched*: its fds are in the loop's urgent epoll set,
+        which checkpoints among the hand-offs ask (see _aem_watch).  Watched
+        I/O with *handoffs* False still stops hand-offs below it (classified
+        connections: any message may be urgent, and a checkpoint every few
+        hand-offs would be too late), but a spent slice asks the set whether
+        it is ready instead of returning to libuv (see _aem_io_ready)."""
+        ho = self._aem_ho
+        if not self._aem._io_bits >> level & 1:
+            self._aem.io_register(level)
+        watched = watched and CAN_WATCH
+        if not watched and level > ho.blind_top:
+            ho.blind_top = level
+        if watched and handoffs:
+            return
+        if level > ho.io_top:
+            ho.io_top = level
+        if level > ho.top:
+            ho.top = level
+
     def _aem_watch(self, fd: int, level: int, owner: Any = None) -> None:
         """Watch *fd*, whose events run at *level*, for *owner*."""
         if not CAN_WATCH:
