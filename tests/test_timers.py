@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aem_loop
-from aem_loop.core.timers import AEMTimerHandle, TimerWheel, slack_fire_time
+from aem_loop.core.timers import _CHUNK, AEMTimerHandle, TimerWheel, slack_fire_time
 
 
 def backend_of(loop: asyncio.AbstractEventLoop) -> str:
@@ -132,6 +132,40 @@ def test_wheel_cancel_frees_at_once() -> None:
     assert wheel.n == 0
     assert not any(wheel._ring) and not wheel._far and wheel._summary == 0
     assert not any(wheel._words)
+
+
+def test_pending_timers_churned_while_the_wheel_is_not_asked() -> None:
+    """A busy loop whose timers are all far off asks the wheel nothing for a
+    long time.  The timers set and cancelled meanwhile wait in chunks of at
+    most _CHUNK slots (so compacting one never touches more timers than
+    that), holes stay bounded by the timers, the chunks by the timers they
+    hold, and when the wheel is asked every live timer fires once, in
+    (time, scheduling) order; every cancelled one is gone."""
+    rng = random.Random(5)
+    clock = Clock(100.0)
+    wheel = TimerWheel(clock)
+    live: list[tuple[float, int, AEMTimerHandle]] = []
+    for seq in range(80_000):
+        if seq > 30_000 and rng.random() < 0.5:  # churn: cancel one at random
+            i = rng.randrange(len(live))
+            live[i], live[-1] = live[-1], live[i]
+            live.pop()[2].cancel()
+        h = _handle()
+        h._when = 200.0 + rng.randrange(64) * 10.0  # same-time groups
+        wheel.push(h, h._when)
+        live.append((h._when, seq, h))
+    chunks = [*wheel._old, wheel._pend]
+    assert max(len(c) for c in chunks) <= _CHUNK
+    assert sum(c[1] for c in chunks) == len(live) == wheel.n
+    assert sum(len(c) - 2 for c in chunks) <= 2 * len(live) + 16 * len(chunks)
+    assert len(chunks) <= 4 * len(live) // _CHUNK + 4
+    for *_, h in live[: len(live) // 2]:  # cancelled while in old chunks
+        h.cancel()
+    live = live[len(live) // 2:]
+    clock.t = 1000.0
+    got = wheel.pop_due(clock.t)
+    assert [id(h) for h in got] == [id(v[2]) for v in sorted(live, key=lambda v: v[:2])]
+    assert wheel.n == 0 and not wheel._old
 
 
 def test_slack_fire_time_never_early_and_bounded() -> None:

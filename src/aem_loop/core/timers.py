@@ -33,7 +33,12 @@ next occupied slot through a bitmap instead of ticking through empty ones):
   wheel when the loop next asks it anything (next_when, pop_due), in the
   order they were scheduled.  A timer cancelled before that never touches
   the wheel: a server that sets a timeout per request and cancels it
-  before the loop's next iteration pays an append and a cancel.
+  before the loop's next iteration pays an append and a cancel.  A busy
+  loop whose timers are all far off asks nothing for long, so the pending
+  timers are kept in chunks of at most _CHUNK slots: when the current one
+  is full it joins the older ones, and each time that happens two older
+  chunks are visited (dropped if empty, compacted if mostly holes).  Every
+  compaction rewrites one chunk: no pause grows with the number of timers.
 
 Guarantees (asyncio's): a timer never fires before its time (the bucket is
 only a hint: the exact time is compared); timers due at the same time fire
@@ -71,6 +76,8 @@ _NWORDS = (1 << _RING_BITS) >> 6  # 64-bit occupancy words
 _MIGRATE_CHUNK = 512
 # While an epoch migrates, an idle loop wakes up this often to move a chunk.
 _MIGRATE_WAKEUP = 0.010
+# Slots of a pending chunk (compacting one touches at most this many timers).
+_CHUNK = 4096
 
 _fire_key = attrgetter("_aem_fire")
 
@@ -144,6 +151,22 @@ def _compact(b: list[Any]) -> None:
     b.extend(hs)
 
 
+def _merge(a: list[Any], b: list[Any]) -> None:
+    """Move the timers of bucket *b* to the end of bucket *a*, in order; drop
+    the holes of both."""
+    _compact(a)
+    i = len(a)
+    for h in islice(b, 2, None):
+        if h is not None:
+            h._aem_idx = i
+            h._aem_bucket = a
+            a.append(h)
+            i += 1
+    a[1] += b[1]
+    b[1] = 0
+    del b[2:]
+
+
 class TimerWheel:
     """The core's pending timers (see the module docstring)."""
 
@@ -156,10 +179,13 @@ class TimerWheel:
         "_limit",
         "_mig_end",
         "_mig_key",
+        "_old",
         "_pend",
         "_ring",
         "_soon",
+        "_spare",
         "_summary",
+        "_sweep",
         "_words",
         "fired",
         "n",
@@ -189,8 +215,12 @@ class TimerWheel:
         self._far_keys: list[int] = []  # heap; may hold keys emptied since
         self._mig_key = -1  # next far key of the migrating epoch, or -1
         self._mig_end = -1
-        # timers not in the wheel yet: [None, live, handles or None...]
+        # timers not in the wheel yet: [None, live, handles or None...], the
+        # chunk being filled, and the full ones before it (oldest first)
         self._pend: list[Any] = [None, 0]
+        self._old: list[list[Any]] = []
+        self._sweep = 0  # the next old chunk to visit
+        self._spare: list[list[Any]] = []  # emptied chunks, for reuse
         self.fired = 0
         self.wakeups = 0  # pop_due calls that fired at least one timer
         self.wakeups_saved = 0
@@ -210,21 +240,70 @@ class TimerWheel:
             self._soon = fire
         b = self._pend
         live = b[1] + 1
-        b[1] = live
-        if len(b) > 2 * live + 16:
+        n = len(b)
+        if n > 2 * live + 16:
             _compact(b)  # timers set and cancelled within one iteration
+        elif n >= _CHUNK:
+            b = self._rotate(b)
+            live = 1
+        b[1] = live
         h._aem_idx = len(b)
         b.append(h)
         h._aem_bucket = b
 
+    def _rotate(self, full: list[Any]) -> list[Any]:
+        """The pending chunk *full* joins the older ones; a new one begins.
+        Two old chunks are visited: an empty one leaves, a sparse one takes
+        in the timers of the next if both fit in half a chunk (so the number
+        of chunks stays bounded by the timers they hold, and a loop that
+        churns timers does not keep allocating lists), else is compacted if
+        holes outnumber its timers."""
+        old = self._old
+        old.append(full)
+        # Chunks that leave are reused: churning timers allocates no lists
+        # (a net allocation count that only grows would start the garbage
+        # collector's young generation, over every timer made since).
+        spare = self._spare
+        i = self._sweep
+        for _ in range(2):
+            last = len(old) - 1  # the chunk just added is left alone
+            if i >= last:
+                i = 0
+                if not last:
+                    break
+            c = old[i]
+            live = c[1]
+            if not live:
+                spare.append(old.pop(i))  # O(chunks): far less than one compaction
+                continue
+            if i + 1 < last and live + old[i + 1][1] <= _CHUNK // 2:
+                nxt = old.pop(i + 1)
+                _merge(c, nxt)
+                spare.append(nxt)
+            elif len(c) > 2 * live + 16:
+                _compact(c)
+            i += 1
+        self._sweep = i
+        if spare:
+            b = spare.pop()  # [None, 0]: no timer left in it
+            del b[2:], spare[4:]
+        else:
+            b = [None, 0]
+        self._pend = b
+        return b
+
     def _flush(self) -> None:
         """The pending timers enter the wheel, in the order they were scheduled."""
-        b = self._pend
+        chunks = self._old
+        chunks.append(self._pend)
+        self._old = []
+        self._sweep = 0
         self._pend = [None, 0]
         insert = self._insert
-        for h in islice(b, 2, None):
-            if h is not None:
-                insert(h, h._aem_fire)
+        for b in chunks:
+            for h in islice(b, 2, None):
+                if h is not None:
+                    insert(h, h._aem_fire)
 
     def _insert(self, h: AEMTimerHandle, fire: float) -> None:
         """Put *h* in its bucket of the ring or of the far timers."""
@@ -307,7 +386,7 @@ class TimerWheel:
         """When the loop must wake up next for its timers, or None."""
         if not self.n:
             return None
-        if len(self._pend) > 2:
+        if len(self._pend) > 2 or self._old:
             self._flush()
         if self._mig_key >= 0:
             self._advance_far()
@@ -341,7 +420,7 @@ class TimerWheel:
         """Remove and return the timers that fire before *end*, in firing order."""
         if not self.n or end <= self._soon:
             return []
-        if len(self._pend) > 2:
+        if len(self._pend) > 2 or self._old:
             self._flush()
         end_tick = int(end * TICKS_PER_SECOND)
         if self._mig_key >= 0:
@@ -464,7 +543,7 @@ class TimerWheel:
             self._direct = key << _FAR_BITS
 
     def clear(self) -> None:
-        for b in [*self._ring, *self._far.values(), self._pend]:
+        for b in [*self._ring, *self._far.values(), *self._old, self._pend]:
             if b is not None:
                 for h in islice(b, 2, None):
                     if h is not None:
@@ -472,6 +551,8 @@ class TimerWheel:
                         h._scheduled = False
         self._ring = [None] * (_RING_MASK + 1)
         self._pend = [None, 0]
+        self._old = []
+        self._sweep = 0
         self._far.clear()
         self._far_keys.clear()
         self._mig_key = self._mig_end = -1
