@@ -2,7 +2,9 @@
 
 import asyncio
 import random
+import socket
 import sys
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -326,6 +328,61 @@ def test_fast_path_work_yields_to_the_first_priority(backend):
         assert order == ["first", "urgent", 0, 1, 2]
         assert not loop.statistics().fast_path
     finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_callbacks_a_transport_queues_stay_behind_work_queued_before(backend):
+    """When the fast path ends with work queued, that work is released one
+    callback at a time, with libuv polling between time slices (uvloop
+    backend).  A transport closed by the first of them queues its
+    connection_lost: it must still run after the rest of that work, as on
+    stock asyncio and uvloop (code that closes a connection and wakes the
+    tasks that use it relies on that order)."""
+    loop = aem_loop.new_event_loop(backend=backend, time_slice=0.0001)
+    order = []
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    cli = socket.create_connection(lst.getsockname())
+    srv, _ = lst.accept()
+    try:
+
+        class Rec(asyncio.Protocol):
+            def connection_lost(self, exc):
+                order.append("lost")
+                lost.set_result(None)
+
+        def busy(tag, close=False):
+            order.append(tag)
+            end = time.perf_counter() + 0.001  # spends the 0.1 ms slice
+            while time.perf_counter() < end:
+                pass
+            if close:
+                transport.close()
+
+        def first():
+            order.append("first")
+            with aem_loop.priority(aem_loop.Priority.HIGH):
+                loop.call_soon(order.append, "urgent")
+
+        async def main():
+            nonlocal transport, lost
+            lost = loop.create_future()
+            transport, _ = await loop.create_connection(Rec, sock=cli)
+            assert loop.statistics().fast_path
+            loop.call_soon(first)
+            loop.call_soon(busy, "A", True)
+            loop.call_soon(busy, "B")
+            loop.call_soon(busy, "C")
+            await lost
+
+        transport = lost = None
+        loop.run_until_complete(main())
+        assert order == ["first", "urgent", "A", "B", "C", "lost"]
+    finally:
+        for s in (lst, srv, cli):
+            s.close()
         loop.close()
 
 

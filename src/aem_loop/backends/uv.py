@@ -155,6 +155,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
             self._aem_ready.pop()
         self._aem_keep = False  # the armed round may run before pending hand-offs
         self._aem_front = False  # a preempting round is queued at the front
+        self._aem_front_h: Any = None  # its handle in uvloop's queue
         self._aem_front_since = -1.0
         # What uvloop's queue held when the fast path ended, released one by
         # one by the feeder (see _aem_hold).
@@ -480,7 +481,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         front of uvloop's ready queue: it runs next, before them."""
         ready = self._aem_ready
         self._aem_front = True
-        h = _uv_call_soon(self, self._aem_dispatch_front)
+        h = self._aem_front_h = _uv_call_soon(self, self._aem_dispatch_front)
         last = ready.pop()
         if last is not h:  # another thread's call_soon_threadsafe came between
             ready.append(last)
@@ -591,6 +592,26 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
             ready.extend(itertools.repeat(noop, n - 1))
         return True
 
+    def _aem_hold_later(self, ready: collections.deque[Any]) -> None:
+        """Before the feeder goes to the back of uvloop's queue (libuv polls
+        first): what uvloop queued there since the hold -- its transports'
+        callbacks, e.g. the connection_lost of a transport a held callback
+        closed -- goes behind the held callbacks, which were queued before
+        it; a stand-in keeps its place (the running pass counted it).  The
+        core's own handles stay where they are."""
+        if not self._aem_held:
+            return
+        noop = self._aem_noop
+        own = (noop, self._aem_feeder, self._aem_inbox_h, self._aem_front_h)
+        held = self._aem_held
+        for _ in range(len(ready)):  # one full turn: the order stays
+            x = ready.popleft()
+            if x in own:
+                ready.append(x)
+            else:
+                held.append(x)
+                ready.append(noop)
+
     def _aem_feed(self) -> None:
         """Release the next held callback after what is more urgent."""
         sched = self._aem
@@ -609,15 +630,15 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
             ready = self._aem_ready
             if self._aem_lead_rest and ready is not None:
                 self._aem_feed_since = -1.0  # its slice spent: libuv polls first
+                self._aem_hold_later(ready)
                 ready.append(self._aem_feeder)
             elif held and ready is not None:
-                h = held.popleft()
                 if _monotonic() - self._aem_feed_since < sched.slice:
                     ready.appendleft(self._aem_feeder)  # in this pass: h, then the feeder
-                    ready.appendleft(h)
+                    ready.appendleft(held.popleft())
                 else:  # a slice spent: libuv polls before the next one
                     self._aem_feed_since = -1.0
-                    ready.append(h)
+                    self._aem_hold_later(ready)
                     ready.append(self._aem_feeder)
             else:
                 held.clear()
@@ -767,7 +788,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         self._aem_ho.above = _NEVER
         self._aem_held.clear()
         # bound methods of the loop: cycles
-        self._aem_feeder = self._aem_noop = self._aem_inbox_h = None
+        self._aem_feeder = self._aem_noop = self._aem_inbox_h = self._aem_front_h = None
         self._aem_uv_timer = None
         self._aem_ho.check = -1
         if self._aem_urgent is not None:
