@@ -707,8 +707,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
 
     # -- timers: one libuv timer for the earliest core timer ---------------------
 
-    def _aem_timer_added(self, timer: events.TimerHandle) -> None:
-        level = timer._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+    def _aem_timer_added(self, timer: events.TimerHandle, level: int) -> None:
         if level != DEFAULT_PRIORITY and not self._aem_mixed:
             self._aem_leave_fast_path()
         if level > self._aem_ho.top:  # no hand-off below it while it pends

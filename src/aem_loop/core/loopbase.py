@@ -15,7 +15,7 @@ from typing import Any
 
 from .handles import AEMHandle
 from .periodic import PeriodicJob
-from .priority import PRIORITY_VAR, boolean, check_priority, seconds
+from .priority import DEFAULT_PRIORITY, PRIORITY_VAR, boolean, check_priority, seconds
 from .scheduler import DEFAULT_AGING, DEFAULT_TIME_SLICE, Scheduler
 from .stats import LoopStatistics
 from .timers import AEMTimerHandle, slack_fire_time
@@ -167,8 +167,11 @@ class AEMLoopMixin:
         h = _fast_timer(self, when, callback, args, context)
         slk = self._aem_slack
         sched.timers.push(h, slack_fire_time(when, slk) if slk else when)
+        level = h._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+        if level > sched.timer_top:
+            sched.raise_timer_top(level)
         if self._aem_timer_hook:
-            self._aem_timer_added(h)
+            self._aem_timer_added(h, level)
         return h
 
     def call_at(
@@ -197,8 +200,11 @@ class AEMLoopMixin:
         else:
             h = _fast_timer(self, when, callback, args, context)
         sched.timers.push(h, slack_fire_time(when, slk) if slk else when)
+        level = h._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+        if level > sched.timer_top:
+            sched.raise_timer_top(level)
         if self._aem_timer_hook:
-            self._aem_timer_added(h)
+            self._aem_timer_added(h, level)
         return h
 
     def call_every(
@@ -228,8 +234,9 @@ class AEMLoopMixin:
         # TimerHandle is never scheduled on this loop.
         pass
 
-    def _aem_timer_added(self, timer: events.TimerHandle) -> None:
-        """Hook: a backend whose poll does not ask the core for a timeout re-arms here."""
+    def _aem_timer_added(self, timer: events.TimerHandle, level: int) -> None:
+        """Hook: a backend whose poll does not ask the core for a timeout
+        re-arms here (*level*: the timer's priority)."""
 
     def _aem_check_open(self) -> None:
         raise NotImplementedError

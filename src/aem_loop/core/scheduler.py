@@ -136,6 +136,7 @@ class Scheduler(ReadyQueue):
         "polls",
         "slice",
         "slices",
+        "timer_top",
         "timers",
     )
 
@@ -155,6 +156,10 @@ class Scheduler(ReadyQueue):
         self._clock = clock
         self.owner = owner  # gets ``_current_handle`` in debug mode, as asyncio
         self.timers = TimerWheel(clock)
+        # No pending timer runs above this level (the loop raises it as
+        # timers are set; it drops back when none is pending): only a timer
+        # above the level a round runs can bring it more urgent work by time.
+        self.timer_top = -1
         self._flat_q = self._levels[DEFAULT_PRIORITY]  # the fast path's level
         # Entry for other threads and signal handlers: deque.append is
         # atomic, the bucket bitmap update is not.
@@ -356,6 +361,15 @@ class Scheduler(ReadyQueue):
         rest of it, in :meth:`run_ready`'s order.  It sets the bit of the
         job level, which names no queued callback: run_ready clears it."""
         self._bits |= _BIT[NQUEUES - 1]
+
+    def raise_timer_top(self, level: int) -> None:
+        """A timer at *level*, above every pending one, was set.  If a round
+        runs below it (that watches the clock only for what is above it),
+        its share ends at the next callback, as :meth:`end_flat_round`: the
+        round goes on with a share that watches the clock for the timer."""
+        self.timer_top = level
+        if 0 <= self.current < level:
+            self._bits |= _BIT[NQUEUES - 1]
 
     def run_flat(self, level: int = _DEF) -> None:
         """A round at one level: asyncio's round (what is ready when it
@@ -570,11 +584,13 @@ class Scheduler(ReadyQueue):
         bits = self._bits
         if not bits:
             return 0
+        if not self.timers.n:
+            self.timer_top = -1
         if (not bits & (bits - 1) and floor < 0 and limit < 0 and self._io_bits < bits << 1
-                and not self.timers.n and not self.debug):
-            # One level is queued and nothing (I/O, a timer) could bring more
-            # urgent work by time: asyncio's round is this round, without its
-            # per-level bookkeeping.
+                and self.timer_top < bits.bit_length() and not self.boosts and not self.debug):
+            # One level is queued and nothing (I/O, a timer above it) could
+            # bring more urgent work by time: asyncio's round is this round,
+            # without its per-level bookkeeping.
             self.run_flat(bits.bit_length() - 1)
             return 0
         levels = self._levels
@@ -603,9 +619,10 @@ class Scheduler(ReadyQueue):
                 # Only a timer or I/O above this level can bring more urgent
                 # work by time; without either, the clock is not read per
                 # callback (threadsafe work shows up in the inbox).  A timer
-                # first created during this level's share can wait for it to
-                # end (the loop's next iteration), as in asyncio.
-                watch = self._io_bits >= above or self.timers.n
+                # set above it during this share ends the share (see
+                # raise_timer_top); a boosted task's timer runs at its boost.
+                watch = self._io_bits >= above or self.timer_top > level or (
+                    self.boosts and self.timers.n)
                 self.current = level
                 # This level's share of the round: what it holds now (what is
                 # pushed to it meanwhile waits for the loop below to return).
