@@ -12,6 +12,11 @@ A loop name may carry a server variant as in benchmarks/echo.py:
 ``aem-uvloop/prio`` (a priority used before serving), ``aem-uvloop/high``
 (the server created under Priority.HIGH).
 
+``--api aiohttp``: aiohttp's hello world instead of an echo server, one
+keep-alive GET per round trip; variants as in ``aiohttp_routes.py --app
+hello``: ``/prio``, and ``/site`` (a second site listening under
+Priority.HIGH; the requests go to the first).
+
 Note: valgrind emulates clock_gettime, which inflates loops that read the
 clock often (aem's time slice) well beyond its real cost (~100 ns a read).
 """
@@ -31,6 +36,15 @@ from aem_loop.bench.common import free_port, machine
 
 ROUNDS_LO, ROUNDS_HI = 100, 400
 CONNS = 10
+
+# The servers' main() begins alike: the future that ends it, the variant "prio".
+_MAIN_HEAD = """async def main():
+    global fut
+    import aem_loop
+    loop = asyncio.get_running_loop(); fut = loop.create_future()
+    if variant == "prio":  # a priority used in the process before serving
+        with aem_loop.priority(aem_loop.Priority.HIGH):
+            await asyncio.sleep(0)"""
 
 SERVER = r"""
 import asyncio, sys
@@ -52,15 +66,8 @@ async def handle(r, w):
         w.close()
         done[0] += 1
         if done[0] == n_conn: fut.set_result(None)
-async def main():
-    global fut
-    loop = asyncio.get_running_loop(); fut = loop.create_future()
-    if variant == "prio":  # a priority used in the process before serving
-        import aem_loop
-        with aem_loop.priority(aem_loop.Priority.HIGH):
-            await asyncio.sleep(0)
+""" + _MAIN_HEAD + r"""
     if variant == "high":  # the server created under Priority.HIGH
-        import aem_loop
         with aem_loop.priority(aem_loop.Priority.HIGH):
             await serve(loop)
     else:
@@ -77,7 +84,53 @@ with asyncio.Runner(loop_factory=loop_factory(name)) as r: r.run(main())
 """
 
 
-def _client(port: int, rounds: int) -> None:
+AIOHTTP_SERVER = r"""
+import asyncio, sys
+from aiohttp import web
+from aem_loop.bench.common import loop_factory, settle_malloc
+settle_malloc()
+async def hello(request):
+    return web.Response(text="Hello, World!")
+async def stop(request):
+    fut.set_result(None)
+    return web.Response(text="bye")
+""" + _MAIN_HEAD + r"""
+    app = web.Application()
+    app.router.add_get("/", hello)
+    app.router.add_get("/stop", stop)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[2])).start()
+    if variant == "site":  # a second site listening under Priority.HIGH
+        with aem_loop.priority(aem_loop.Priority.HIGH):
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await fut
+    await runner.cleanup()
+name, _, variant = sys.argv[1].partition("/")
+with asyncio.Runner(loop_factory=loop_factory(name)) as r: r.run(main())
+"""
+
+_GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def _http_response(s: socket.socket, buf: bytearray) -> None:
+    """Read one response with a Content-Length body off *s* (what is read
+    past it stays in *buf*)."""
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            m = re.search(rb"(?i)content-length:\s*(\d+)", bytes(buf[:end]))
+            total = end + 4 + (int(m.group(1)) if m else 0)
+            if len(buf) >= total:
+                del buf[:total]
+                return
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        buf += chunk
+
+
+def _wait_for(port: int) -> None:
     deadline = time.monotonic() + 120
     while True:  # wait for the server (slow to start under valgrind)
         try:
@@ -87,6 +140,26 @@ def _client(port: int, rounds: int) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def _http_client(port: int, rounds: int) -> None:
+    _wait_for(port)
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNS)]
+    bufs = [bytearray() for _ in socks]
+    for _ in range(rounds):
+        for s in socks:
+            s.sendall(_GET)
+        for s, buf in zip(socks, bufs, strict=True):
+            _http_response(s, buf)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /stop HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        _http_response(s, bytearray())
+    for s in socks:
+        s.close()
+
+
+def _client(port: int, rounds: int) -> None:
+    _wait_for(port)
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNS)]
     msg = b"x" * 1024
     for _ in range(rounds):
@@ -105,13 +178,13 @@ def instructions(loop: str, rounds: int, api: str) -> int:
     with tempfile.TemporaryDirectory() as d:
         script = f"{d}/server.py"
         with open(script, "w") as f:
-            f.write(SERVER)
+            f.write(AIOHTTP_SERVER if api == "aiohttp" else SERVER)
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/out",
              sys.executable, script, loop, str(port), str(CONNS), api],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-        _client(port, rounds)
+        (_http_client if api == "aiohttp" else _client)(port, rounds)
         _, err = proc.communicate(timeout=300)
     m = re.search(r"Collected : (\d+)", err)
     if proc.returncode or not m:
@@ -123,13 +196,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--loops", default="asyncio,aem-selector")
-    ap.add_argument("--api", choices=("protocol", "streams"), default="protocol")
+    ap.add_argument("--api", choices=("protocol", "streams", "aiohttp"), default="protocol")
     a = ap.parse_args(argv)
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     extra = (ROUNDS_HI - ROUNDS_LO) * CONNS
     base = None
-    print(f"instructions per 1 KiB {a.api} echo round trip, {CONNS} connections; {machine()}")
+    what = ("aiohttp hello world request" if a.api == "aiohttp"
+            else f"1 KiB {a.api} echo round trip")
+    print(f"instructions per {what}, {CONNS} connections; {machine()}")
     for loop in a.loops.split(","):
         per = (instructions(loop, ROUNDS_HI, a.api)
                - instructions(loop, ROUNDS_LO, a.api)) / extra
