@@ -69,13 +69,13 @@ async def test_thousand_ticks_no_drift() -> None:
     for now, k in rec.runs:
         due = start + k * interval
         assert now >= due, f"tick {k} ran early"
-        # The run stands for the latest due tick when the job decided; this
-        # callback reads the clock a little later, so allow that one boundary.
-        assert 0 <= (now - start) / interval - k < 2
     ks = [k for _, k in rec.runs]
     assert ks == sorted(set(ks))
     st = job.statistics()
     assert st.runs == 1000
+    # Each run stands for the latest tick due when the job decided (the job's
+    # own clock reading, not this callback's, which a stalled machine delays).
+    assert st.lateness.max < interval
     assert st.missed == ks[-1] - 1000  # every tick either ran or was counted missed
     assert job.next_due() is None
 
