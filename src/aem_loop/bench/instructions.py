@@ -14,8 +14,9 @@ A loop name may carry a server variant as in benchmarks/echo.py:
 
 ``--api aiohttp``: aiohttp's hello world instead of an echo server, one
 keep-alive GET per round trip; variants as in ``aiohttp_routes.py --app
-hello``: ``/prio``, and ``/site`` (a second site listening under
-Priority.HIGH; the requests go to the first).
+hello``: ``/prio``, ``/site`` (a second site listening under
+Priority.HIGH; the requests go to the first) and ``/routes``
+(``route_priorities`` with /health at HIGH; the requests go to /).
 
 Note: valgrind emulates clock_gettime, which inflates loops that read the
 clock often (aem's time slice) well beyond its real cost (~100 ns a read).
@@ -98,6 +99,9 @@ async def stop(request):
     app = web.Application()
     app.router.add_get("/", hello)
     app.router.add_get("/stop", stop)
+    if variant == "routes":  # one port, /health at HIGH (the requests go to /)
+        import aem_loop.aiohttp
+        aem_loop.aiohttp.route_priorities(app, {"/health": aem_loop.Priority.HIGH})
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", int(sys.argv[2])).start()
