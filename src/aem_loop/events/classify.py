@@ -134,8 +134,8 @@ def wrap_factory(loop: Any, factory: Callable[[], Any],
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _OPAQUE = range(6)
 # Heads that may announce a body (Content-Length, Transfer-Encoding), found
 # without splitting the head into lines.
-_LENGTH = re.compile(rb"(?i)\r\ncontent-length\s*:")
-_ENCODING = re.compile(rb"(?i)\r\ntransfer-encoding\s*:")
+# A head that has neither header has no body (the usual GET): one search.
+_FRAMING = re.compile(rb"(?i)\r\n(?:content-length|transfer-encoding)\s*:")
 
 
 class HTTPScanner:
@@ -167,6 +167,13 @@ class HTTPScanner:
                         pos += 1
                     if pos == n:
                         break
+                    end = data.find(b"\r\n\r\n", pos)
+                    if end >= 0:  # the whole head in this chunk: no copy through buf
+                        head = data[pos:end + 4]  # data itself when it is just the head
+                        pos = end + 4
+                        heads.append(head)
+                        self._after_head(head)
+                        continue
                 start = len(buf)
                 buf += data[pos:]
                 end = buf.find(b"\r\n\r\n", max(0, start - 3))
@@ -216,7 +223,7 @@ class HTTPScanner:
         return heads
 
     def _after_head(self, head: bytes) -> None:
-        if not (_LENGTH.search(head) or _ENCODING.search(head)):
+        if not _FRAMING.search(head):
             self._state = _HEAD  # no body (a GET): the usual case, no header parsing
             return
         length = 0
