@@ -290,7 +290,6 @@ class ClassifiedProtocol(asyncio.Protocol):
         self._aem_sched = loop._aem
         base = current_priority()
         self._aem_base = base
-        self._aem_cur = base  # the level of the message in progress
         ctx = contextvars.copy_context()
         self._aem_ctxs: dict[int, contextvars.Context] = {base: ctx}
         self._aem_queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
@@ -302,6 +301,11 @@ class ClassifiedProtocol(asyncio.Protocol):
         self._aem_started: list[Any] = []  # tasks connection_made created
         self._aem_buffered = isinstance(inner, asyncio.BufferedProtocol)
         self._aem_fd: int | None = None  # watched at job level (the uvloop backend)
+        if type(self).data_received is ClassifiedProtocol.data_received:
+            # The path of every message as a closure in the instance: the
+            # class's __getattr__ (attributes forwarded to the inner protocol)
+            # turns every attribute read on self into the slow generic lookup.
+            self.data_received = self._aem_data_received()  # type: ignore[method-assign,assignment]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._aem_inner, name)
@@ -313,20 +317,6 @@ class ClassifiedProtocol(asyncio.Protocol):
 
     def _aem_ctx(self, level: int) -> contextvars.Context:
         return context_at(self._aem_ctxs, self._aem_ctxs[self._aem_base], level)
-
-    def _aem_classify(self, data: bytes) -> int:
-        scanner = self._aem_scanner
-        heads = [data] if scanner is None else scanner.feed(data)
-        if not heads:
-            return self._aem_cur  # the body of the request in progress
-        best = -1
-        base = self._aem_base
-        for head in heads:
-            level = verdict(self._aem_fn, head, base, self._aem_report)
-            self._aem_cur = level
-            if level > best:
-                best = level
-        return best
 
     def _aem_report(self, exc: BaseException) -> None:
         self._aem_loop.call_exception_handler({
@@ -407,7 +397,7 @@ class ClassifiedProtocol(asyncio.Protocol):
             self._aem_direct(self._aem_base, self._aem_inner.connection_made, transport)
         finally:
             loop._aem_collect = prev
-        self._aem_started = started
+        self._aem_started[:] = started
 
     def _aem_raise_started(self, level: int) -> None:
         """The first message is more urgent than the connection: the tasks
@@ -421,20 +411,54 @@ class ClassifiedProtocol(asyncio.Protocol):
                 sched.boost(task, self, level)  # moves its queued step up
                 sched.unboost(task, self)
 
-    def data_received(self, data: bytes) -> None:
-        level = self._aem_classify(data)
-        if self._aem_started:
-            if level > self._aem_base:
-                self._aem_raise_started(level)
-            self._aem_started = []
-        # At once unless a more urgent handler waits.  Other jobs (reads of
-        # other connections) may wait for this call: it only hands the data
-        # over (a protocol's data_received parses and wakes its task), and
-        # queueing it would cost a callback per message under a flood.
-        if not self._aem_queue and not self._aem_sched.queued_above(level, JOB_LEVEL):
-            self._aem_direct(level, self._aem_feed, data)
-        else:
-            self._aem_defer(level, self._aem_feed, (data,), len(data))
+    def _aem_data_received(self) -> Callable[[bytes], None]:
+        """data_received with everything it reads bound (a cycle through
+        self, broken at connection_lost).  Each message's level comes from
+        the classifier (the body of a request in progress keeps its head's);
+        the first message raises the tasks connection_made started.  The
+        inner protocol gets the data at once unless a more urgent handler
+        waits or earlier calls of this connection are queued: other jobs
+        (reads of other connections) may wait for this call, which only
+        hands the data over (a protocol's data_received parses and wakes its
+        task), and queueing it would cost a callback per message under a
+        flood."""
+        sched, inner, base, ctxs = self._aem_sched, self._aem_inner, self._aem_base, self._aem_ctxs
+        queued_above, base_ctx, buffered = sched.queued_above, ctxs[base], self._aem_buffered
+        scanner, fn, report = self._aem_scanner, self._aem_fn, self._aem_report
+        queue, started, raise_started = self._aem_queue, self._aem_started, self._aem_raise_started
+        feed, defer = self._aem_feed, self._aem_defer
+        cur = base  # the level of the message in progress
+
+        def data_received(data: bytes) -> None:
+            nonlocal cur
+            heads = (data,) if scanner is None else scanner.feed(data)
+            if heads:
+                level = -1
+                for head in heads:
+                    cur = verdict(fn, head, base, report)
+                    if cur > level:
+                        level = cur
+            else:
+                level = cur  # the body of the request in progress
+            if started:
+                if level > base:
+                    raise_started(level)
+                started.clear()
+            if not queue and not queued_above(level, JOB_LEVEL):
+                ctx = base_ctx if level == base else context_at(ctxs, base_ctx, level)
+                prev = sched.current
+                sched.current = level  # what it wakes inherits the level
+                try:
+                    ctx.run(feed if buffered else inner.data_received, data)
+                finally:
+                    sched.current = prev
+            else:
+                defer(level, feed, (data,), len(data))
+
+        return data_received
+
+    def data_received(self, data: bytes) -> None:  # the instance's closure stands for it
+        self._aem_data_received()(data)
 
     def eof_received(self) -> bool | None:
         base = self._aem_base
@@ -444,6 +468,7 @@ class ClassifiedProtocol(asyncio.Protocol):
         return True  # keep the transport open until the queued call decides
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.__dict__.pop("data_received", None)  # its closure refers to self
         if self._aem_fd is not None:
             self._aem_loop._aem_unwatch(self._aem_fd, self)
             self._aem_fd = None
