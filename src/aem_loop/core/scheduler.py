@@ -45,6 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from . import boosting
 from .handles import AEMHandle, is_wakeup, report_callback_error
 from .priority import DEFAULT_PRIORITY, NQUEUES, PRIORITY_VAR, boolean, seconds
 from .readyqueue import ReadyQueue
@@ -462,13 +463,11 @@ class Scheduler(ReadyQueue):
         """Queue from another thread or a signal handler; the backend wakes the poll."""
         self.inbox.append(handle)
 
-    def _boosted(self, handle: Any, level: int) -> int:
-        task = getattr(handle._callback, "__self__", None)
-        b = self.boosts.get(task, -1)
-        if b > level:
-            self.inherited += 1
-            return b
-        return level
+    # Priority inheritance through locks (core.boosting): a boosted task's
+    # steps and timers run at least at its boost.
+    boost = boosting.boost
+    unboost = boosting.unboost
+    _boosted = boosting.boosted
 
     def has_work(self) -> bool:
         return self._bits != 0 or bool(self.inbox)
@@ -518,43 +517,6 @@ class Scheduler(ReadyQueue):
             if self.boosts:
                 level = self._boosted(h, level)
             self._enqueue(h, level, h._when)  # a timer is late from its deadline
-
-    # -- boosting (priority inheritance through locks) --------------------
-
-    def boost(self, task: Any, source: Any, level: int) -> None:
-        """Run *task*'s steps at least at *level* while *source* holds it up."""
-        srcs = self._boost_sources.setdefault(task, {})
-        srcs[source] = level
-        self.boosts[task] = top = max(srcs.values())
-        self._requeue(task, top)
-
-    def _requeue(self, task: Any, level: int) -> None:
-        """Move *task*'s already queued steps up to *level* (O(queued); boosts are rare)."""
-        for lv in list(self.levels_below(level)):
-            q = self._levels[lv]
-            mine = [h for h in q if getattr(h._callback, "__self__", None) is task]
-            if not mine:
-                continue
-            for h in mine:
-                q.remove(h)
-                if self._probe[lv] is h:
-                    self._end_probe(lv)
-                self._levels[level].append(h)
-                self._bits |= 1 << level
-                self.inherited += 1
-            if not q:
-                self._bits &= ~(1 << lv)
-
-    def unboost(self, task: Any, source: Any) -> None:
-        srcs = self._boost_sources.get(task)
-        if not srcs or source not in srcs:
-            return
-        del srcs[source]
-        if srcs:
-            self.boosts[task] = max(srcs.values())
-        else:
-            del self._boost_sources[task]
-            del self.boosts[task]
 
     # -- dispatch ----------------------------------------------------------
 
