@@ -198,8 +198,9 @@ def run_timers(*, quick: bool, runs: int, out: str | None,
               "operations (cancel + call_later) between iterations, without GC pauses.", "",
               *_md_head("workload", "N", *loops)]
     for n in sizes:
-        for w, key in (("bulk", "total_ns"), ("churn", "op_ns"), ("churn, no GC", "op_ns_excl_gc")):
-            m = {lp: med(w.split(",")[0], lp, n) for lp in loops}
+        for w, workload, key in (("bulk", "bulk", "total_ns"), ("churn", "churn", "op_ns"),
+                                 ("churn, no GC", "churn", "op_ns_excl_gc")):
+            m = {lp: med(workload, lp, n) for lp in loops}
             r1 = m["asyncio"][key] / m["aem-selector"][key] if "aem-selector" in m else 0
             r2 = m["uvloop"][key] / m["aem-uvloop"][key] if "aem-uvloop" in m else 0
             row = [f"{m[lp][key]:,.0f}" for lp in loops]
