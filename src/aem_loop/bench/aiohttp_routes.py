@@ -22,9 +22,11 @@ same /health work. The probe runs at real-time priority (SCHED_FIFO) where
 permitted, so that it is not scheduled behind wrk on the CPU they share.
 Reported: /health p50/p99/max (ms) (the latency counts from when the request
 was due) and /bulk work done per second of the server's CPU time while the
-probe ran, in requests (0.5 ms slices done / 8: the server is saturated, and
-whole requests end in waves of 64, so neither a count of them nor wrk's own
-requests/s can show a few percent in 3 s), medians over the runs (runs
+probe ran (from when its connections are warm to its last answer: every
+loop's window holds the same /health load), in requests (0.5 ms slices done
+/ 8: the server is saturated, and whole requests end in waves of 64, so
+neither a count of them nor wrk's own requests/s can show a few percent in
+3 s), medians over the runs (runs
 interleaved; a ratio is the median of the ratios to the stock loop measured
 next to it in the same run); the stock loops run the same app without
 priorities in every mode.
@@ -44,6 +46,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -197,6 +200,7 @@ def probe(port: int, duration: float) -> None:
                 raise SystemExit("server closed a probe connection")
             buf += chunk
         s.setblocking(False)
+    print("warm", flush=True)  # the measured period starts now
     sent: dict[socket.socket, tuple[float, bytes]] = {}
     out: list[float] = []
     missed = 0
@@ -248,25 +252,36 @@ def measure(loop_name: str, mode: str, duration: float, options: str = "",
                stdin=subprocess.PIPE, stdout=subprocess.PIPE) as srv:
         assert srv.stdout is not None and srv.stdin is not None
         port, probe_port = map(int, srv.stdout.readline().split())
+        # wrk runs until the window is over (SIGINT: it stops and reports)
         wrk = subprocess.Popen(
-            ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{math.ceil(duration) + 3}s",
+            ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{math.ceil(duration) + 30}s",
              f"http://127.0.0.1:{port}{path}"],
             stdout=subprocess.PIPE, text=True)
         time.sleep(0.3)  # the flood is on before the probe starts
+        pr = subprocess.Popen([sys.executable, *me, "--probe", str(probe_port), str(duration)],
+                              stdout=subprocess.PIPE, text=True)
+        assert pr.stdout is not None
+        # The window opens when the probe's connections are warm (each answered
+        # once: on a stock loop under the flood that takes ~2 s, all /bulk), so
+        # that every loop's window holds the same /health load.
+        if pr.stdout.readline().strip() != "warm":
+            raise RuntimeError(f"{loop_name}/{mode}: the probe did not start")
         srv.stdin.write("mark\n")
         srv.stdin.flush()
         srv.stdout.readline()
-        pr = subprocess.run([sys.executable, *me, "--probe", str(probe_port), str(duration)],
-                            capture_output=True, text=True, check=True)
+        probe_out, _ = pr.communicate()
+        if pr.returncode:
+            raise RuntimeError(f"{loop_name}/{mode}: the probe failed ({pr.returncode})")
         if wrk.poll() is not None:
             raise RuntimeError(f"{loop_name}/{mode}: the wrk flood ended before the probe did; "
                                "the /health figures would not be under load")
         srv.stdin.write("mark\n")
         srv.stdin.flush()
         n, cpu, wall, probes = map(float, srv.stdout.readline().split())
-        wout, _ = wrk.communicate(timeout=duration + 30)
+        wrk.send_signal(signal.SIGINT)
+        wout, _ = wrk.communicate(timeout=30)
         ask_to_stop(srv, "stop\n")
-    got = json.loads(pr.stdout)
+    got = json.loads(probe_out)
     lat = np.array(got["latency"]) * 1e3
     m = re.search(r"Requests/sec:\s+([\d.]+)", wout)
     return {
