@@ -46,9 +46,10 @@ queue is held and released after libuv's next poll, behind the rest.  A
 round at the back with nothing handed off behind it ends the hand-off
 epoch; at most HANDOFF_MAX hand-offs come in one.  I/O registered above L
 stops hand-offs at L, except servers and connections made under a priority
-above the default: their fds are watched in an epoll set of the loop's own
-that a checkpoint after every CHECK_EVERY-th hand-off asks (see
-``_aem_watch``).  What other threads queue
+above the default, and classified servers: their fds are watched in an
+epoll set of the loop's own that a checkpoint among the hand-offs asks
+(after at most CHECK_EVERY of them, about once per time slice; see
+``UrgentFdsMixin``).  What other threads queue
 is taken into the core by a handle put at the front.  A program whose
 streams or tasks are woken at one level thus pays one Python call per
 wakeup (a closure installed as the loop's call_soon), not the core's
@@ -65,7 +66,6 @@ from __future__ import annotations
 
 import collections
 import contextvars
-import itertools
 import math
 import threading
 import time
@@ -88,10 +88,10 @@ from ..core.priority import DEFAULT_PRIORITY, PRIORITY_VAR, on_first_priority
 from ..core.scheduler import _BIT
 from ..events.loop import EventsLoopMixin
 from .uvhandoff import (
-    _CHECK_MASK,
     _NEVER,
     _UNSET,
     HANDOFF_MAX,
+    HeldQueueMixin,
     UrgentFdsMixin,
     _fileno,
     _find_ready,
@@ -121,7 +121,7 @@ _uv_remove_writer = uvloop.Loop.remove_writer
 _INF = math.inf
 
 
-class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore[misc]
+class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,  # type: ignore[misc]
              EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin, uvloop.Loop):
     """A uvloop loop whose callbacks, tasks and timers run in priority order."""
 
@@ -163,9 +163,12 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         self._aem_feeder: Any = None
         self._aem_feed_since = -1.0
         self._aem_lead_rest = 0  # run by the feeder before the held callbacks
+        # A checkpoint held uvloop's queue for a watched server's new
+        # connection: what libuv's poll queues runs before the held callbacks.
+        self._aem_accept_first = False
         self._aem_urgent: Any = None  # the epoll set of urgent fds (_aem_watch)
-        # fd -> (the level its events run at, who watches it)
-        self._aem_urgent_fds: dict[int, tuple[int, Any]] = {}
+        # fd -> (the level its events run at, who watches it, a listening socket?)
+        self._aem_urgent_fds: dict[int, tuple[int, Any, bool]] = {}
         self._aem_thread: int | None = None
         # The fast path: until the process first uses a non-default priority
         # there is nothing to order, and uvloop's own call_soon is this
@@ -235,7 +238,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
                     ho.h = level
                     ho.above = 2 << level
                 ho.budget -= 1
-                if ho.check > level and not ho.budget & _CHECK_MASK:
+                if ho.check > level and not ho.budget & ho.mask:
                     _uv_call_soon(self, self._aem_checkpoint)  # runs before it: as well
                 if not sched.debug:
                     return _uv_call_soon(self, callback, *args, context=context)
@@ -293,7 +296,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
                             ho.h = level
                             ho.above = 2 << level
                         ho.budget -= 1
-                        if ho.check > level and not ho.budget & _CHECK_MASK:
+                        if ho.check > level and not ho.budget & ho.mask:
                             handle = uv_call_soon(callback, *args, context=context)
                             uv_call_soon(checkpoint)
                             return handle
@@ -318,7 +321,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
                             ho.h = level
                             ho.above = 2 << level
                         ho.saved -= 1
-                        if ho.check > level and not ho.saved & _CHECK_MASK:
+                        if ho.check > level and not ho.saved & ho.mask:
                             handle = uv_call_soon(callback, *args, context=context)
                             uv_call_soon(checkpoint)
                             return handle
@@ -562,58 +565,20 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
             self._aem_armed = False
             self._aem_after_round()
 
-    def _aem_hold(self, poll_first: bool = False) -> bool:
-        """Take what uvloop's queue holds out of it, to be released one by one
-        by the feeder, which runs more urgent work and due timers first: when
-        the fast path ends (callbacks queued on it, at the default level), and
-        when a round's slice ends before what must run ahead of the hand-offs
-        behind it (*poll_first*: the feeder runs after libuv's next poll).
-        The deque keeps its length (uvloop's running pass pops as many as it
-        counted): the feeder and no-op stand-ins.  False if it was empty."""
-        ready = self._aem_ready
-        n = len(ready)
-        if not n:
-            return False
-        ho = self._aem_ho
-        ho.budget = ho.base = ho.saved = 0  # none while held callbacks wait
-        held = self._aem_held
-        while ready:  # one at a time: another thread may append meanwhile
-            held.append(ready.popleft())
-        if self._aem_feeder is None:
-            self._aem_feeder = _uv_call_soon(self, self._aem_feed)
-            ready.remove(self._aem_feeder)  # placed below
-        noop = self._aem_noop
-        if poll_first:
-            # n stand-ins first: the pass running now ends on them
-            ready.extend(itertools.repeat(noop, n))
-            ready.append(self._aem_feeder)
-        else:
-            ready.append(self._aem_feeder)
-            ready.extend(itertools.repeat(noop, n - 1))
-        return True
-
-    def _aem_hold_later(self, ready: collections.deque[Any]) -> None:
-        """Before the feeder goes to the back of uvloop's queue (libuv polls
-        first): what uvloop queued there since the hold -- its transports'
-        callbacks, e.g. the connection_lost of a transport a held callback
-        closed -- goes behind the held callbacks, which were queued before
-        it; a stand-in keeps its place (the running pass counted it).  The
-        core's own handles stay where they are."""
-        if not self._aem_held:
-            return
-        noop = self._aem_noop
-        own = (noop, self._aem_feeder, self._aem_inbox_h, self._aem_front_h)
-        held = self._aem_held
-        for _ in range(len(ready)):  # one full turn: the order stays
-            x = ready.popleft()
-            if x in own:
-                ready.append(x)
-            else:
-                held.append(x)
-                ready.append(noop)
-
     def _aem_feed(self) -> None:
         """Release the next held callback after what is more urgent."""
+        if self._aem_accept_first:
+            self._aem_accept_first = False
+            ready = self._aem_ready
+            if ready is not None and self._aem_held:
+                # The first run after the poll a checkpoint held the queue for:
+                # a watched server's new connection was accepted, and uvloop
+                # queued its connection_made behind this feeder.  A connection
+                # just made cannot be what the held callbacks expect to run
+                # first (they were queued before it existed): it goes ahead,
+                # so that its first message is read and classified now.
+                ready.append(self._aem_feeder)
+                return
         sched = self._aem
         now = _monotonic()
         if self._aem_feed_since < 0:
@@ -788,6 +753,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, SendfileMixin,  # type: ignore
         self._aem_held.clear()
         # bound methods of the loop: cycles
         self._aem_feeder = self._aem_noop = self._aem_inbox_h = self._aem_front_h = None
+        self._aem_accept_first = False
         self._aem_uv_timer = None
         self._aem_ho.check = -1
         if self._aem_urgent is not None:

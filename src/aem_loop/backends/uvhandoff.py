@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import collections
 import gc
+import itertools
 import logging
 import select
+import time
 from typing import Any
 
 import uvloop
 
 from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL
 
-__all__ = ["CAN_WATCH", "CHECK_EVERY", "HANDOFF_MAX", "UrgentFdsMixin"]
+__all__ = ["CAN_WATCH", "CHECK_EVERY", "HANDOFF_MAX", "HeldQueueMixin", "UrgentFdsMixin"]
 
 _uv_call_soon = uvloop.Loop.call_soon
 
@@ -27,10 +29,12 @@ _NEVER = 1 << 200
 # behind.  Work from other threads and
 # more urgent work does not wait for it: it is taken at the front.
 HANDOFF_MAX = 1024
-# With urgent fds watched: a checkpoint after every this many hand-offs (a
-# power of two: the budget's low bits count them).
+# With urgent fds watched: a checkpoint after at most this many hand-offs (a
+# power of two: the budget's low bits count them); fewer while the hand-offs
+# between two checkpoints take longer than a time slice (see _aem_checkpoint).
 CHECK_EVERY = 16
 _CHECK_MASK = CHECK_EVERY - 1
+_thread_time = time.thread_time
 # Urgent fds need epoll (Linux); elsewhere their I/O stops hand-offs below it.
 CAN_WATCH = hasattr(select, "epoll")
 
@@ -56,8 +60,8 @@ _UNSET = object()
 class _HandOff:
     """The hand-off state of one loop, in slots (read on every call_soon)."""
 
-    __slots__ = ("above", "base", "blind_top", "budget", "check", "h", "io_top", "saved",
-                 "tail", "top")
+    __slots__ = ("above", "base", "blind_top", "budget", "check", "checked", "h", "io_top",
+                 "mask", "saved", "tail", "top")
 
     def __init__(self) -> None:
         self.budget = 0  # hand-offs allowed before the next round at the back
@@ -84,9 +88,13 @@ class _HandOff:
         # registered at: a spent slice below it must let libuv poll.
         self.blind_top = DEFAULT_PRIORITY
         # The highest level an urgent fd was ever watched at (see _aem_watch;
-        # -1: none): every CHECK_EVERY-th hand-off below it is followed by a
-        # checkpoint that asks whether one is ready.
+        # -1: none): every (mask + 1)-th hand-off below it is followed by a
+        # checkpoint that asks whether one is ready; the checkpoint adapts the
+        # stride (mask: 2**k - 1, at most _CHECK_MASK) to the CPU time that
+        # the hand-offs since the last one (checked: thread time then) took.
         self.check = -1
+        self.mask = _CHECK_MASK
+        self.checked = 0.0
 
 
 def _find_ready(loop: uvloop.Loop) -> tuple[Any, Any]:
@@ -110,7 +118,8 @@ class UrgentFdsMixin:
     _aem: Any
     _aem_ho: _HandOff
     _aem_urgent: Any
-    _aem_urgent_fds: dict[int, tuple[int, Any]]
+    _aem_urgent_fds: dict[int, tuple[int, Any, bool]]
+    _aem_accept_first: bool
     _aem_held: Any
     _aem_ready: Any
     _aem_hold: Any
@@ -118,36 +127,39 @@ class UrgentFdsMixin:
     # -- urgent fds: asked among hand-offs ---------------------------------------
     #
     # Listening sockets and connections of servers made under a priority above
-    # the default are also registered (level-triggered, for input) in an epoll
-    # set of the loop's own.  Hand-offs then go on below their level; every
-    # CHECK_EVERY-th is followed by a checkpoint that polls that set without
-    # blocking: if an urgent fd is ready, the rest of uvloop's queue is held
-    # so that libuv polls now and the urgent event runs first.
+    # the default, and of classified servers (any message may be urgent), are
+    # also registered (level-triggered, for input) in an epoll set of the
+    # loop's own.  Hand-offs then go on below their level; every few are
+    # followed by a checkpoint that polls that set without blocking: if an
+    # urgent fd is ready, the rest of uvloop's queue is held so that libuv
+    # polls now and the urgent event runs first.  The stride adapts to the
+    # hand-offs' cost: up to CHECK_EVERY short callbacks, down to every one
+    # while each takes a time slice, so that an urgent event waits about a
+    # slice (or one callback) behind the hand-offs, not CHECK_EVERY of them.
 
-    def _aem_note_io(self, level: int, watched: bool = False, handoffs: bool = True) -> None:
+    def _aem_note_io(self, level: int, watched: bool = False) -> None:
         """I/O was registered at *level*: no hand-off below it from now on
         (its readiness must not wait behind a batch in uvloop's queue) --
         unless it is *watched*: its fds are in the loop's urgent epoll set,
-        which checkpoints among the hand-offs ask (see _aem_watch).  Watched
-        I/O with *handoffs* False still stops hand-offs below it (classified
-        connections: any message may be urgent, and a checkpoint every few
-        hand-offs would be too late), but a spent slice asks the set whether
-        it is ready instead of returning to libuv (see _aem_io_ready)."""
+        which checkpoints among the hand-offs ask (see _aem_watch), and
+        which a spent slice asks instead of returning to libuv (see
+        _aem_io_ready)."""
         ho = self._aem_ho
         if not self._aem._io_bits >> level & 1:
             self._aem.io_register(level)
-        watched = watched and CAN_WATCH
-        if not watched and level > ho.blind_top:
-            ho.blind_top = level
-        if watched and handoffs:
+        if watched and CAN_WATCH:
             return
+        if level > ho.blind_top:
+            ho.blind_top = level
         if level > ho.io_top:
             ho.io_top = level
         if level > ho.top:
             ho.top = level
 
-    def _aem_watch(self, fd: int, level: int, owner: Any = None) -> None:
-        """Watch *fd*, whose events run at *level*, for *owner*."""
+    def _aem_watch(self, fd: int, level: int, owner: Any = None,
+                   listening: bool = False) -> None:
+        """Watch *fd*, whose events run at *level*, for *owner* (a server's
+        *listening* socket, or a connection's)."""
         if not CAN_WATCH:
             return
         ep = self._aem_urgent
@@ -160,7 +172,7 @@ class UrgentFdsMixin:
             ep.modify(fd, select.EPOLLIN)
         except OSError:  # closed meanwhile
             return
-        self._aem_urgent_fds[fd] = (level, owner)
+        self._aem_urgent_fds[fd] = (level, owner, listening)
         if level > self._aem_ho.check:
             self._aem_ho.check = level
 
@@ -198,18 +210,101 @@ class UrgentFdsMixin:
             return True
         if self._aem_ho.check >= JOB_LEVEL and (self._aem_ready or self._aem_held):
             # A classified server's connection just accepted is not watched
-            # until its connection_made, which waits in uvloop's queue (or
-            # among the held callbacks): let it run.  (Hand-offs are stopped
-            # below job level then, so that queue holds uvloop's own
-            # callbacks; with a prioritized site only, it holds hand-offs.)
+            # until its connection_made, which may wait in uvloop's queue (or
+            # among the held callbacks): let that queue run.
             return True
         return self._aem_urgent_above(level)
 
     def _aem_checkpoint(self) -> None:
+        ho = self._aem_ho
+        # The stride for the next checkpoint: halved while the hand-offs since
+        # the last one took more than a time slice of the loop's CPU time,
+        # doubled (up to CHECK_EVERY) while they take less than half of one.
+        # Thread time: waiting for I/O between two checkpoints does not count.
+        now = _thread_time()
+        spent = now - ho.checked
+        ho.checked = now
+        if spent > self._aem.slice:
+            ho.mask >>= 1
+        elif ho.mask < _CHECK_MASK and spent < self._aem.slice * 0.5:
+            ho.mask = ho.mask << 1 | 1
         if self._aem_urgent is None or self._aem_held or self._aem_ready is None:
             return
-        if self._aem_urgent_above(self._aem_ho.h):
-            self._aem_hold(poll_first=True)
+        fds = self._aem_urgent_fds
+        level = ho.h
+        urgent = accept = False
+        for fd, _ in self._aem_urgent.poll(0):
+            watched = fds.get(fd)
+            if watched is not None and watched[0] > level:
+                urgent = True
+                if watched[2]:
+                    accept = True
+                    break
+        if urgent and self._aem_hold(poll_first=True) and accept:
+            self._aem_accept_first = True
+
+
+class HeldQueueMixin:
+    """uvloop's queue taken out and released by the feeder (a UVLoop's part)."""
+
+    _aem_ready: Any
+    _aem_ho: _HandOff
+    _aem_held: collections.deque[Any]
+    _aem_feeder: Any
+    _aem_noop: Any
+    _aem_inbox_h: Any
+    _aem_front_h: Any
+    _aem_feed: Any
+
+    def _aem_hold(self, poll_first: bool = False) -> bool:
+        """Take what uvloop's queue holds out of it, to be released one by one
+        by the feeder, which runs more urgent work and due timers first: when
+        the fast path ends (callbacks queued on it, at the default level), and
+        when a round's slice ends before what must run ahead of the hand-offs
+        behind it (*poll_first*: the feeder runs after libuv's next poll).
+        The deque keeps its length (uvloop's running pass pops as many as it
+        counted): the feeder and no-op stand-ins.  False if it was empty."""
+        ready = self._aem_ready
+        n = len(ready)
+        if not n:
+            return False
+        ho = self._aem_ho
+        ho.budget = ho.base = ho.saved = 0  # none while held callbacks wait
+        held = self._aem_held
+        while ready:  # one at a time: another thread may append meanwhile
+            held.append(ready.popleft())
+        if self._aem_feeder is None:
+            self._aem_feeder = _uv_call_soon(self, self._aem_feed)  # type: ignore[arg-type]
+            ready.remove(self._aem_feeder)  # placed below
+        noop = self._aem_noop
+        if poll_first:
+            # n stand-ins first: the pass running now ends on them
+            ready.extend(itertools.repeat(noop, n))
+            ready.append(self._aem_feeder)
+        else:
+            ready.append(self._aem_feeder)
+            ready.extend(itertools.repeat(noop, n - 1))
+        return True
+
+    def _aem_hold_later(self, ready: collections.deque[Any]) -> None:
+        """Before the feeder goes to the back of uvloop's queue (libuv polls
+        first): what uvloop queued there since the hold -- its transports'
+        callbacks, e.g. the connection_lost of a transport a held callback
+        closed -- goes behind the held callbacks, which were queued before
+        it; a stand-in keeps its place (the running pass counted it).  The
+        core's own handles stay where they are."""
+        if not self._aem_held:
+            return
+        noop = self._aem_noop
+        own = (noop, self._aem_feeder, self._aem_inbox_h, self._aem_front_h)
+        held = self._aem_held
+        for _ in range(len(ready)):  # one full turn: the order stays
+            x = ready.popleft()
+            if x in own:
+                ready.append(x)
+            else:
+                held.append(x)
+                ready.append(noop)
 
 
 # -- debug mode: one slow-callback report per callback ---------------------------------

@@ -131,16 +131,17 @@ class _PriorityBufferedProtocol(_PriorityProtocol, asyncio.BufferedProtocol):
 
 
 def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
-    # A classified connection's every message may be urgent: no hand-off
-    # below job level, and its fd (and its server's) is watched, so that a
-    # spent slice returns to libuv only when one of them has data.
+    # A classified connection's every message may be urgent: its fd (and its
+    # server's) is watched, at job level (its data is classified there), so
+    # that hand-offs go on with checkpoints that ask whether one has data,
+    # and a spent slice returns to libuv only when one has.
     if getattr(factory, "_aem_classified", False):  # its protocols are classified already
-        loop._aem_note_io(JOB_LEVEL, watched=True, handoffs=False)
+        loop._aem_note_io(JOB_LEVEL, watched=True)
         return factory
     classifier = CLASSIFIER.get()
     if classifier is not None:  # the classified protocol keeps the connection's level too
         loop._aem_leave_fast_path()
-        loop._aem_note_io(JOB_LEVEL, watched=True, handoffs=False)
+        loop._aem_note_io(JOB_LEVEL, watched=True)
         return wrap_factory(loop, factory, classifier)
     level = current_priority()
     if level == DEFAULT_PRIORITY:
@@ -168,7 +169,7 @@ def _watch_server(loop: Any, factory: Any, server: Any) -> Any:
         level = getattr(factory, "_aem_level", DEFAULT_PRIORITY)
     if level > DEFAULT_PRIORITY:
         for sock in server.sockets or ():
-            loop._aem_watch(sock.fileno(), level, server)
+            loop._aem_watch(sock.fileno(), level, server, listening=True)
     return server
 
 
