@@ -314,6 +314,71 @@ async def test_spent_slices_ask_the_classified_connections_before_polling():
 
 
 @pytest.mark.asyncio
+@pytest.mark.backends("uvloop")
+@pytest.mark.parametrize("how", ["classified", "HIGH server"])
+async def test_an_urgent_message_waits_about_one_long_hand_off(how):
+    """uvloop backend: callbacks queued from a default-level protocol
+    callback go straight to uvloop's queue (hand-offs), a batch that runs
+    without a poll; while an urgent server's fds are watched, checkpoints
+    among them ask whether one has data.  Once callbacks have been seen to
+    take longer than a time slice, checkpoints come after every one of them
+    (not after every 16th, which short ones get): urgent messages sent by the
+    30th and the 37th of a batch are each handled right after that callback
+    or the next (with a checkpoint every 16th, at most one of them could)."""
+    loop = asyncio.get_running_loop()
+    aem_loop.priority(Priority.HIGH)  # a program that uses priorities: leveled dispatch
+    order: list = []
+    got = loop.create_future()
+    warm = loop.create_future()
+
+    class Urgent(asyncio.Protocol):
+        def data_received(self, data):
+            order.append((data, aem_loop.current_priority()))
+            if data.endswith(b"urgent 2"):  # (both at once if read late)
+                got.set_result(None)
+
+    if how == "classified":
+        with aem_loop.classify(_urgent):
+            server = await loop.create_server(Urgent, "127.0.0.1", 0)
+    else:
+        with aem_loop.priority(Priority.HIGH):
+            server = await loop.create_server(Urgent, "127.0.0.1", 0)
+    client = socket.create_connection(server.sockets[0].getsockname())
+
+    def busy(i: int) -> None:
+        _busy(0.001)  # several time slices
+        order.append(i)
+        if i in (30, 37):
+            client.send(b"urgent 1" if i == 30 else b"urgent 2")
+        elif i == -1:
+            warm.set_result(None)
+
+    class Starter(asyncio.Protocol):
+        def data_received(self, data):  # called by uvloop: its call_soon hands off
+            for i in range(-20, 0) if data == b"warm" else range(60):
+                loop.call_soon(busy, i)
+
+    starter = await loop.create_server(Starter, "127.0.0.1", 0)
+    go = socket.create_connection(starter.sockets[0].getsockname())
+    await asyncio.sleep(0.05)  # both accepted, idle
+    go.send(b"warm")  # a first batch: the checkpoints learn how long callbacks take
+    await warm
+    order.clear()
+    go.send(b"go")
+    await got
+    while order[-1] != 59:  # the batch done
+        await asyncio.sleep(0)
+    for s in (client, go):
+        s.close()
+    for srv in (server, starter):
+        srv.close()
+        await srv.wait_closed()
+    assert [x for x in order if isinstance(x, int)] == list(range(60))
+    assert order.index((b"urgent 1", Priority.HIGH)) in (31, 32), order
+    assert order.index((b"urgent 2", Priority.HIGH)) in (39, 40), order
+
+
+@pytest.mark.asyncio
 @pytest.mark.backends("selector", "uvloop")
 async def test_connection_lost_runs_after_what_connection_made_queued():
     """A client that connects and closes at once: the protocol's own queued

@@ -217,16 +217,19 @@ class UrgentFdsMixin:
 
     def _aem_checkpoint(self) -> None:
         ho = self._aem_ho
-        # The stride for the next checkpoint: halved while the hand-offs since
-        # the last one took more than a time slice of the loop's CPU time,
-        # doubled (up to CHECK_EVERY) while they take less than half of one.
-        # Thread time: waiting for I/O between two checkpoints does not count.
+        # The stride for the checkpoints placed from now on: the hand-offs
+        # that take about a time slice of the loop's CPU time at the rate
+        # since the last one (thread time: waiting for I/O does not count),
+        # a power of two; growing at most twofold per checkpoint, up to
+        # CHECK_EVERY.
         now = _thread_time()
         spent = now - ho.checked
         ho.checked = now
-        if spent > self._aem.slice:
-            ho.mask >>= 1
-        elif ho.mask < _CHECK_MASK and spent < self._aem.slice * 0.5:
+        stride = ho.mask + 1
+        want = self._aem.slice * stride / spent if spent > 0 else 2.0 * stride
+        if want < stride:
+            ho.mask = (1 << int(want).bit_length() - 1) - 1 if want >= 1 else 0
+        elif want >= 2 * stride and stride < CHECK_EVERY:
             ho.mask = ho.mask << 1 | 1
         if self._aem_urgent is None or self._aem_held or self._aem_ready is None:
             return
