@@ -34,7 +34,7 @@ HANDOFF_MAX = 1024
 # between two checkpoints take longer than a time slice (see _aem_checkpoint).
 CHECK_EVERY = 16
 _CHECK_MASK = CHECK_EVERY - 1
-_thread_time = time.thread_time
+_monotonic = time.monotonic
 # Urgent fds need epoll (Linux); elsewhere their I/O stops hand-offs below it.
 CAN_WATCH = hasattr(select, "epoll")
 
@@ -90,8 +90,8 @@ class _HandOff:
         # The highest level an urgent fd was ever watched at (see _aem_watch;
         # -1: none): every (mask + 1)-th hand-off below it is followed by a
         # checkpoint that asks whether one is ready; the checkpoint adapts the
-        # stride (mask: 2**k - 1, at most _CHECK_MASK) to the CPU time that
-        # the hand-offs since the last one (checked: thread time then) took.
+        # stride (mask: 2**k - 1, at most _CHECK_MASK) to the time that the
+        # hand-offs since the last one (checked: the clock then) took.
         self.check = -1
         self.mask = _CHECK_MASK
         self.checked = 0.0
@@ -218,11 +218,13 @@ class UrgentFdsMixin:
     def _aem_checkpoint(self) -> None:
         ho = self._aem_ho
         # The stride for the checkpoints placed from now on: the hand-offs
-        # that take about a time slice of the loop's CPU time at the rate
-        # since the last one (thread time: waiting for I/O does not count),
-        # a power of two; growing at most twofold per checkpoint, up to
-        # CHECK_EVERY.
-        now = _thread_time()
+        # that take about a time slice at the rate since the last one, a
+        # power of two; growing at most twofold per checkpoint, up to
+        # CHECK_EVERY.  (Under load the loop does not wait for I/O between
+        # two checkpoints; after an idle wait the stride shrinks, and grows
+        # back within a few checkpoints.  The thread's CPU time would not
+        # count the wait, but reading it is a system call: ~1.5 us here.)
+        now = _monotonic()
         spent = now - ho.checked
         ho.checked = now
         stride = ho.mask + 1
