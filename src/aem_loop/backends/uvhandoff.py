@@ -197,10 +197,18 @@ class UrgentFdsMixin:
             except OSError:  # closed already (and so dropped from the set)
                 pass
 
-    def _aem_urgent_above(self, level: int) -> bool:
-        """Is a watched fd whose events run above *level* ready?"""
+    def _aem_urgent_above(self, level: int) -> int:
+        """Is a watched fd whose events run above *level* ready?  0: none;
+        1: a connection's; 2: a server's listening socket (a new connection)."""
         fds = self._aem_urgent_fds
-        return any(fds.get(fd, (level,))[0] > level for fd, _ in self._aem_urgent.poll(0))
+        found = 0
+        for fd, _ in self._aem_urgent.poll(0):
+            watched = fds.get(fd)
+            if watched is not None and watched[0] > level:
+                if watched[2]:
+                    return 2
+                found = 1
+        return found
 
     def _aem_io_ready(self, level: int) -> bool:
         """At a spent slice of a round at *level* (the core's io_ready): may
@@ -213,7 +221,7 @@ class UrgentFdsMixin:
             # until its connection_made, which may wait in uvloop's queue (or
             # among the held callbacks): let that queue run.
             return True
-        return self._aem_urgent_above(level)
+        return self._aem_urgent_above(level) > 0
 
     def _aem_checkpoint(self) -> None:
         ho = self._aem_ho
@@ -235,17 +243,8 @@ class UrgentFdsMixin:
             ho.mask = ho.mask << 1 | 1
         if self._aem_urgent is None or self._aem_held or self._aem_ready is None:
             return
-        fds = self._aem_urgent_fds
-        level = ho.h
-        urgent = accept = False
-        for fd, _ in self._aem_urgent.poll(0):
-            watched = fds.get(fd)
-            if watched is not None and watched[0] > level:
-                urgent = True
-                if watched[2]:
-                    accept = True
-                    break
-        if urgent and self._aem_hold(poll_first=True) and accept:
+        urgent = self._aem_urgent_above(ho.h)
+        if urgent and self._aem_hold(poll_first=True) and urgent == 2:
             self._aem_accept_first = True
 
 
