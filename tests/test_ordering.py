@@ -545,6 +545,51 @@ async def test_callbacks_get_their_arguments_and_context():
     ]
 
 
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_callbacks_queued_by_a_protocol_get_their_arguments_in_order():
+    """The same call shapes from a connection's data_received, which the
+    transport calls with no callback of the loop running (on the uvloop
+    backend these calls are handed to uvloop's queue by the loop's own
+    call_soon, which forwards each shape its own way)."""
+    import contextvars
+    import socket
+
+    loop = asyncio.get_running_loop()
+    await enter_priority_mode(loop)
+    var = contextvars.ContextVar("var", default="unset")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "mine")
+    got = []
+    done = loop.create_future()
+
+    def record(*args):
+        got.append((args, var.get()))
+
+    class Proto(asyncio.Protocol):
+        def data_received(self, data):
+            loop.call_soon(record)
+            loop.call_soon(record, None)
+            loop.call_soon(record, (1, 2), context=ctx)
+            loop.call_soon(record, "a", "b", "c")
+            loop.call_soon(callback=record)
+            loop.call_soon(record, "a", "b", "c", context=ctx)
+            loop.call_soon(lambda: done.set_result(data))
+
+    a, b = socket.socketpair()
+    transport, _ = await loop.create_connection(Proto, sock=a)
+    try:
+        b.sendall(b"go")
+        assert await done == b"go"
+    finally:
+        transport.close()
+        b.close()
+    assert got == [
+        ((), "unset"), ((None,), "unset"), (((1, 2),), "mine"),
+        (("a", "b", "c"), "unset"), ((), "unset"), (("a", "b", "c"), "mine"),
+    ]
+
+
 def test_uvloop_subclass_call_soon_is_not_shadowed_by_the_fast_path():
     from aem_loop.backends.uv import UVLoop
 

@@ -119,6 +119,8 @@ _uv_remove_writer = uvloop.Loop.remove_writer
 
 
 _INF = math.inf
+# The closure's default for the first argument of call_soon: none given.
+_NO_ARG: Any = object()
 
 
 class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,  # type: ignore[misc]
@@ -285,7 +287,13 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         levels = sched._levels
         checkpoint = self._aem_checkpoint
 
-        def call_soon(callback: Callable[..., object], *args: Any, context: Any = None) -> Any:
+        def call_soon(callback: Callable[..., object], arg: Any = _NO_ARG, *rest: Any,
+                      context: Any = None) -> Any:
+            # The first argument has a parameter of its own: a future's done
+            # callback (one argument) and a task's step (none) are forwarded
+            # to uvloop with a vectorcall, not through an *args tuple and a
+            # keyword dict (~0.4 us a call here, a streams echo's round trip
+            # is ~14 us).
             if not sched._bits:
                 if ho.budget > 0 and not sched.inbox and not sched.boosts:
                     level = get(DEFAULT_PRIORITY) if context is None else context.get(
@@ -296,12 +304,18 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
                             ho.h = level
                             ho.above = 2 << level
                         ho.budget -= 1
+                        if arg is _NO_ARG:
+                            handle = uv_call_soon(callback, context=context)
+                        elif not rest:
+                            handle = uv_call_soon(callback, arg, context=context)
+                        else:
+                            handle = uv_call_soon(callback, arg, *rest, context=context)
                         if ho.check > level and not ho.budget & ho.mask:
-                            handle = uv_call_soon(callback, *args, context=context)
                             uv_call_soon(checkpoint)
-                            return handle
-                        return uv_call_soon(callback, *args, context=context)
+                        return handle
+                args = () if arg is _NO_ARG else (arg, *rest)
                 return general(loop, callback, *args, context=context)
+            args = () if arg is _NO_ARG else (arg, *rest)
             if ho.saved > 0 and not sched.inbox and not sched.boosts:
                 # The core holds work and a round is armed at the back for it
                 # (or runs): hand off behind it, as the tail decides.
@@ -321,11 +335,10 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
                             ho.h = level
                             ho.above = 2 << level
                         ho.saved -= 1
+                        handle = uv_call_soon(callback, *args, context=context)
                         if ho.check > level and not ho.saved & ho.mask:
-                            handle = uv_call_soon(callback, *args, context=context)
                             uv_call_soon(checkpoint)
-                            return handle
-                        return uv_call_soon(callback, *args, context=context)
+                        return handle
             # The core holds work: queue behind it (the class's method's
             # core path, inlined with _aem_arm's decision: the path of every
             # wakeup under load; the loop is open and not in debug mode while
