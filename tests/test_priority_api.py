@@ -227,3 +227,37 @@ async def test_create_task_passes_other_keywords_to_the_base_loop():
     with pytest.raises(TypeError):  # unknown to this Python's create_task
         loop.create_task(coro, no_such_option=True)  # noqa: RUF006 - raises
     coro.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+async def test_create_task_name_context_and_task_factory_as_stock():
+    loop = asyncio.get_running_loop()
+    var = contextvars.ContextVar("var", default="unset")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "mine")
+
+    async def f():
+        return var.get()
+
+    t = loop.create_task(f(), name="named")
+    assert t.get_name() == "named"
+    assert await t == "unset"
+    assert await loop.create_task(f(), context=ctx) == "mine"
+    t = loop.create_task(f(), name="both", context=ctx)
+    assert (t.get_name(), await t) == ("both", "mine")
+
+    made = []
+
+    def factory(loop, coro, **kw):
+        task = asyncio.Task(coro, loop=loop, **kw)
+        made.append((task, kw.get("context")))
+        return task
+
+    loop.set_task_factory(factory)
+    try:
+        assert await loop.create_task(f()) == "unset"
+        assert await loop.create_task(f(), context=ctx) == "mine"
+    finally:
+        loop.set_task_factory(None)
+    assert [c for _, c in made] == [None, ctx]

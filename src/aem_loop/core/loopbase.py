@@ -128,6 +128,16 @@ class AEMLoopMixin:
     _aem_closed = False
     _aem_mixed = True  # False while a backend is on its fast path (no priority used yet)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The create_task that comes after this mixin's in the class's MRO
+        # (what super().create_task would find), for create_task's fast call.
+        mro = cls.__mro__
+        for base in mro[mro.index(AEMLoopMixin) + 1:]:
+            if "create_task" in base.__dict__:
+                cls._aem_base_create_task = base.__dict__["create_task"]
+                break
+
     # The loop's clock.  Both backends use CLOCK_MONOTONIC at full resolution
     # (uvloop's own clock is cached per iteration in milliseconds).
     time = staticmethod(time.monotonic)
@@ -273,9 +283,14 @@ class AEMLoopMixin:
         prev = self._aem_creating
         self._aem_creating = True
         try:
-            task = super().create_task(  # type: ignore[misc]
-                coro, name=name, context=context, **kwargs
-            )
+            # The base loop's create_task, called without super() and, in
+            # the common call (aiohttp's per request), without keywords.
+            if kwargs:
+                task = self._aem_base_create_task(coro, name=name, context=context, **kwargs)
+            elif name is None and context is None:
+                task = self._aem_base_create_task(coro)
+            else:
+                task = self._aem_base_create_task(coro, name=name, context=context)
         finally:
             self._aem_creating = prev
         tb = getattr(task, "_source_traceback", None)
