@@ -115,7 +115,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         self._aem = sched
         super().__init__(selector)
         self._ready = _ReadyView(sched)  # type: ignore[assignment]
-        sched.debug = self.get_debug()
+        sched.set_debug(self.get_debug())
         # the fused poll serves the stdlib's epoll selector (decided once)
         self._aem_epoll = type(self._selector) is selectors.EpollSelector
         if self._aem_epoll:
@@ -418,8 +418,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         sched.polls += 1
         if sched.timers.n:
             sched.move_due_timers(self.time() + self._clock_resolution)  # type: ignore[attr-defined]
-        if self._aem_mixed:
-            sched.run_ready()
+        if not self._aem_mixed or sched._bits == sched.flat_bit:
+            sched.run_flat()  # the default level alone, nothing can come above it
         else:
-            sched.run_flat()
+            sched.run_ready()
 

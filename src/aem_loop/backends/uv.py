@@ -139,7 +139,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
             # uvloop opened its libuv loop on allocation; only close() frees it.
             uvloop.Loop.close(self)
             raise
-        self._aem.debug = self.get_debug()
+        self._aem.set_debug(self.get_debug())
         # The levels I/O can bring work at, for the core's slices: libuv's own
         # (default-priority transports, servers, signals, subprocesses) at the
         # default level, and each level I/O is registered at (_aem_note_io).

@@ -35,6 +35,7 @@ def boost(self: Scheduler, task: Any, source: Any, level: int) -> None:
     srcs = self._boost_sources.setdefault(task, {})
     srcs[source] = level
     self.boosts[task] = top = max(srcs.values())
+    self.flat_bit = -1  # a boosted step may run above its level
     _requeue(self, task, top)
 
 

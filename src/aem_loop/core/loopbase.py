@@ -306,7 +306,7 @@ class AEMLoopMixin:
         super().set_debug(enabled)  # type: ignore[misc]
         sched = getattr(self, "_aem", None)
         if sched is not None:
-            sched.debug = bool(enabled)
+            sched.set_debug(bool(enabled))
         if enabled:
             # Debug mode is the core's general path on both backends: its
             # handles record where they were created (trimmed of the core's

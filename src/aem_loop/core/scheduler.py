@@ -127,6 +127,7 @@ class Scheduler(ReadyQueue):
         "current",
         "debug",
         "dispatched",
+        "flat_bit",
         "inbox",
         "inherit",
         "inherited",
@@ -180,6 +181,12 @@ class Scheduler(ReadyQueue):
         # sets this: at a spent slice, False lets the round go on unpolled.
         self.io_ready: Callable[[int], bool] | None = None
         self.current = _NOT_DISPATCHING
+        # A round whose queue is the default level alone may be run_flat()
+        # without asking run_ready when _bits equals this: run_ready sets it
+        # when it found no I/O or timer that can bring work above that level,
+        # no boost and no debug mode; whatever changes one of those resets it
+        # to -1 (matches no bitmap), and the next run_ready looks again.
+        self.flat_bit = -1
         self.boosts: dict[Any, int] = {}
         self._boost_sources: dict[Any, dict[Any, int]] = {}
         self.debug = False
@@ -369,6 +376,8 @@ class Scheduler(ReadyQueue):
         its share ends at the next callback, as :meth:`end_flat_round`: the
         round goes on with a share that watches the clock for the timer."""
         self.timer_top = level
+        if level > _DEF:
+            self.flat_bit = -1
         if 0 <= self.current < level:
             self._bits |= _BIT[NQUEUES - 1]
 
@@ -446,6 +455,8 @@ class Scheduler(ReadyQueue):
             self._io_bits = 0
         counts[level] += 1
         self._io_bits |= 1 << level
+        if level > _DEF:
+            self.flat_bit = -1
 
     def io_unregister(self, level: int) -> None:
         counts = self._io_counts
@@ -468,6 +479,11 @@ class Scheduler(ReadyQueue):
     boost = boosting.boost
     unboost = boosting.unboost
     _boosted = boosting.boosted
+
+    def set_debug(self, enabled: bool) -> None:
+        """Debug mode on or off (it times callbacks: never a flat round)."""
+        self.debug = enabled
+        self.flat_bit = -1
 
     def has_work(self) -> bool:
         return self._bits != 0 or bool(self.inbox)
@@ -553,6 +569,8 @@ class Scheduler(ReadyQueue):
             # One level is queued and nothing (I/O, a timer above it) could
             # bring more urgent work by time: asyncio's round is this round,
             # without its per-level bookkeeping.
+            if bits == _DEF_BIT:
+                self.flat_bit = bits  # the backend may ask run_flat() directly
             self.run_flat(bits.bit_length() - 1)
             return 0
         levels = self._levels

@@ -1,0 +1,107 @@
+"""Rounds at one level: once a round of default-level work ran without
+anything (I/O, a timer) able to bring more urgent work by time, the next
+rounds of such work skip the leveled dispatch.  Whatever can bring urgent
+work -- a reader registered above the default level, a timer set above it
+-- must end that shortcut before the next round: these backlogs start
+right after a round of plain default work."""
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+import aem_loop
+
+
+async def enter_priority_mode(loop) -> None:
+    """Leave the fast path: a callback at a non-default priority."""
+    ran = loop.create_future()
+    with aem_loop.priority(aem_loop.Priority.LOW):
+        loop.call_soon(ran.set_result, None)
+    await ran
+
+
+def _busy(order: list, i: int, then=None) -> None:
+    end = time.monotonic() + 0.001  # several time slices (0.2 ms)
+    while time.monotonic() < end:
+        pass
+    order.append(i)
+    if then is not None:
+        then(i)
+
+
+@pytest.mark.asyncio
+async def test_a_reader_registered_above_the_default_level_after_default_rounds():
+    loop = asyncio.get_running_loop()
+    await enter_priority_mode(loop)
+    for _ in range(3):  # rounds of default work alone, nothing registered above
+        await asyncio.sleep(0)
+    a, b = socket.socketpair()
+    order: list = []
+    with aem_loop.priority(aem_loop.Priority.HIGH):
+        loop.add_reader(a, lambda: (order.append("urgent"), a.recv(10)))
+
+    def then(i: int) -> None:
+        if i == 5:
+            b.send(b"x")
+
+    try:
+        # queued in this round: the next one holds the default level alone
+        for i in range(20):
+            loop.call_soon(_busy, order, i, then)
+        while len(order) < 21:
+            await asyncio.sleep(0)
+    finally:
+        loop.remove_reader(a)
+        a.close()
+        b.close()
+    assert [x for x in order if x != "urgent"] == list(range(20))
+    assert order.index("urgent") < 19, order  # within a slice or two, not after it all
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_a_timer_set_above_the_default_level_between_runs(backend):
+    """A HIGH timer set while the loop is not running (no round to end),
+    after rounds of default work alone, with a backlog queued beside it."""
+    loop = aem_loop.new_event_loop(backend=backend)
+    order: list = []
+    try:
+        loop.run_until_complete(enter_priority_mode(loop))
+        for _ in range(3):
+            loop.run_until_complete(asyncio.sleep(0))
+        with aem_loop.priority(aem_loop.Priority.HIGH):
+            loop.call_later(0.003, order.append, "timer")
+        for i in range(20):
+            loop.call_soon(_busy, order, i)
+        done = loop.create_future()
+        loop.call_soon(done.set_result, None)
+        loop.run_until_complete(done)
+    finally:
+        loop.close()
+    assert [x for x in order if x != "timer"] == list(range(20))
+    assert order.index("timer") < 19, order  # at a spent slice, not after the backlog
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "selector", "uvloop"])
+def test_debug_mode_turned_on_after_default_rounds_times_callbacks(backend, caplog):
+    """set_debug(True) on a running program (after plain default rounds):
+    the next slow callback is reported, as on stock asyncio."""
+    loop = asyncio.new_event_loop() if backend == "asyncio" else aem_loop.new_event_loop(
+        backend=backend)
+    try:
+        if backend != "asyncio":
+            loop.run_until_complete(enter_priority_mode(loop))
+        for _ in range(3):
+            loop.run_until_complete(asyncio.sleep(0))
+        loop.set_debug(True)
+        loop.slow_callback_duration = 0.001
+        done = loop.create_future()
+        loop.call_soon(_busy, [], 0)
+        loop.call_soon(done.set_result, None)
+        with caplog.at_level("WARNING", logger="asyncio"):
+            loop.run_until_complete(done)
+    finally:
+        loop.close()
+    assert any("Executing" in r.getMessage() and "_busy" in r.getMessage()
+               for r in caplog.records), caplog.records
