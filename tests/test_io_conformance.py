@@ -339,6 +339,54 @@ async def test_selector_transport_reads_without_a_large_allocation_per_read():
     await server.wait_closed()
 
 
+async def test_set_protocol_switches_between_plain_and_buffered_reads():
+    """transport.set_protocol() mid-connection, plain -> BufferedProtocol ->
+    plain: each message goes to the protocol set when it arrives, whole and
+    in order (the selector backend reads plain protocols on a path of its own)."""
+    loop = asyncio.get_running_loop()
+    got: list = []
+    arrived: asyncio.Queue = asyncio.Queue()
+    accepted: asyncio.Future = loop.create_future()
+
+    class Plain(asyncio.Protocol):
+        def __init__(self, name="plain"):
+            self.name = name
+
+        def connection_made(self, t):
+            accepted.set_result(t)
+
+        def data_received(self, data):
+            got.append((self.name, bytes(data)))
+            arrived.put_nowait(None)
+
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(64)
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            got.append(("buffered", bytes(self.buf[:nbytes])))
+            arrived.put_nowait(None)
+
+    server = await loop.create_server(Plain, "127.0.0.1", 0)
+    _r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    t = await accepted
+    try:
+        for proto, msg in ((None, b"one"), (Buffered(), b"two"), (Plain("again"), b"three")):
+            if proto is not None:
+                t.set_protocol(proto)
+            w.write(msg)
+            await arrived.get()
+    finally:
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+    assert got == [("plain", b"one"), ("buffered", b"two"), ("again", b"three")]
+
+
 async def test_subprocess_user_group_umask_as_stock() -> None:
     """Popen's user/group/extra_groups/umask reach the child on every loop
     (uvloop's own spawn rejects them; the uvloop backend applies them)."""

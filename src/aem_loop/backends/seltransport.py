@@ -15,7 +15,7 @@ without the large allocation.  BufferedProtocols keep asyncio's path
 
 from __future__ import annotations
 
-from asyncio import selector_events
+from asyncio import protocols, selector_events
 from typing import Any
 
 __all__ = ["ReadIntoTransport"]
@@ -24,7 +24,19 @@ __all__ = ["ReadIntoTransport"]
 class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
     """asyncio's socket transport, reading into ``loop._aem_read_buffer``."""
 
-    def _read_ready__data_received(self) -> None:
+    _aem_plain = True  # its protocol is not a BufferedProtocol
+
+    def set_protocol(self, protocol: Any) -> None:
+        super().set_protocol(protocol)
+        self._aem_plain = not isinstance(protocol, protocols.BufferedProtocol)
+
+    def _read_ready(self) -> None:
+        # The fd's reader.  asyncio's calls _read_ready_cb, which set_protocol
+        # points at one of the two read paths; a plain protocol's is read
+        # here, one Python call less per read.
+        if not self._aem_plain:
+            self._read_ready__get_buffer()
+            return
         if self._conn_lost:
             return
         buf: Any = self._loop._aem_read_buffer
@@ -48,3 +60,6 @@ class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: igno
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    # what asyncio's set_protocol names for a plain protocol (same path)
+    _read_ready__data_received = _read_ready
