@@ -8,6 +8,7 @@ leaves I/O to the loop it is mixed into.  It imports no I/O code.
 from __future__ import annotations
 
 import contextvars
+import math
 import time
 from asyncio import coroutines, events
 from collections.abc import Callable, Coroutine
@@ -149,7 +150,12 @@ class AEMLoopMixin:
     # is the one this module knows; debug mode takes the regular path, which
     # records where the timer was created.
 
-    _aem_timer_hook = False  # backend wants _aem_timer_added (uvloop)
+    # The backend wants _aem_timer_added (uvloop) for a timer at another
+    # level than the default, or due before _aem_timer_when (when the
+    # backend's own timer is armed): a default-level timer due later
+    # changes nothing there, and is the common one (a timeout per request).
+    _aem_timer_hook = False
+    _aem_timer_when = math.inf
     _aem_slack = 0.0  # loop option timer_slack
 
     def call_later(
@@ -174,13 +180,25 @@ class AEMLoopMixin:
             return timer
         if self._aem_closed:
             raise RuntimeError("Event loop is closed")
-        h = _fast_timer(self, when, callback, args, context)
+        # _fast_timer(self, when, callback, args, context), inlined: a server
+        # sets a timer per request, and a call costs ~70 ns here
+        h: Any = _new_handle(AEMTimerHandle)
+        h._callback = callback
+        h._args = args
+        h._cancelled = False
+        h._loop = self
+        h._repr = None
+        h._source_traceback = None
+        h._context = _copy_context() if context is None else context
+        h._when = when
+        h._scheduled = True
         slk = self._aem_slack
-        sched.timers.push(h, slack_fire_time(when, slk) if slk else when)
+        fire = slack_fire_time(when, slk) if slk else when
+        sched.timers.push(h, fire)
         level = h._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
         if level > sched.timer_top:
             sched.raise_timer_top(level)
-        if self._aem_timer_hook:
+        if self._aem_timer_hook and (level != DEFAULT_PRIORITY or fire < self._aem_timer_when):
             self._aem_timer_added(h, level)
         return h
 
@@ -209,11 +227,12 @@ class AEMLoopMixin:
                 del h._source_traceback[-1]
         else:
             h = _fast_timer(self, when, callback, args, context)
-        sched.timers.push(h, slack_fire_time(when, slk) if slk else when)
+        fire = slack_fire_time(when, slk) if slk else when
+        sched.timers.push(h, fire)
         level = h._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
         if level > sched.timer_top:
             sched.raise_timer_top(level)
-        if self._aem_timer_hook:
+        if self._aem_timer_hook and (level != DEFAULT_PRIORITY or fire < self._aem_timer_when):
             self._aem_timer_added(h, level)
         return h
 
