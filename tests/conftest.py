@@ -152,3 +152,13 @@ def no_leaks():
 def backend_of(loop: asyncio.AbstractEventLoop) -> str:
     """"asyncio", "selector" or "uvloop" for a running test loop."""
     return getattr(loop, "backend", "asyncio")
+
+
+async def enter_priority_mode(loop: asyncio.AbstractEventLoop) -> None:
+    """Leave the fast path (on uvloop's, default-priority callbacks go to
+    uvloop's own queue until a non-default priority shows up): a callback
+    at a non-default priority, run to completion."""
+    ran = loop.create_future()
+    with aem_loop.priority(aem_loop.Priority.LOW):
+        loop.call_soon(ran.set_result, None)
+    await ran

@@ -12,14 +12,7 @@ import time
 import pytest
 
 import aem_loop
-
-
-async def enter_priority_mode(loop) -> None:
-    """Leave the fast path: a callback at a non-default priority."""
-    ran = loop.create_future()
-    with aem_loop.priority(aem_loop.Priority.LOW):
-        loop.call_soon(ran.set_result, None)
-    await ran
+from conftest import enter_priority_mode
 
 
 def _busy(order: list, i: int, then=None) -> None:

@@ -11,15 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aem_loop
-
-
-async def enter_priority_mode(loop):
-    """On uvloop's fast path, default-priority callbacks go to uvloop's own
-    queue until a non-default priority shows up; make it show up."""
-    ran = loop.create_future()
-    with aem_loop.priority(aem_loop.Priority.LOW):
-        loop.call_soon(ran.set_result, None)
-    await ran
+from conftest import enter_priority_mode
 
 
 @pytest.mark.asyncio
