@@ -387,6 +387,73 @@ async def test_set_protocol_switches_between_plain_and_buffered_reads():
     assert got == [("plain", b"one"), ("buffered", b"two"), ("again", b"three")]
 
 
+class _Recorder(asyncio.Protocol):
+    """Records what arrives (data, None for EOF) and how the connection ended."""
+
+    def __init__(self) -> None:
+        self.got: list = []
+        self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data):
+        self.got.append(bytes(data))
+
+    def eof_received(self):
+        self.got.append(None)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def _tcp_pair_with_room() -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair (client, accepted) whose buffers hold
+    a few hundred KiB, so that what the client sends waits, whole, in the
+    accepted socket."""
+    with socket.socket() as lsock:
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # inherited
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        c = socket.create_connection(lsock.getsockname())
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        srv, _ = lsock.accept()
+    srv.setblocking(False)
+    return c, srv
+
+
+async def test_a_read_takes_what_waits_up_to_max_size_in_one_call():
+    """160 KiB waiting in the socket when the transport first reads: one
+    data_received with all of it, as asyncio's one recv(max_size) (the
+    selector backend reads 64 KiB first and the rest into its buffer), then
+    the peer's EOF."""
+    payload = os.urandom(160 * 1024)
+    p = _Recorder()
+    c, srv = _tcp_pair_with_room()
+    with c:
+        c.sendall(payload)
+        c.shutdown(socket.SHUT_WR)
+        t, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: p, srv)
+        assert await p.lost is None
+        t.close()
+    assert p.got == [payload, None]
+
+
+async def test_a_reset_after_data_in_one_read_reports_the_data_then_the_error():
+    """Data then a reset (RST) waiting together: the protocol gets the data,
+    then connection_lost with ConnectionResetError, as on asyncio (whose
+    next recv reports the reset).  64 KiB exactly: the selector backend's
+    first read comes full, and its second finds the reset."""
+    payload = os.urandom(64 * 1024)
+    p = _Recorder()
+    c, srv = _tcp_pair_with_room()
+    c.sendall(payload)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()  # linger 0: a reset
+    t, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: p, srv)
+    exc = await p.lost
+    t.close()
+    assert b"".join(p.got) == payload
+    assert isinstance(exc, ConnectionResetError), exc
+
+
 async def test_subprocess_user_group_umask_as_stock() -> None:
     """Popen's user/group/extra_groups/umask reach the child on every loop
     (uvloop's own spawn rejects them; the uvloop backend applies them)."""

@@ -1,4 +1,4 @@
-"""The selector backend's socket transport: reads into the loop's buffer.
+"""The selector backend's socket transport: reads without a large allocation.
 
 asyncio's ``_SelectorSocketTransport`` reads with ``sock.recv(max_size)``: a
 fresh 256 KiB bytes object per read, shrunk to what arrived.  While glibc's
@@ -6,11 +6,17 @@ mmap threshold is at its default (128 KiB) that is an mmap, an mremap and a
 munmap per read; the threshold rises only after a large mmapped block has
 been freed, so whether a server pays it depends on what the process
 happened to allocate before (the same echo server measured 18k or 42k
-requests/s from one process to the next).  Here every read goes into one
-buffer the loop keeps (``recv_into``) and the protocol gets a bytes object
-of exactly what arrived: the same data, in the same calls, as asyncio's,
-without the large allocation.  BufferedProtocols keep asyncio's path
-(they give their own buffer).
+requests/s from one process to the next).
+
+Here a read first asks for at most 64 KiB (``recv(65536)``): a bytes object
+from the heap, under glibc's default mmap threshold, which the kernel fills
+and which is shrunk in place to what arrived (no copy, no mmap, whatever the
+process allocated before).  Only when those 64 KiB came full may more be
+waiting: the same call reads the rest, up to ``max_size`` in all as asyncio's
+one ``recv``, into a buffer the loop keeps (``recv_into``), and the protocol
+gets the two joined.  So the protocol gets the same data in the same calls
+as from asyncio's transport.  BufferedProtocols keep asyncio's path (they
+give their own buffer).
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ from typing import Any
 
 __all__ = ["ReadIntoTransport"]
 
+# The first read of each readiness: under glibc's default mmap threshold.
+_FIRST = 65536
+
 
 class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
-    """asyncio's socket transport, reading into ``loop._aem_read_buffer``."""
+    """asyncio's socket transport, reading 64 KiB at a time first (see above)."""
 
     _aem_plain = True  # its protocol is not a BufferedProtocol
 
@@ -39,10 +48,10 @@ class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: igno
             return
         if self._conn_lost:
             return
-        buf: Any = self._loop._aem_read_buffer
         size = self.max_size
+        sock = self._sock
         try:
-            n = self._sock.recv_into(buf if size == len(buf) else buf[:size])
+            data = sock.recv(_FIRST if size >= _FIRST else size)
         except (BlockingIOError, InterruptedError):
             return
         except (SystemExit, KeyboardInterrupt):
@@ -50,16 +59,33 @@ class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: igno
         except BaseException as exc:
             self._fatal_error(exc, "Fatal read error on socket transport")
             return
-        if not n:
+        if not data:
             self._read_ready__on_eof()
             return
-        data = buf[:n].tobytes()
+        error = None
+        if len(data) == _FIRST and size > _FIRST:
+            # more may be waiting: the rest of what asyncio's one recv takes
+            buf: Any = self._loop._aem_read_buffer
+            try:
+                n = sock.recv_into(buf[:size - _FIRST])
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # after the data, as asyncio's next read would
+                n = 0
+                error = exc
+            if n:
+                data += buf[:n]
         try:
             self._protocol.data_received(data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            return
+        if error is not None:
+            self._fatal_error(error, "Fatal read error on socket transport")
 
     # what asyncio's set_protocol names for a plain protocol (same path)
     _read_ready__data_received = _read_ready
