@@ -84,7 +84,7 @@ class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: igno
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
             return
-        if error is not None:
+        if error is not None and not self._closing:  # closed: asyncio reads no more
             self._fatal_error(error, "Fatal read error on socket transport")
 
     # what asyncio's set_protocol names for a plain protocol (same path)

@@ -36,7 +36,11 @@ World!"), flooded by wrk with 50 connections, the probe as above; modes
 plain, prio (a priority used in the process before serving: what any
 program that uses priorities has done) and site.  The figure is requests
 per second of the server's CPU time (the server is saturated), beside
-wrk's own requests/s.
+wrk's own requests/s.  Each run starts fresh server processes (in a
+rotated order): two server processes of the same code measured side by
+side differ by up to ~5% for as long as they live (memory layout, hash
+seeds), so runs that reused one process per server would repeat one
+draw of that luck.
 """
 
 from __future__ import annotations
@@ -301,13 +305,15 @@ def measure(loop_name: str, mode: str, duration: float, options: str = "",
 
 
 def hello_bursts(loops: list[str], modes: list[str], cycles: int, burst: float,
-                 options: str) -> dict[str, dict[str, list[dict[str, float]]]]:
-    """Hello-world throughput, interleaved: every (mode, loop) server runs at
-    once; wrk loads one at a time for *burst* seconds, in rotating order,
+                 options: str, run: int = 0) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """One run of hello-world throughput, interleaved: every (mode, loop)
+    server runs at once (fresh processes, started in an order rotated by
+    *run*); wrk loads one at a time for *burst* seconds, in rotating order,
     cycle after cycle, so that the servers compared in one cycle see the
     same machine (this VM's speed drifts by 2x within seconds)."""
     me = "-m", "aem_loop.bench.aiohttp_routes"  # the roles run as modules of the package
     keys = [(m, n) for m in modes for n in loops]
+    keys = keys[run % len(keys):] + keys[:run % len(keys)]
     procs: dict[tuple[str, str], tuple[subprocess.Popen[str], int]] = {}
     out: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
@@ -337,6 +343,7 @@ def hello_bursts(loops: list[str], modes: list[str], cycles: int, burst: float,
                     "wrk_rps": float(m.group(1)) if m else float("nan"),
                     "per_cpu_s": n / cpu if cpu else float("nan"),
                     "cycle": c,
+                    "run": run,
                 })
             print(f"cycle {c + 1}/{cycles}", flush=True)
     finally:
@@ -357,7 +364,12 @@ def hello_bursts(loops: list[str], modes: list[str], cycles: int, burst: float,
 
 def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> None:
     cycles = max(1, round(a.duration * 5))
-    per = hello_bursts(loops, modes, a.runs * cycles, 1.0, a.aem_options)
+    per: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for run in range(a.runs):
+        got = hello_bursts(loops, modes, cycles, 1.0, a.aem_options, run)
+        for mode, by_loop in got.items():
+            for name, rs in by_loop.items():
+                per.setdefault(mode, {}).setdefault(name, []).extend(rs)
     lat: dict[str, list[dict[str, float]]] = {}
     for _ in range(a.runs):  # the urgent route's latency: site mode, probe on the HIGH site
         for name in loops:
@@ -366,10 +378,12 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
     lines = [
         "# aiohttp hello world: throughput with priorities in use",
         "",
-        f"Machine: {machine()}. wrk -t1 -c50 on CPU 1, server on CPU 0. Throughput: every "
-        f"server runs at once and wrk loads each for 1 s in turn, {a.runs * cycles} cycles in "
-        "rotating order; figures are medians over the cycles, ratios medians of the "
-        "per-cycle ratios to the stock loop (uvloop for aem-uvloop, asyncio otherwise). "
+        f"Machine: {machine()}. wrk -t1 -c50 on CPU 1, server on CPU 0. Throughput: "
+        f"{a.runs} runs, each with fresh server processes that all run at once while wrk "
+        f"loads each for 1 s in turn, {cycles} cycles in rotating order; figures are "
+        "medians over all cycles, ratios the median over the runs of each run's median "
+        "per-cycle ratio to the stock loop (uvloop for aem-uvloop, asyncio otherwise), "
+        "with the runs' range. "
         "Modes: plain (no priorities), prio (a priority used in the process before "
         "serving), site (a second site listening under Priority.HIGH). /health: probed "
         f"every {PROBE_INTERVAL * 1e3:.0f} ms on the HIGH site (a plain second site on the "
@@ -387,8 +401,10 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
         ref = per[mode].get("uvloop" if name == "aem-uvloop" else "asyncio")
         if not ref:
             return ""
-        rs = [x[k] / y[k] for x, y in zip(per[mode][name], ref, strict=True)]
-        return f"{statistics.median(rs):.3f}x"
+        runs = [statistics.median(x[k] / y[k] for x, y in zip(per[mode][name], ref, strict=True)
+                                  if x["run"] == run) for run in range(a.runs)]
+        lo, hi = min(runs), max(runs)
+        return f"{statistics.median(runs):.3f}x" + (f" ({lo:.2f}-{hi:.2f})" if a.runs > 1 else "")
 
     for mode in modes:
         for name in loops:

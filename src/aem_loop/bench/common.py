@@ -54,7 +54,9 @@ def make_console() -> Any:
     return Console() if sys.stdout.isatty() else Console(width=250)
 
 
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+def loop_factory(name: str, **options: Any) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The factory of loop *name*; *options* (aem loops only) go to
+    ``aem_loop.loop_factory``."""
     if name == "asyncio":
         return asyncio.new_event_loop
     if name == "uvloop":
@@ -64,7 +66,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if name.startswith("aem-"):
         import aem_loop
 
-        return aem_loop.loop_factory(backend=name[4:])
+        return aem_loop.loop_factory(backend=name[4:], **options)
     raise ValueError(f"unknown loop {name!r}; known: {', '.join(LOOPS)}")
 
 
