@@ -121,7 +121,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         if self._aem_epoll:
             sched.io_poll = self._aem_poll_now
             self._aem_tiers = UrgentTiers()
-        # what every socket transport of this loop reads into (seltransport)
+        # where a socket transport reads what is left after a full 64 KiB read (seltransport)
         self._aem_read_buffer = memoryview(bytearray(ReadIntoTransport.max_size))
         # The fast path: until the process first uses a non-default priority
         # (core.priority tells every loop on it, from any thread) the core
