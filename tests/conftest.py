@@ -33,6 +33,13 @@ pytest_plugins = ["pytester"]
 
 AEM_BACKENDS = ("selector", "uvloop")
 
+# A shell starts a background job (`cmd &`, nohup) with SIGINT ignored, and
+# an ignored signal stays ignored across exec: the processes the tests start
+# would then ignore the Ctrl-C (SIGINT) they are sent.  Python installs its
+# KeyboardInterrupt handler only where SIGINT is not ignored at start-up.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
