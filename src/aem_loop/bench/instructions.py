@@ -51,6 +51,13 @@ _MAIN_HEAD = """async def main():
         with aem_loop.priority(aem_loop.Priority.HIGH):
             await asyncio.sleep(0)"""
 
+# ... and end alike: argv[1] the loop (with its variant), argv[5] the aem
+# loops' time slice ("-": the loop's own).
+_MAIN_TAIL = r"""name, _, variant = sys.argv[1].partition("/")
+opts = {"time_slice": float(sys.argv[5])} if sys.argv[5] != "-" else {}
+with asyncio.Runner(loop_factory=loop_factory(name, **opts)) as r: r.run(main())
+"""
+
 SERVER = r"""
 import asyncio, sys
 from aem_loop.bench.common import loop_factory, settle_malloc
@@ -84,10 +91,7 @@ async def serve(loop):
         srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[2]))
     else:
         srv = await loop.create_server(Echo, "127.0.0.1", int(sys.argv[2]))
-name, _, variant = sys.argv[1].partition("/")
-opts = {"time_slice": float(sys.argv[5])} if sys.argv[5] != "-" else {}
-with asyncio.Runner(loop_factory=loop_factory(name, **opts)) as r: r.run(main())
-"""
+""" + _MAIN_TAIL
 
 
 AIOHTTP_SERVER = r"""
@@ -115,10 +119,7 @@ async def stop(request):
             await web.TCPSite(runner, "127.0.0.1", 0).start()
     await fut
     await runner.cleanup()
-name, _, variant = sys.argv[1].partition("/")
-opts = {"time_slice": float(sys.argv[5])} if sys.argv[5] != "-" else {}
-with asyncio.Runner(loop_factory=loop_factory(name, **opts)) as r: r.run(main())
-"""
+""" + _MAIN_TAIL
 
 _GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
