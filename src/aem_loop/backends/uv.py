@@ -678,7 +678,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
     def _aem_rearm_timer(self) -> None:
         timers = self._aem.timers
         # nothing to do unless a pending timer may fire before the armed time
-        if timers.n and timers._soon < self._aem_timer_when:
+        if timers.n and timers.soon < self._aem_timer_when:
             when = timers.next_when()
             if when is not None and when < self._aem_timer_when:
                 self._aem_arm_timer(when)

@@ -182,13 +182,13 @@ class TimerWheel:
         "_old",
         "_pend",
         "_ring",
-        "_soon",
         "_spare",
         "_summary",
         "_sweep",
         "_words",
         "fired",
         "n",
+        "soon",
         "wakeups",
         "wakeups_saved",
     )
@@ -197,8 +197,9 @@ class TimerWheel:
         self._clock = clock
         self.n = 0  # live pending timers
         # No pending timer fires before this (a lower bound: pop_due before
-        # it has nothing to do, which a busy loop asks at every round).
-        self._soon = math.inf
+        # it has nothing to do, which a busy loop asks at every round; the
+        # scheduler's slice boundary and the uvloop backend read it too).
+        self.soon = math.inf
         self._ring: list[list[Any] | None] = [None] * (_RING_MASK + 1)
         self._words = [0] * _NWORDS
         self._summary = 0
@@ -236,8 +237,8 @@ class TimerWheel:
         h._aem_fire = fire
         h._aem_wheel = self
         self.n += 1
-        if fire < self._soon:
-            self._soon = fire
+        if fire < self.soon:
+            self.soon = fire
         b = self._pend
         live = b[1] + 1
         n = len(b)
@@ -418,7 +419,7 @@ class TimerWheel:
 
     def pop_due(self, end: float) -> list[AEMTimerHandle]:
         """Remove and return the timers that fire before *end*, in firing order."""
-        if not self.n or end <= self._soon:
+        if not self.n or end <= self.soon:
             return []
         if len(self._pend) > 2 or self._old:
             self._flush()
@@ -433,7 +434,7 @@ class TimerWheel:
             while True:
                 tick = self._next_tick()
                 if tick is None or tick > end_tick:
-                    self._soon = self._lower_bound(tick, end)
+                    self.soon = self._lower_bound(tick, end)
                     break
                 b = ring[tick & _RING_MASK]
                 assert b is not None
@@ -456,7 +457,7 @@ class TimerWheel:
                     out.extend(due)
                     ticks += 1
                 if new_cur == tick:
-                    self._soon = end  # the rest of this tick fires at or after end
+                    self.soon = end  # the rest of this tick fires at or after end
                     break
             if new_cur > self._cur:
                 self._cur = new_cur
@@ -467,7 +468,7 @@ class TimerWheel:
             # a loop that slept or was blocked far ahead.
             self._extend()
             if self._mig_key >= 0:  # its chunks move on later calls: no shortcut
-                self._soon = end
+                self.soon = end
             if end_tick < self._limit - (1 << _EPOCH_BITS):
                 break
         if out:
@@ -559,5 +560,5 @@ class TimerWheel:
         self._direct = self._limit
         self._words = [0] * _NWORDS
         self._summary = 0
-        self._soon = math.inf
+        self.soon = math.inf
         self.n = 0
