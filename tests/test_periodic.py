@@ -312,16 +312,20 @@ async def test_ticker(policy: str) -> None:
         if len(ticks) == 4:
             break
     idx = [t.number for t in ticks]
-    assert idx[0] == 1
-    start = ticks[0].due - interval
+    # The first tick is number 1 unless the loop reached it more than an
+    # interval late (a loaded machine): then "skip" and "coalesce" start
+    # further on, and what they report must say so.
+    start = ticks[0].due - idx[0] * interval
     assert all(abs(t.due - (start + t.number * interval)) < 1e-9 for t in ticks)
     if policy == "burst":
         assert idx == [1, 2, 3, 4] and ticks[-1].missed == 0
     else:
-        assert idx[1] >= 4
+        assert idx[0] >= 1
+        assert idx[1] >= idx[0] + 3  # the body overran 3.5 intervals
         assert ticks[-1].missed == idx[-1] - 4
         if policy == "coalesce":
-            assert ticks[1].ticks == idx[1] - 1
+            assert ticks[0].ticks == idx[0]
+            assert ticks[1].ticks == idx[1] - idx[0]
 
 
 @pytest.mark.asyncio
