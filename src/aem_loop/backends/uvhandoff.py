@@ -35,6 +35,7 @@ HANDOFF_MAX = 1024
 CHECK_EVERY = 16
 _CHECK_MASK = CHECK_EVERY - 1
 _monotonic = time.monotonic
+_SQRT2 = 2 ** 0.5
 # Urgent fds need epoll (Linux); elsewhere their I/O stops hand-offs below it.
 CAN_WATCH = hasattr(select, "epoll")
 
@@ -200,9 +201,13 @@ class UrgentFdsMixin:
     def _aem_urgent_above(self, level: int) -> int:
         """Is a watched fd whose events run above *level* ready?  0: none;
         1: a connection's; 2: a server's listening socket (a new connection)."""
+        return self._aem_urgent_in(self._aem_urgent.poll(0), level)
+
+    def _aem_urgent_in(self, ready: list[tuple[int, int]], level: int) -> int:
+        """:meth:`_aem_urgent_above` for what a poll of the urgent set found."""
         fds = self._aem_urgent_fds
         found = 0
-        for fd, _ in self._aem_urgent.poll(0):
+        for fd, _ in ready:
             watched = fds.get(fd)
             if watched is not None and watched[0] > level:
                 if watched[2]:
@@ -226,8 +231,10 @@ class UrgentFdsMixin:
     def _aem_checkpoint(self) -> None:
         ho = self._aem_ho
         # The stride for the checkpoints placed from now on: the hand-offs
-        # that take about a time slice at the rate since the last one, a
-        # power of two; growing at most twofold per checkpoint, up to
+        # that take about a time slice at the rate since the last one, the
+        # power of two nearest that number (so checkpoints come a slice
+        # apart on average: rounding down placed them ~0.75 slice apart, and
+        # each costs ~3 us); growing at most twofold per checkpoint, up to
         # CHECK_EVERY.  (Under load the loop does not wait for I/O between
         # two checkpoints; after an idle wait the stride shrinks, and grows
         # back within a few checkpoints.  The thread's CPU time would not
@@ -236,14 +243,17 @@ class UrgentFdsMixin:
         spent = now - ho.checked
         ho.checked = now
         stride = ho.mask + 1
-        want = self._aem.slice * stride / spent if spent > 0 else 2.0 * stride
+        want = _SQRT2 * self._aem.slice * stride / spent if spent > 0 else 2.0 * stride
         if want < stride:
             ho.mask = (1 << int(want).bit_length() - 1) - 1 if want >= 1 else 0
         elif want >= 2 * stride and stride < CHECK_EVERY:
             ho.mask = ho.mask << 1 | 1
         if self._aem_urgent is None or self._aem_held or self._aem_ready is None:
             return
-        urgent = self._aem_urgent_above(ho.h)
+        ready = self._aem_urgent.poll(0)
+        if not ready:  # the common answer, without a call
+            return
+        urgent = self._aem_urgent_in(ready, ho.h)
         if urgent and self._aem_hold(poll_first=True) and urgent == 2:
             self._aem_accept_first = True
 
