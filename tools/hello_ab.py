@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 
-from aem_loop.bench.common import machine
+from aem_loop.bench.common import machine, stop_all
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,18 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                 cost[label].append(cpu * 1e6 / n if n else float("nan"))
             print(f"cycle {c + 1}/{a.cycles}", file=sys.stderr, flush=True)
     finally:
-        for p, _ in procs.values():
-            if p.stdin is not None:
-                try:
-                    p.stdin.write("stop\n")
-                    p.stdin.flush()
-                except OSError:
-                    pass
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all([p for p, _ in procs.values()])
     groups: dict[str, list[str]] = collections.defaultdict(list)
     for label in specs:
         groups[label.rstrip("0123456789") or label].append(label)

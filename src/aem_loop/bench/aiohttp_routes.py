@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from aem_loop.bench.common import ask_to_stop, child, machine, save_results
+from aem_loop.bench.common import ask_to_stop, child, machine, save_results, stop_all
 
 LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
 MODES = ("plain", "routes", "site")
@@ -347,18 +347,7 @@ def hello_bursts(loops: list[str], modes: list[str], cycles: int, burst: float,
                 })
             print(f"cycle {c + 1}/{cycles}", flush=True)
     finally:
-        for srv, _ in procs.values():
-            if srv.stdin is not None:
-                try:
-                    srv.stdin.write("stop\n")
-                    srv.stdin.flush()
-                except OSError:
-                    pass
-            try:
-                srv.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                srv.kill()
-                srv.wait()
+        stop_all([srv for srv, _ in procs.values()])
     return out
 
 

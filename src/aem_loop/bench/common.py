@@ -188,3 +188,22 @@ def ask_to_stop(proc: subprocess.Popen[str], line: str, timeout: float = 30.0) -
     proc.stdin.write(line)
     proc.stdin.flush()
     proc.wait(timeout=timeout)
+
+
+def stop_all(procs: list[subprocess.Popen[str]], line: str = "stop\n",
+             timeout: float = 30.0) -> None:
+    """On the way out of a measurement with several children that read
+    commands on stdin: ask each to stop, wait for it, kill it if it does not
+    (or if its stdin is gone already)."""
+    for proc in procs:
+        if proc.stdin is not None:
+            try:
+                proc.stdin.write(line)
+                proc.stdin.flush()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
