@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 
+from aem_loop.bench.aiohttp_routes import mark, start_hello
 from aem_loop.bench.common import machine, stop_all
 
 
@@ -54,23 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         specs[label] = (loop, mode, opts, src)
     procs: dict[str, tuple[subprocess.Popen[str], int]] = {}
     cost: dict[str, list[float]] = {label: [] for label in specs}
-
-    def mark(p: subprocess.Popen[str]) -> list[float]:
-        assert p.stdin is not None and p.stdout is not None
-        p.stdin.write("mark\n")
-        p.stdin.flush()
-        return [float(x) for x in p.stdout.readline().split()]
-
     try:
         for label, (loop, mode, opts, src) in specs.items():
-            env = dict(os.environ)
-            if src:
-                env["PYTHONPATH"] = src
-            p = subprocess.Popen([sys.executable, "-m", "aem_loop.bench.aiohttp_routes",
-                                  "--serve", loop, mode, opts, "hello"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-            assert p.stdout is not None
-            procs[label] = (p, int(p.stdout.readline().split()[0]))
+            env = dict(os.environ, PYTHONPATH=src) if src else None
+            procs[label] = start_hello(loop, mode, opts, env)
         for c in range(a.cycles):
             for p, _ in procs.values():
                 mark(p)

@@ -248,6 +248,26 @@ def probe(port: int, duration: float) -> None:
 
 # -- one measurement ---------------------------------------------------------------------
 
+def mark(srv: subprocess.Popen[str]) -> list[float]:
+    """Ask a ``--serve`` server for what it did since its last mark:
+    requests served, CPU seconds, wall seconds, /health probes answered."""
+    assert srv.stdin is not None and srv.stdout is not None
+    srv.stdin.write("mark\n")
+    srv.stdin.flush()
+    return [float(x) for x in srv.stdout.readline().split()]
+
+
+def start_hello(loop_name: str, mode: str, options: str = "",
+                env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
+    """A hello-world ``--serve`` server process (its pipes open; stop it with
+    ``stop_all``) and the port of its first site."""
+    srv = subprocess.Popen([sys.executable, "-m", "aem_loop.bench.aiohttp_routes", "--serve",
+                            loop_name, mode, options, "hello"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert srv.stdout is not None
+    return srv, int(srv.stdout.readline().split()[0])
+
+
 def measure(loop_name: str, mode: str, duration: float, options: str = "",
             app_kind: str = "bulk") -> dict[str, float]:
     me = "-m", "aem_loop.bench.aiohttp_routes"  # the roles run as modules of the package
@@ -270,18 +290,14 @@ def measure(loop_name: str, mode: str, duration: float, options: str = "",
         # that every loop's window holds the same /health load.
         if pr.stdout.readline().strip() != "warm":
             raise RuntimeError(f"{loop_name}/{mode}: the probe did not start")
-        srv.stdin.write("mark\n")
-        srv.stdin.flush()
-        srv.stdout.readline()
+        mark(srv)
         probe_out, _ = pr.communicate()
         if pr.returncode:
             raise RuntimeError(f"{loop_name}/{mode}: the probe failed ({pr.returncode})")
         if wrk.poll() is not None:
             raise RuntimeError(f"{loop_name}/{mode}: the wrk flood ended before the probe did; "
                                "the /health figures would not be under load")
-        srv.stdin.write("mark\n")
-        srv.stdin.flush()
-        n, cpu, wall, probes = map(float, srv.stdout.readline().split())
+        n, cpu, wall, probes = mark(srv)
         wrk.send_signal(signal.SIGINT)
         wout, _ = wrk.communicate(timeout=30)
         ask_to_stop(srv, "stop\n")
@@ -311,33 +327,23 @@ def hello_bursts(loops: list[str], modes: list[str], cycles: int, burst: float,
     *run*); wrk loads one at a time for *burst* seconds, in rotating order,
     cycle after cycle, so that the servers compared in one cycle see the
     same machine (this VM's speed drifts by 2x within seconds)."""
-    me = "-m", "aem_loop.bench.aiohttp_routes"  # the roles run as modules of the package
     keys = [(m, n) for m in modes for n in loops]
     keys = keys[run % len(keys):] + keys[:run % len(keys)]
     procs: dict[tuple[str, str], tuple[subprocess.Popen[str], int]] = {}
     out: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
         for key in keys:
-            srv = subprocess.Popen([sys.executable, *me, "--serve", key[1], key[0], options,
-                                    "hello"],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            assert srv.stdout is not None
-            procs[key] = (srv, int(srv.stdout.readline().split()[0]))
+            procs[key] = start_hello(key[1], key[0], options)
         for c in range(cycles):
             for i in range(len(keys)):
                 key = keys[(c + i) % len(keys)]
                 srv, port = procs[key]
-                assert srv.stdin is not None and srv.stdout is not None
-                srv.stdin.write("mark\n")
-                srv.stdin.flush()
-                srv.stdout.readline()
+                mark(srv)
                 w = subprocess.run(
                     ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{burst:g}s",
                      f"http://127.0.0.1:{port}/"],
                     capture_output=True, text=True, check=True)
-                srv.stdin.write("mark\n")
-                srv.stdin.flush()
-                n, cpu, _, _ = map(float, srv.stdout.readline().split())
+                n, cpu, _, _ = mark(srv)
                 m = re.search(r"Requests/sec:\s+([\d.]+)", w.stdout)
                 out.setdefault(key[0], {}).setdefault(key[1], []).append({
                     "wrk_rps": float(m.group(1)) if m else float("nan"),

@@ -196,14 +196,8 @@ def stop_all(procs: list[subprocess.Popen[str]], line: str = "stop\n",
     commands on stdin: ask each to stop, wait for it, kill it if it does not
     (or if its stdin is gone already)."""
     for proc in procs:
-        if proc.stdin is not None:
-            try:
-                proc.stdin.write(line)
-                proc.stdin.flush()
-            except OSError:
-                pass
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+            ask_to_stop(proc, line, timeout)
+        except (OSError, subprocess.TimeoutExpired):
             proc.kill()
             proc.wait()
