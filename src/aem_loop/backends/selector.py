@@ -120,7 +120,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         self._aem_epoll = type(self._selector) is selectors.EpollSelector
         if self._aem_epoll:
             sched.io_poll = self._aem_poll_now
-            self._aem_tiers = UrgentTiers()
+            self._aem_tiers = UrgentTiers(sched)
+            sched.on_signal = self._aem_tiers.on_signal
         # where a socket transport reads what is left after a full 64 KiB read (seltransport)
         self._aem_read_buffer = memoryview(bytearray(ReadIntoTransport.max_size))
         # The fast path: until the process first uses a non-default priority
@@ -389,11 +390,13 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         Whether it polled."""
         sched = self._aem
         n = sched._bits.bit_length()
-        above = sched._io_bits >> n << n
+        above = sched._watch_bits >> n << n  # not the signalled levels (tiers)
         if above & UNTIERED or above >> NQUEUES:
             self._aem_poll_epoll(0)
             return True
-        ready = self._aem_tiers.ready(above)  # type: ignore[union-attr]
+        tiers: Any = self._aem_tiers
+        ready = tiers.ready(above)
+        tiers.asked(bool(ready))  # quiet tiers are signalled instead
         if not ready:
             return False
         self._aem_queue_ready(ready)
@@ -409,6 +412,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
                 timeout = None
             else:
                 timeout = min(max(0.0, when - self.time()), _MAXIMUM_SELECT_TIMEOUT)
+        sched.signalled = False  # this poll sees what a signal announced
         if self._aem_epoll:
             self._aem_poll_epoll(timeout)
         else:

@@ -20,7 +20,7 @@ import inspect
 from asyncio import events, format_helpers
 from typing import Any
 
-__all__ = ["AEMHandle", "is_wakeup", "report_callback_error"]
+__all__ = ["URGENT_IO", "AEMHandle", "is_wakeup", "report_callback_error"]
 
 
 class AEMHandle(events.Handle):
@@ -71,3 +71,16 @@ def is_wakeup(callback: Any) -> bool:
     if isinstance(getattr(callback, "__self__", None), _TASK_TYPES):
         return "wakeup" in (getattr(callback, "__name__", None) or "")
     return True
+
+
+class _UrgentIO:
+    """What a signal handler puts in a scheduler's inbox when urgent I/O is
+    ready (backends.tiers): not a handle, the inbox's reader knows it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "URGENT_IO"
+
+
+URGENT_IO = _UrgentIO()

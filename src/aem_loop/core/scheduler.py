@@ -45,8 +45,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import boosting
-from .handles import AEMHandle, is_wakeup, report_callback_error
+from . import boosting, iolevels
+from .handles import URGENT_IO, AEMHandle, is_wakeup, report_callback_error
 from .priority import DEFAULT_PRIORITY, NQUEUES, PRIORITY_VAR, boolean, seconds
 from .readyqueue import ReadyQueue
 from .stats import LatencyRecorder, LoopStatistics
@@ -88,6 +88,7 @@ _SAMPLE_EVERY = 8
 _IN_FLIGHT = 1 << 62
 
 
+
 def foreign_handle(handle: Any) -> AEMHandle:
     """An AEMHandle that runs *handle*, one the core did not make (e.g. a
     Handle of a class with its own ``_run``, queued by base-class code): the
@@ -119,8 +120,10 @@ class Scheduler(ReadyQueue):
         "_io_counts",
         "_probe",
         "_probe_t",
+        "_sig_bits",
         "_since",
         "_skip",
+        "_watch_bits",
         "aged",
         "aging",
         "boosts",
@@ -134,8 +137,11 @@ class Scheduler(ReadyQueue):
         "io_poll",
         "io_ready",
         "lateness",
+        "on_signal",
         "owner",
         "polls",
+        "signalled",
+        "signals",
         "slice",
         "slices",
         "timer_top",
@@ -172,6 +178,15 @@ class Scheduler(ReadyQueue):
         # the clock and each spent slice end in a poll.
         self._io_counts: list[int] | None = None
         self._io_bits = _IO_UNKNOWN
+        # Of those, the levels whose readiness the kernel signals (the
+        # backend's io_signalled; backends.tiers), and the rest: the levels
+        # a round watches the clock for and a spent slice asks.
+        self._sig_bits = 0
+        self._watch_bits = _IO_UNKNOWN
+        # A signal said urgent I/O is ready (URGENT_IO came through the
+        # inbox): the round ends at the next callback and the backend polls.
+        self.signalled = False
+        self.on_signal: Callable[[], None] | None = None
         # A backend that can poll I/O from inside a round (without blocking,
         # queueing what is ready; it returns whether it polled) sets this;
         # else a spent slice with urgent I/O possible ends the round and the
@@ -201,6 +216,7 @@ class Scheduler(ReadyQueue):
         self._skip = [1] * NQUEUES
         self.polls = 0
         self.slices = 0
+        self.signals = 0
         self.aged = 0
         self.inherited = 0
 
@@ -443,28 +459,15 @@ class Scheduler(ReadyQueue):
             self.dispatched[level] += popped - skipped
             if not q:
                 self._bits &= ~bit
+            if popped or not q:  # served (or empty): not starving
                 self._since[level] = 0.0
 
     # -- registered I/O levels ----------------------------------------------
 
-    def io_register(self, level: int) -> None:
-        """A backend registered an I/O waiter at *level*."""
-        counts = self._io_counts
-        if counts is None:
-            counts = self._io_counts = [0] * NQUEUES
-            self._io_bits = 0
-        counts[level] += 1
-        self._io_bits |= 1 << level
-        if level > _DEF:
-            self.flat_bit = -1
-
-    def io_unregister(self, level: int) -> None:
-        counts = self._io_counts
-        if counts is None or counts[level] <= 0:
-            return
-        counts[level] -= 1
-        if not counts[level]:
-            self._io_bits &= ~(1 << level)
+    # Registered I/O per level, and the levels the kernel signals (core.iolevels).
+    io_register = iolevels.io_register
+    io_unregister = iolevels.io_unregister
+    io_signalled = iolevels.io_signalled
 
     def push_threadsafe(self, handle: Any) -> None:
         """Queue from another thread or a signal handler; the backend wakes the poll."""
@@ -537,6 +540,16 @@ class Scheduler(ReadyQueue):
         inbox = self.inbox
         while inbox:
             handle = inbox.popleft()
+            if handle is URGENT_IO:
+                # Urgent I/O is ready (a signal handler said so): what runs
+                # now ends at its next callback (the bit names no callback,
+                # as end_flat_round's), and run_ready returns for a poll.
+                self.signals += 1
+                self.signalled = True
+                self._bits |= _BIT[NQUEUES - 1]
+                if self.on_signal is not None:
+                    self.on_signal()
+                continue
             level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
             if self.boosts:
                 level = self._boosted(handle, level)
@@ -560,7 +573,7 @@ class Scheduler(ReadyQueue):
             return 0
         if not self.timers.n:
             self.timer_top = -1
-        if (not bits & (bits - 1) and floor < 0 and limit < 0 and self._io_bits < bits << 1
+        if (not bits & (bits - 1) and floor < 0 and limit < 0 and self._watch_bits < bits << 1
                 and self.timer_top < bits.bit_length() and not self.boosts and not self.debug):
             # One level is queued and nothing (I/O, a timer above it) could
             # bring more urgent work by time: asyncio's round is this round,
@@ -580,12 +593,16 @@ class Scheduler(ReadyQueue):
         debug = self.debug
         # A round of one callback needs no clock: nothing can wait behind it.
         deadline = clock() + self.slice if n > 1 else _INF
+        poll = False
         try:
             if bits & (bits - 1) and self.aging is not None and floor < 0 and limit < 0:
                 n -= self._run_aged(clock())
             while n > 0:
                 bits = self._bits
                 if not bits:
+                    break
+                if self.signalled:  # urgent I/O is ready: the backend polls
+                    self.signalled = False
                     break
                 level = bits.bit_length() - 1
                 if level <= floor:
@@ -597,7 +614,7 @@ class Scheduler(ReadyQueue):
                 # callback (threadsafe work shows up in the inbox).  A timer
                 # set above it during this share ends the share (see
                 # raise_timer_top); a boosted task's timer runs at its boost.
-                watch = self._io_bits >= above or self.timer_top > level or (
+                watch = self._watch_bits >= above or self.timer_top > level or (
                     self.boosts and self.timers.n)
                 self.current = level
                 # This level's share of the round: what it holds now (what is
@@ -606,7 +623,6 @@ class Scheduler(ReadyQueue):
                 if k > n:
                     k = n
                 popped = skipped = 0  # skipped: cancelled ones
-                poll = False
                 # The lateness probe of this level, if one is in flight: one
                 # started meanwhile is on a handle pushed after this share's k.
                 p = probe[level]
@@ -663,7 +679,7 @@ class Scheduler(ReadyQueue):
                             # is paid once per slice, from cold caches: the
                             # checks that can say "nothing" are inlined.)
                             self.slices += 1
-                            if self._io_bits.bit_length() > self._bits.bit_length() and (
+                            if self._watch_bits.bit_length() > self._bits.bit_length() and (
                                     self.io_ready is None or self.io_ready(level)):
                                 io_poll = self.io_poll
                                 if io_poll is None:
@@ -689,6 +705,7 @@ class Scheduler(ReadyQueue):
                     self.dispatched[level] += popped - skipped
                     if not q:
                         self._bits &= ~(1 << level)
+                    if popped or not q:  # served (or empty): not starving
                         self._since[level] = 0.0
                 if poll:
                     break
@@ -770,20 +787,13 @@ class Scheduler(ReadyQueue):
         self._skip = [1] * NQUEUES
 
     def statistics(self, backend: str, fast_path: bool = False) -> LoopStatistics:
+        t = self.timers
         return LoopStatistics(
-            backend=backend,
-            queued=self.depths(),
+            backend=backend, queued=self.depths(),
             dispatched={lv: c for lv, c in enumerate(self.dispatched) if c},
             lateness={lv: r.summary() for lv, r in sorted(self.lateness.items())},
-            polls=self.polls,
-            slices=self.slices,
-            aged=self.aged,
-            inherited=self.inherited,
-            fast_path=fast_path,
-            timers_pending=self.timers.n,
-            timers_fired=self.timers.fired,
-            timer_wakeups=self.timers.wakeups,
-            timer_wakeups_saved=self.timers.wakeups_saved,
-            time_slice=self.slice,
-            aging=self.aging,
+            polls=self.polls, slices=self.slices, aged=self.aged, inherited=self.inherited,
+            fast_path=fast_path, timers_pending=t.n, timers_fired=t.fired,
+            timer_wakeups=t.wakeups, timer_wakeups_saved=t.wakeups_saved,
+            time_slice=self.slice, aging=self.aging, urgent_signals=self.signals,
         )

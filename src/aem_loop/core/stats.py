@@ -71,6 +71,9 @@ class LoopStatistics:
       the uvloop backend callbacks then bypass the core's queue (uvloop's
       own), on the selector backend the core dispatches its one level
       without looking up levels.
+    - ``urgent_signals``: times the kernel signalled urgent I/O ready
+      (selector backend, loop in the main thread: a quiet urgent fd is
+      signalled instead of asked for at every time slice; docs/design.md).
     """
 
     backend: str
@@ -88,3 +91,4 @@ class LoopStatistics:
     timer_wakeups_saved: int
     time_slice: float
     aging: float | None
+    urgent_signals: int = 0

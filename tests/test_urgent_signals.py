@@ -1,0 +1,244 @@
+"""Quiet urgent fds signalled by the kernel (backends/tiers.py, selector backend).
+
+A loop in the main thread whose urgent fds (I/O registered above the default
+level) stay quiet at its slice boundaries has the kernel signal them
+(O_ASYNC, SIGIO) instead of asking at every slice: rounds below them then
+run without the clock, and a signal ends the round at its next callback.
+These tests look at what the kernel sees (the fds' O_ASYNC flag, the
+process's SIGIO disposition) and at the order of callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+import aem_loop
+
+HIGH = aem_loop.Priority.HIGH
+
+
+def o_async(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ASYNC)
+
+
+def step(order: list, i: int) -> None:
+    """One callback of a backlog: longer than half a time slice (0.2 ms)."""
+    end = time.monotonic() + 0.00015
+    while time.monotonic() < end:
+        pass
+    order.append(i)
+
+
+async def backlog(order: list, until: Callable[[], bool], action: Callable[[int], None],
+                  limit: int = 4000) -> None:
+    """Four default-level tasks of short busy steps (so that shares spend
+    slices) until *until* says so, or *limit* steps (~0.6 s) have run; each
+    step calls *action* with its number.  The caller checks what it waited for."""
+    stop = asyncio.Event()
+    steps = 0
+
+    async def worker(w: int) -> None:
+        nonlocal steps
+        i = w
+        while not stop.is_set():
+            step(order, i)
+            action(i)
+            steps += 1
+            if until() or steps >= limit:
+                stop.set()
+            i += 4
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(worker(w) for w in range(4)))
+
+
+@pytest.mark.backends("selector")
+@pytest.mark.asyncio
+async def test_a_quiet_urgent_listener_is_signalled_and_its_accept_runs_next():
+    """A listener under HIGH beside a busy default backlog: once its slice
+    boundaries found it quiet, its fd has O_ASYNC, SIGIO is the loop's, and
+    a connection made by one backlog callback is accepted right after that
+    callback, before any other (a slice boundary would come a step later)."""
+    loop = asyncio.get_running_loop()
+    order: list = []
+    writers: list = []
+
+    def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        order.append("accepted")
+        writers.append(writer)
+
+    with aem_loop.priority(HIGH):
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    listener = server.sockets[0]
+    client = socket.socket()
+    state = {"connected": False}
+
+    def action(i: int) -> None:
+        if not state["connected"] and o_async(listener.fileno()):
+            assert signal.getsignal(signal.SIGIO) not in (signal.SIG_DFL, signal.SIG_IGN)
+            client.connect(listener.getsockname())
+            select.select([listener], [], [], 5)  # the kernel has queued it (and signalled)
+            order.append("connected")
+            state["connected"] = True
+
+    try:
+        await backlog(order, lambda: "accepted" in order, action)
+    finally:
+        client.close()
+        for w in writers:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    assert "connected" in order, "the listener never got O_ASYNC"
+    at = order.index("connected")
+    assert order[at + 1] == "accepted", order[at - 2:at + 4]
+    assert loop.statistics().urgent_signals >= 1
+    assert signal.getsignal(signal.SIGIO) == signal.SIG_DFL  # no urgent fd left: restored
+
+
+@pytest.mark.backends("selector")
+@pytest.mark.asyncio
+async def test_signals_that_come_too_often_give_way_to_asking_and_lose_nothing():
+    """An urgent connection that turns busy after its fd was signalled: the
+    signals (one per message) cost more than asking at the slices, so the fd
+    loses O_ASYNC; every message arrives, in order."""
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    accepted = loop.create_future()
+    ended = loop.create_future()
+    order: list = []
+
+    class Urgent(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.set_result(transport)
+
+        def data_received(self, data: bytes) -> None:
+            got.extend(data)
+            if got.endswith(b"end"):
+                ended.set_result(None)
+
+    with aem_loop.priority(HIGH):
+        server = await loop.create_server(Urgent, "127.0.0.1", 0)
+    client = socket.create_connection(server.sockets[0].getsockname())
+    transport = await accepted
+    fd = transport.get_extra_info("socket").fileno()
+    sent = bytearray()
+    phase = {"signalled": False, "asked": False}
+
+    def action(i: int) -> None:
+        if not phase["signalled"]:
+            phase["signalled"] = o_async(fd)
+        elif not phase["asked"]:
+            msg = b"%d," % i
+            client.sendall(msg)
+            sent.extend(msg)
+            phase["asked"] = not o_async(fd)
+
+    try:
+        await backlog(order, lambda: phase["asked"], action)
+        assert phase["signalled"], "the connection never got O_ASYNC"
+        assert phase["asked"], "a busy connection kept O_ASYNC"
+        client.sendall(b"end")
+        sent.extend(b"end")
+        await ended
+    finally:
+        client.close()
+        transport.close()
+        server.close()
+        await server.wait_closed()
+    assert bytes(got) == bytes(sent)
+    assert loop.statistics().urgent_signals >= 1
+
+
+@pytest.mark.backends("selector")
+def test_remove_reader_and_close_clear_o_async_and_restore_sigio():
+    """A user's fd (a socketpair end) read under HIGH: signalled while quiet,
+    its O_ASYNC goes when the reader is removed; with a reader again, closing
+    the loop clears it and gives SIGIO back its default disposition (a stray
+    SIGIO would otherwise end the process)."""
+    a, b = socket.socketpair()
+    loop = aem_loop.new_event_loop(backend="selector")
+    order: list = []
+    try:
+        def read() -> None:
+            order.append(a.recv(100))
+
+        async def main() -> None:
+            with aem_loop.priority(HIGH):
+                loop.add_reader(a, read)
+            await backlog(order, lambda: o_async(a.fileno()), lambda i: None)
+            assert o_async(a.fileno()), "never signalled"
+            loop.remove_reader(a)
+            assert not o_async(a.fileno())
+            with aem_loop.priority(HIGH):
+                loop.add_reader(a, read)
+            await backlog(order, lambda: o_async(a.fileno()), lambda i: None)
+            b.send(b"x")  # while signalled: read at once, as ever
+            await backlog(order, lambda: b"x" in order, lambda i: None)
+
+        loop.run_until_complete(main())
+        assert o_async(a.fileno())
+        assert signal.getsignal(signal.SIGIO) not in (signal.SIG_DFL, signal.SIG_IGN)
+    finally:
+        loop.close()
+        assert not o_async(a.fileno())
+        assert signal.getsignal(signal.SIGIO) == signal.SIG_DFL
+        a.close()
+        b.close()
+
+
+@pytest.mark.backends("selector")
+@pytest.mark.parametrize("why", ["thread", "handler"])
+def test_no_signals_outside_the_main_thread_nor_over_a_sigio_handler(why):
+    """A loop in another thread (Python runs signal handlers in the main
+    thread only), or while the program has a SIGIO handler of its own: the
+    urgent fd stays asked at every slice (no O_ASYNC, the handler left as
+    it was), and it is still read within a few steps of the backlog."""
+    a, b = socket.socketpair()
+    order: list = []
+    stats: list = []
+
+    def user_handler(signum: int, frame: object) -> None:
+        pass
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with aem_loop.priority(HIGH):
+            loop.add_reader(a, lambda: order.append(a.recv(100)))
+        # 64 steps: well past the asks after which a main-thread loop signals
+        await backlog(order, lambda: len(order) >= 64, lambda i: None)
+        assert not o_async(a.fileno())
+        b.send(b"x")
+        order.append("sent")
+        await backlog(order, lambda: b"x" in order, lambda i: None)
+        loop.remove_reader(a)
+        stats.append(loop.statistics())
+
+    try:
+        if why == "thread":
+            t = threading.Thread(target=aem_loop.run, args=(main(),),
+                                 kwargs={"backend": "selector"})
+            t.start()
+            t.join()
+            assert signal.getsignal(signal.SIGIO) == signal.SIG_DFL
+        else:
+            signal.signal(signal.SIGIO, user_handler)
+            aem_loop.run(main(), backend="selector")
+            assert signal.getsignal(signal.SIGIO) is user_handler
+    finally:
+        signal.signal(signal.SIGIO, signal.SIG_DFL)
+        a.close()
+        b.close()
+    assert stats and stats[0].urgent_signals == 0 and stats[0].slices > 0
+    sent = order.index("sent")
+    assert b"x" in order[sent:sent + 8], order[sent:]
