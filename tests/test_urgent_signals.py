@@ -1,11 +1,12 @@
-"""Quiet urgent fds signalled by the kernel (backends/tiers.py, selector backend).
+"""Quiet urgent fds signalled by the kernel (backends/sigio.py).
 
 A loop in the main thread whose urgent fds (I/O registered above the default
-level) stay quiet at its slice boundaries has the kernel signal them
-(O_ASYNC, SIGIO) instead of asking at every slice: rounds below them then
-run without the clock, and a signal ends the round at its next callback.
-These tests look at what the kernel sees (the fds' O_ASYNC flag, the
-process's SIGIO disposition) and at the order of callbacks.
+level on the selector backend; servers and connections made under a
+priority on the uvloop backend) stay quiet when asked has the kernel signal
+them (O_ASYNC, SIGIO) instead of asking at every time slice or checkpoint:
+a signal ends what runs at its next callback.  These tests look at what the
+kernel sees (the fds' O_ASYNC flag, the process's SIGIO disposition) and at
+the order of callbacks.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ async def backlog(order: list, until: Callable[[], bool], action: Callable[[int]
     await asyncio.gather(*(worker(w) for w in range(4)))
 
 
-@pytest.mark.backends("selector")
 @pytest.mark.asyncio
 async def test_a_quiet_urgent_listener_is_signalled_and_its_accept_runs_next():
     """A listener under HIGH beside a busy default backlog: once its slice
@@ -97,16 +97,15 @@ async def test_a_quiet_urgent_listener_is_signalled_and_its_accept_runs_next():
         client.close()
         for w in writers:
             w.close()
+            await w.wait_closed()  # its connection_lost: no longer urgent
         server.close()
         await server.wait_closed()
     assert "connected" in order, "the listener never got O_ASYNC"
     at = order.index("connected")
     assert order[at + 1] == "accepted", order[at - 2:at + 4]
     assert loop.statistics().urgent_signals >= 1
-    assert signal.getsignal(signal.SIGIO) == signal.SIG_DFL  # no urgent fd left: restored
 
 
-@pytest.mark.backends("selector")
 @pytest.mark.asyncio
 async def test_signals_that_come_too_often_give_way_to_asking_and_lose_nothing():
     """An urgent connection that turns busy after its fd was signalled: the
@@ -160,6 +159,30 @@ async def test_signals_that_come_too_often_give_way_to_asking_and_lose_nothing()
     assert loop.statistics().urgent_signals >= 1
 
 
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_closing_the_loop_gives_sigio_back(backend):
+    """A loop that signals a quiet HIGH server's listener: closing the loop
+    (the server still open) gives SIGIO its default disposition back (a
+    stray SIGIO would otherwise end the process), and a new loop can
+    signal again."""
+    order: list = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with aem_loop.priority(HIGH):
+            server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        fd = server.sockets[0].fileno()
+        await backlog(order, lambda: o_async(fd), lambda i: None)
+        assert o_async(fd), "never signalled"
+        assert signal.getsignal(signal.SIGIO) not in (signal.SIG_DFL, signal.SIG_IGN)
+        server.close()
+        await server.wait_closed()
+
+    for _ in range(2):
+        aem_loop.run(main(), backend=backend)
+        assert signal.getsignal(signal.SIGIO) == signal.SIG_DFL
+
+
 @pytest.mark.backends("selector")
 def test_remove_reader_and_close_clear_o_async_and_restore_sigio():
     """A user's fd (a socketpair end) read under HIGH: signalled while quiet,
@@ -197,14 +220,13 @@ def test_remove_reader_and_close_clear_o_async_and_restore_sigio():
         b.close()
 
 
-@pytest.mark.backends("selector")
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
 @pytest.mark.parametrize("why", ["thread", "handler"])
-def test_no_signals_outside_the_main_thread_nor_over_a_sigio_handler(why):
+def test_no_signals_outside_the_main_thread_nor_over_a_sigio_handler(backend, why):
     """A loop in another thread (Python runs signal handlers in the main
     thread only), or while the program has a SIGIO handler of its own: the
-    urgent fd stays asked at every slice (no O_ASYNC, the handler left as
-    it was), and it is still read within a few steps of the backlog."""
-    a, b = socket.socketpair()
+    urgent connection stays asked (no O_ASYNC, the handler left as it was),
+    and its message is still read within a few steps of the backlog."""
     order: list = []
     stats: list = []
 
@@ -213,32 +235,47 @@ def test_no_signals_outside_the_main_thread_nor_over_a_sigio_handler(why):
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        accepted = loop.create_future()
+
+        class Urgent(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted.set_result(transport)
+
+            def data_received(self, data: bytes) -> None:
+                order.append(data)
+
         with aem_loop.priority(HIGH):
-            loop.add_reader(a, lambda: order.append(a.recv(100)))
-        # 64 steps: well past the asks after which a main-thread loop signals
-        await backlog(order, lambda: len(order) >= 64, lambda i: None)
-        assert not o_async(a.fileno())
-        b.send(b"x")
-        order.append("sent")
-        await backlog(order, lambda: b"x" in order, lambda i: None)
-        loop.remove_reader(a)
+            server = await loop.create_server(Urgent, "127.0.0.1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname())
+        transport = await accepted
+        fd = transport.get_extra_info("socket").fileno()
+        try:
+            # 64 steps: well past the asks after which a main-thread loop signals
+            await backlog(order, lambda: len(order) >= 64, lambda i: None)
+            assert not o_async(fd) and not o_async(server.sockets[0].fileno())
+            client.send(b"x")
+            order.append("sent")
+            await backlog(order, lambda: b"x" in order, lambda i: None)
+        finally:
+            client.close()
+            transport.close()
+            server.close()
+            await server.wait_closed()
         stats.append(loop.statistics())
 
     try:
         if why == "thread":
             t = threading.Thread(target=aem_loop.run, args=(main(),),
-                                 kwargs={"backend": "selector"})
+                                 kwargs={"backend": backend})
             t.start()
             t.join()
             assert signal.getsignal(signal.SIGIO) == signal.SIG_DFL
         else:
             signal.signal(signal.SIGIO, user_handler)
-            aem_loop.run(main(), backend="selector")
+            aem_loop.run(main(), backend=backend)
             assert signal.getsignal(signal.SIGIO) is user_handler
     finally:
         signal.signal(signal.SIGIO, signal.SIG_DFL)
-        a.close()
-        b.close()
-    assert stats and stats[0].urgent_signals == 0 and stats[0].slices > 0
+    assert stats and stats[0].urgent_signals == 0
     sent = order.index("sent")
     assert b"x" in order[sent:sent + 8], order[sent:]

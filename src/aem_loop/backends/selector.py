@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import math
 import select
 import selectors
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..capsules.cloner import CapsuleLoopMixin
-from ..core.handles import AEMHandle
+from ..core.handles import URGENT_IO, AEMHandle
 from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, check_fast_path, fast_handle, make_scheduler
 from ..core.priority import (
     DEFAULT_PRIORITY,
@@ -38,7 +39,8 @@ from ..core.scheduler import Scheduler, own_handle
 from ..events.classify import wrap_factory
 from ..events.loop import EventsLoopMixin
 from .seltransport import ReadIntoTransport
-from .tiers import UNTIERED, UrgentTiers
+from .sigio import UrgentSignals
+from .tiers import TIERED, UNTIERED, UrgentTiers
 
 __all__ = ["SelectorLoop"]
 
@@ -120,8 +122,11 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         self._aem_epoll = type(self._selector) is selectors.EpollSelector
         if self._aem_epoll:
             sched.io_poll = self._aem_poll_now
-            self._aem_tiers = UrgentTiers(sched)
-            sched.on_signal = self._aem_tiers.on_signal
+            tiers = self._aem_tiers = UrgentTiers()
+            tiers.signals = UrgentSignals(
+                sched, functools.partial(sched.inbox.append, URGENT_IO), tiers.fds,
+                lambda on: sched.io_signalled(TIERED if on else 0))
+            sched.on_signal = tiers.signals.taken
         # where a socket transport reads what is left after a full 64 KiB read (seltransport)
         self._aem_read_buffer = memoryview(bytearray(ReadIntoTransport.max_size))
         # The fast path: until the process first uses a non-default priority
@@ -396,7 +401,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
             return True
         tiers: Any = self._aem_tiers
         ready = tiers.ready(above)
-        tiers.asked(bool(ready))  # quiet tiers are signalled instead
+        tiers.signals.asked(bool(ready))  # quiet tiers are signalled instead
         if not ready:
             return False
         self._aem_queue_ready(ready)

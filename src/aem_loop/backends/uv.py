@@ -171,6 +171,9 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         self._aem_urgent: Any = None  # the epoll set of urgent fds (_aem_watch)
         # fd -> (the level its events run at, who watches it, a listening socket?)
         self._aem_urgent_fds: dict[int, tuple[int, Any, bool]] = {}
+        self._aem_watch_top = -1  # the highest level an fd was watched at
+        self._aem_sig: Any = None  # signalled instead (_aem_signals), made when asked
+        self._aem_sig_h: Any = None
         self._aem_thread: int | None = None
         # The fast path: until the process first uses a non-default priority
         # there is nothing to order, and uvloop's own call_soon is this
@@ -769,6 +772,9 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         self._aem_accept_first = False
         self._aem_uv_timer = None
         self._aem_ho.check = -1
+        if self._aem_sig is not None:
+            self._aem_sig.stop()
+            self._aem_sig = self._aem_sig_h = None  # bound methods: cycles
         if self._aem_urgent is not None:
             self._aem_urgent.close()
             self._aem_urgent = None

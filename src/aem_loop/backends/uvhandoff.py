@@ -16,11 +16,16 @@ from typing import Any
 
 import uvloop
 
-from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL
+from ..core.handles import URGENT_IO
+from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL, NQUEUES
+from .sigio import UrgentSignals
 
 __all__ = ["CAN_WATCH", "CHECK_EVERY", "HANDOFF_MAX", "HeldQueueMixin", "UrgentFdsMixin"]
 
 _uv_call_soon = uvloop.Loop.call_soon
+_uv_call_soon_threadsafe = uvloop.Loop.call_soon_threadsafe
+# Every level above the default, as scheduler bits.
+_ABOVE_DEFAULT = ((1 << NQUEUES) - 1) & -(2 << DEFAULT_PRIORITY)
 
 # _HandOff.above while no hand-off is pending: above every level's bit.
 _NEVER = 1 << 200
@@ -124,6 +129,9 @@ class UrgentFdsMixin:
     _aem_held: Any
     _aem_ready: Any
     _aem_hold: Any
+    _aem_sig: UrgentSignals | None
+    _aem_sig_h: Any
+    _aem_watch_top: int
 
     # -- urgent fds: asked among hand-offs ---------------------------------------
     #
@@ -137,6 +145,72 @@ class UrgentFdsMixin:
     # hand-offs' cost: up to CHECK_EVERY short callbacks, down to every one
     # while each takes a time slice, so that an urgent event waits about a
     # slice (or one callback) behind the hand-offs, not CHECK_EVERY of them.
+
+    # -- urgent fds signalled instead (backends.sigio) ----------------------------
+    #
+    # When the checkpoints and slices find the urgent fds quiet, the kernel
+    # signals them instead: no checkpoint is placed among the hand-offs and
+    # rounds below their levels do not watch the clock for them.  A signal
+    # puts a checkpoint at the front of uvloop's queue (it runs after the
+    # callback running now) and, inside a core round, URGENT_IO in the inbox
+    # (the round ends at its next callback).
+
+    def _aem_signals(self) -> UrgentSignals:
+        sig = self._aem_sig
+        if sig is None:
+            sig = self._aem_sig = UrgentSignals(self._aem, self._aem_kick,
+                                                self._aem_urgent_live, self._aem_signalled)
+            h = self._aem_sig_h = _uv_call_soon(self, self._aem_on_sigio)  # type: ignore[arg-type]
+            self._aem_ready.remove(h)
+        return sig
+
+    def _aem_urgent_live(self) -> list[int]:
+        """The watched fds, less the listening sockets of servers closed
+        since (nothing tells this backend: their numbers may be reused)."""
+        fds = self._aem_urgent_fds
+        for fd, (_, owner, listening) in list(fds.items()):
+            if listening and not owner.is_serving():
+                del fds[fd]
+                try:
+                    self._aem_urgent.unregister(fd)
+                except (OSError, ValueError):  # closed: epoll dropped it
+                    pass
+        return list(fds)
+
+    def _aem_kick(self) -> None:
+        """The SIGIO handler's (see backends.sigio): between two bytecodes."""
+        ready = self._aem_ready
+        if ready is None:
+            return
+        if self._aem.current >= 0:  # inside a core round: it ends
+            self._aem.inbox.append(URGENT_IO)
+        ready.appendleft(self._aem_sig_h)
+        _uv_call_soon_threadsafe(self, _noop)  # type: ignore[arg-type]  # libuv may wait
+
+    def _aem_signalled(self, on: bool) -> None:
+        ho = self._aem_ho
+        if on:
+            ho.check = -1  # no checkpoints
+            # rounds watch what is not signalled: levels up to blind I/O's
+            self._aem.io_signalled(_ABOVE_DEFAULT & -(2 << ho.blind_top))
+        else:
+            ho.check = self._aem_watch_top
+            self._aem.io_signalled(0)
+
+    def _aem_on_sigio(self) -> None:
+        """A checkpoint put at the front of uvloop's queue by a signal."""
+        sig = self._aem_sig
+        if sig is None:
+            return
+        sig.taken()
+        if self._aem_urgent is None or self._aem_held or self._aem_ready is None:
+            return
+        ready = self._aem_urgent.poll(0)
+        if not ready:
+            return
+        urgent = self._aem_urgent_in(ready, max(self._aem_ho.h, self._aem._bits.bit_length() - 1))
+        if urgent and self._aem_hold(poll_first=True) and urgent == 2:
+            self._aem_accept_first = True
 
     def _aem_note_io(self, level: int, watched: bool = False) -> None:
         """I/O was registered at *level*: no hand-off below it from now on
@@ -152,6 +226,8 @@ class UrgentFdsMixin:
             return
         if level > ho.blind_top:
             ho.blind_top = level
+            if self._aem_sig is not None and self._aem_sig.pid:
+                self._aem_signalled(True)  # the levels signalled shrink
         if level > ho.io_top:
             ho.io_top = level
         if level > ho.top:
@@ -174,7 +250,12 @@ class UrgentFdsMixin:
         except OSError:  # closed meanwhile
             return
         self._aem_urgent_fds[fd] = (level, owner, listening)
-        if level > self._aem_ho.check:
+        if level > self._aem_watch_top:
+            self._aem_watch_top = level
+        sig = self._aem_sig
+        if sig is not None and sig.pid:
+            sig.added(fd)
+        elif level > self._aem_ho.check:
             self._aem_ho.check = level
 
     def _aem_watch_transport(self, transport: Any, level: int, owner: Any) -> int | None:
@@ -197,14 +278,13 @@ class UrgentFdsMixin:
                 ep.unregister(fd)
             except OSError:  # closed already (and so dropped from the set)
                 pass
-
-    def _aem_urgent_above(self, level: int) -> int:
-        """Is a watched fd whose events run above *level* ready?  0: none;
-        1: a connection's; 2: a server's listening socket (a new connection)."""
-        return self._aem_urgent_in(self._aem_urgent.poll(0), level)
+            if self._aem_sig is not None and self._aem_sig.pid:
+                self._aem_sig.removed(fd, not self._aem_urgent_live())
 
     def _aem_urgent_in(self, ready: list[tuple[int, int]], level: int) -> int:
-        """:meth:`_aem_urgent_above` for what a poll of the urgent set found."""
+        """Is a watched fd whose events run above *level* among what a poll of
+        the urgent set found?  0: none; 1: a connection's; 2: a server's
+        listening socket (a new connection)."""
         fds = self._aem_urgent_fds
         found = 0
         for fd, _ in ready:
@@ -226,7 +306,10 @@ class UrgentFdsMixin:
             # until its connection_made, which may wait in uvloop's queue (or
             # among the held callbacks): let that queue run.
             return True
-        return self._aem_urgent_above(level) > 0
+        ready = self._aem_urgent.poll(0)
+        if self._aem_ready is not None:
+            self._aem_signals().asked(bool(ready))  # quiet: signalled instead
+        return self._aem_urgent_in(ready, level) > 0
 
     def _aem_checkpoint(self) -> None:
         ho = self._aem_ho
@@ -251,6 +334,7 @@ class UrgentFdsMixin:
         if self._aem_urgent is None or self._aem_held or self._aem_ready is None:
             return
         ready = self._aem_urgent.poll(0)
+        self._aem_signals().asked(bool(ready))  # quiet: signalled instead
         if not ready:  # the common answer, without a call
             return
         urgent = self._aem_urgent_in(ready, ho.h)

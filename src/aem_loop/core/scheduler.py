@@ -183,8 +183,7 @@ class Scheduler(ReadyQueue):
         # a round watches the clock for and a spent slice asks.
         self._sig_bits = 0
         self._watch_bits = _IO_UNKNOWN
-        # A signal said urgent I/O is ready (URGENT_IO came through the
-        # inbox): the round ends at the next callback and the backend polls.
+        # URGENT_IO came through the inbox: the round ends and the backend polls.
         self.signalled = False
         self.on_signal: Callable[[], None] | None = None
         # A backend that can poll I/O from inside a round (without blocking,
@@ -541,10 +540,9 @@ class Scheduler(ReadyQueue):
         while inbox:
             handle = inbox.popleft()
             if handle is URGENT_IO:
-                # Urgent I/O is ready (a signal handler said so): what runs
-                # now ends at its next callback (the bit names no callback,
-                # as end_flat_round's), and run_ready returns for a poll.
-                self.signals += 1
+                # Urgent I/O is ready (a signal handler said so): what runs now
+                # ends at its next callback (a bit as end_flat_round's), and
+                # run_ready returns for a poll.
                 self.signalled = True
                 self._bits |= _BIT[NQUEUES - 1]
                 if self.on_signal is not None:
@@ -603,6 +601,8 @@ class Scheduler(ReadyQueue):
                     break
                 if self.signalled:  # urgent I/O is ready: the backend polls
                     self.signalled = False
+                    if not levels[NQUEUES - 1]:
+                        self._bits &= ~_BIT[NQUEUES - 1]  # drain_inbox's
                     break
                 level = bits.bit_length() - 1
                 if level <= floor:
