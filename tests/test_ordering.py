@@ -951,5 +951,5 @@ async def test_a_round_cut_short_still_runs_its_share_before_later_callbacks():
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
 def test_a_misspelt_option_names_every_option(backend):
     with pytest.raises(TypeError, match=r"'fastpath'.*known options: time_slice, aging, "
-                       r"strict, inherit, timer_slack, fast_path"):
+                       r"strict, inherit, timer_slack, urgent_signals, fast_path"):
         aem_loop.new_event_loop(backend=backend, fastpath=False)

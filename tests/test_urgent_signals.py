@@ -221,12 +221,13 @@ def test_remove_reader_and_close_clear_o_async_and_restore_sigio():
 
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
-@pytest.mark.parametrize("why", ["thread", "handler"])
+@pytest.mark.parametrize("why", ["thread", "handler", "option"])
 def test_no_signals_outside_the_main_thread_nor_over_a_sigio_handler(backend, why):
     """A loop in another thread (Python runs signal handlers in the main
-    thread only), or while the program has a SIGIO handler of its own: the
-    urgent connection stays asked (no O_ASYNC, the handler left as it was),
-    and its message is still read within a few steps of the backlog."""
+    thread only), while the program has a SIGIO handler of its own, or with
+    the option urgent_signals=False: the urgent connection stays asked (no
+    O_ASYNC, SIGIO left as it was), and its message is still read within a
+    few steps of the backlog."""
     order: list = []
     stats: list = []
 
@@ -270,12 +271,21 @@ def test_no_signals_outside_the_main_thread_nor_over_a_sigio_handler(backend, wh
             t.start()
             t.join()
             assert signal.getsignal(signal.SIGIO) == signal.SIG_DFL
-        else:
+        elif why == "handler":
             signal.signal(signal.SIGIO, user_handler)
             aem_loop.run(main(), backend=backend)
             assert signal.getsignal(signal.SIGIO) is user_handler
+        else:
+            aem_loop.run(main(), backend=backend, urgent_signals=False)
+            assert signal.getsignal(signal.SIGIO) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGIO, signal.SIG_DFL)
     assert stats and stats[0].urgent_signals == 0
     sent = order.index("sent")
     assert b"x" in order[sent:sent + 8], order[sent:]
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_urgent_signals_option_must_be_a_bool(backend):
+    with pytest.raises(TypeError, match="urgent_signals"):
+        aem_loop.new_event_loop(backend=backend, urgent_signals="no")

@@ -86,14 +86,15 @@ class UrgentSignals:
     signals taken are counted in its statistics); *kick*: what the handler
     does for this loop; *fds*: the urgent fds now; *switched*: called with
     True when signals start, False when they stop (the backend stops or
-    starts asking)."""
+    starts asking); *enabled*: the loop option ``urgent_signals``."""
 
-    __slots__ = ("asks", "backoff", "busy", "count", "fds", "hits", "kick", "overload",
-                 "pending", "pid", "retry_at", "sched", "since", "switched")
+    __slots__ = ("asks", "backoff", "busy", "count", "enabled", "fds", "hits", "kick",
+                 "overload", "pending", "pid", "retry_at", "sched", "since", "switched")
 
     def __init__(self, sched: Any, kick: Callable[[], None], fds: Callable[[], Iterable[int]],
-                 switched: Callable[[bool], None]) -> None:
+                 switched: Callable[[bool], None], enabled: bool = True) -> None:
         self.sched = sched
+        self.enabled = enabled
         self.kick = kick
         self.fds = fds
         self.switched = switched
@@ -116,7 +117,7 @@ class UrgentSignals:
             return
         quiet = self.hits <= _QUIET_HITS
         self.asks = self.hits = 0
-        if quiet and not self.pid:
+        if quiet and not self.pid and self.enabled:
             self.start()
 
     def start(self) -> bool:

@@ -132,6 +132,7 @@ class UrgentFdsMixin:
     _aem_sig: UrgentSignals | None
     _aem_sig_h: Any
     _aem_watch_top: int
+    _aem_use_signals: bool
 
     # -- urgent fds: asked among hand-offs ---------------------------------------
     #
@@ -159,7 +160,8 @@ class UrgentFdsMixin:
         sig = self._aem_sig
         if sig is None:
             sig = self._aem_sig = UrgentSignals(self._aem, self._aem_kick,
-                                                self._aem_urgent_live, self._aem_signalled)
+                                                self._aem_urgent_live, self._aem_signalled,
+                                                self._aem_use_signals)
             h = self._aem_sig_h = _uv_call_soon(self, self._aem_on_sigio)  # type: ignore[arg-type]
             self._aem_ready.remove(h)
         return sig

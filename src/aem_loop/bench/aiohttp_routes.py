@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from aem_loop._options import parse_option
 from aem_loop.bench.common import ask_to_stop, child, machine, save_results, stop_all
 
 LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
@@ -149,8 +150,7 @@ def serve(loop_name: str, mode: str, options: str = "", app_kind: str = "bulk") 
 
         uvloop.run(main())
     else:
-        opts: dict[str, Any] = {k: float(v) for k, v in
-                                (o.split("=") for o in options.split(",") if o)}
+        opts: dict[str, Any] = dict(parse_option(o) for o in options.split(",") if o)
         aem_loop.run(main(), backend=loop_name.split("-", 1)[1], **opts)
 
 

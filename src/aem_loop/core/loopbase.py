@@ -68,7 +68,7 @@ def fast_handle(loop: Any, callback: Any, args: tuple[Any, ...],
 
 
 # The options every backend accepts (``new_event_loop(backend=..., **options)``).
-LOOP_OPTIONS = ("time_slice", "aging", "strict", "inherit", "timer_slack")
+LOOP_OPTIONS = ("time_slice", "aging", "strict", "inherit", "timer_slack", "urgent_signals")
 
 
 def check_slack(slack: object) -> float:
@@ -91,6 +91,8 @@ def make_scheduler(owner: Any, options: dict[str, Any]) -> Scheduler:
             raise ValueError("strict=True means no aging; do not also pass aging=")
         aging = None
     owner._aem_slack = loop_slack(options)
+    # quiet urgent fds signalled by the kernel instead of asked (backends.sigio)
+    owner._aem_use_signals = boolean(options.get("urgent_signals", True), "urgent_signals")
     return Scheduler(
         time_slice=options.get("time_slice", DEFAULT_TIME_SLICE),
         aging=aging,
