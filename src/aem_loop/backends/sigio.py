@@ -74,7 +74,10 @@ def _on_sigio(signum: int, frame: Any) -> None:
             s.since = now
         if not s.pending:
             s.pending = True
-            s.kick()
+            try:
+                s.kick()
+            except Exception:  # never into the code the signal interrupted
+                s.pending = False  # (a loop closing meanwhile): the next signal tries again
 
 
 def _main_thread() -> bool:

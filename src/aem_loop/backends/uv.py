@@ -760,6 +760,8 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
             self._aem_thread = None
 
     def close(self) -> None:
+        if self._aem_sig is not None:  # before uvloop closes: a signal's kick uses it
+            self._aem_sig.stop()
         super().close()
         self._aem_closed = True
         self.__dict__.pop("call_soon", None)  # a bound method of the loop: a cycle
@@ -772,9 +774,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         self._aem_accept_first = False
         self._aem_uv_timer = None
         self._aem_ho.check = -1
-        if self._aem_sig is not None:
-            self._aem_sig.stop()
-            self._aem_sig = self._aem_sig_h = None  # bound methods: cycles
+        self._aem_sig = self._aem_sig_h = None  # bound methods: cycles
         if self._aem_urgent is not None:
             self._aem_urgent.close()
             self._aem_urgent = None
