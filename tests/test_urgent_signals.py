@@ -63,6 +63,25 @@ async def backlog(order: list, until: Callable[[], bool], action: Callable[[int]
     await asyncio.gather(*(worker(w) for w in range(4)))
 
 
+async def urgent_connection(on_data: Callable[[bytes], None]):
+    """A server made under HIGH, a client socket connected to it, and the
+    server's transport of that connection; *on_data* gets what it receives."""
+    loop = asyncio.get_running_loop()
+    accepted = loop.create_future()
+
+    class Urgent(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.set_result(transport)
+
+        def data_received(self, data: bytes) -> None:
+            on_data(data)
+
+    with aem_loop.priority(HIGH):
+        server = await loop.create_server(Urgent, "127.0.0.1", 0)
+    client = socket.create_connection(server.sockets[0].getsockname())
+    return server, client, await accepted
+
+
 @pytest.mark.asyncio
 async def test_a_quiet_urgent_listener_is_signalled_and_its_accept_runs_next():
     """A listener under HIGH beside a busy default backlog: once its slice
@@ -113,23 +132,15 @@ async def test_signals_that_come_too_often_give_way_to_asking_and_lose_nothing()
     loses O_ASYNC; every message arrives, in order."""
     loop = asyncio.get_running_loop()
     got = bytearray()
-    accepted = loop.create_future()
     ended = loop.create_future()
     order: list = []
 
-    class Urgent(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            accepted.set_result(transport)
+    def on_data(data: bytes) -> None:
+        got.extend(data)
+        if got.endswith(b"end"):
+            ended.set_result(None)
 
-        def data_received(self, data: bytes) -> None:
-            got.extend(data)
-            if got.endswith(b"end"):
-                ended.set_result(None)
-
-    with aem_loop.priority(HIGH):
-        server = await loop.create_server(Urgent, "127.0.0.1", 0)
-    client = socket.create_connection(server.sockets[0].getsockname())
-    transport = await accepted
+    server, client, transport = await urgent_connection(on_data)
     fd = transport.get_extra_info("socket").fileno()
     sent = bytearray()
     phase = {"signalled": False, "asked": False}
@@ -236,19 +247,7 @@ def test_no_signals_outside_the_main_thread_nor_over_a_sigio_handler(backend, wh
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        accepted = loop.create_future()
-
-        class Urgent(asyncio.Protocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                accepted.set_result(transport)
-
-            def data_received(self, data: bytes) -> None:
-                order.append(data)
-
-        with aem_loop.priority(HIGH):
-            server = await loop.create_server(Urgent, "127.0.0.1", 0)
-        client = socket.create_connection(server.sockets[0].getsockname())
-        transport = await accepted
+        server, client, transport = await urgent_connection(order.append)
         fd = transport.get_extra_info("socket").fileno()
         try:
             # 64 steps: well past the asks after which a main-thread loop signals

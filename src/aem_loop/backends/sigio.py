@@ -72,12 +72,10 @@ def _on_sigio(signum: int, frame: Any) -> None:
                 s.overload = True
             s.count = 0
             s.since = now
-        if not s.pending:
-            s.pending = True
-            try:
-                s.kick()
-            except Exception:  # never into the code the signal interrupted
-                s.pending = False  # (a loop closing meanwhile): the next signal tries again
+        try:
+            s._kick()
+        except Exception:  # never into the code the signal interrupted
+            s.pending = False  # (a loop closing meanwhile): the next signal tries again
 
 
 def _main_thread() -> bool:

@@ -117,4 +117,3 @@ class UrgentTiers:
             ep.close()
         self._eps.clear()
         self._regs.clear()
-

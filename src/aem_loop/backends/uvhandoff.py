@@ -17,15 +17,14 @@ from typing import Any
 import uvloop
 
 from ..core.handles import URGENT_IO
-from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL, NQUEUES
+from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL
 from .sigio import UrgentSignals
+from .tiers import TIERED
 
 __all__ = ["CAN_WATCH", "CHECK_EVERY", "HANDOFF_MAX", "HeldQueueMixin", "UrgentFdsMixin"]
 
 _uv_call_soon = uvloop.Loop.call_soon
 _uv_call_soon_threadsafe = uvloop.Loop.call_soon_threadsafe
-# Every level above the default, as scheduler bits.
-_ABOVE_DEFAULT = ((1 << NQUEUES) - 1) & -(2 << DEFAULT_PRIORITY)
 
 # _HandOff.above while no hand-off is pending: above every level's bit.
 _NEVER = 1 << 200
@@ -194,7 +193,7 @@ class UrgentFdsMixin:
         if on:
             ho.check = -1  # no checkpoints
             # rounds watch what is not signalled: levels up to blind I/O's
-            self._aem.io_signalled(_ABOVE_DEFAULT & -(2 << ho.blind_top))
+            self._aem.io_signalled(TIERED & -(2 << ho.blind_top))
         else:
             ho.check = self._aem_watch_top
             self._aem.io_signalled(0)
@@ -208,11 +207,8 @@ class UrgentFdsMixin:
         if self._aem_urgent is None or self._aem_held or self._aem_ready is None:
             return
         ready = self._aem_urgent.poll(0)
-        if not ready:
-            return
-        urgent = self._aem_urgent_in(ready, max(self._aem_ho.h, self._aem._bits.bit_length() - 1))
-        if urgent and self._aem_hold(poll_first=True) and urgent == 2:
-            self._aem_accept_first = True
+        if ready:
+            self._aem_urgent_first(ready, max(self._aem_ho.h, self._aem._bits.bit_length() - 1))
 
     def _aem_note_io(self, level: int, watched: bool = False) -> None:
         """I/O was registered at *level*: no hand-off below it from now on
@@ -337,9 +333,14 @@ class UrgentFdsMixin:
             return
         ready = self._aem_urgent.poll(0)
         self._aem_signals().asked(bool(ready))  # quiet: signalled instead
-        if not ready:  # the common answer, without a call
-            return
-        urgent = self._aem_urgent_in(ready, ho.h)
+        if ready:  # (the common answer is none, without a call)
+            self._aem_urgent_first(ready, ho.h)
+
+    def _aem_urgent_first(self, ready: list[tuple[int, int]], level: int) -> None:
+        """A checkpoint's answer: if a watched fd above *level* is among
+        *ready*, hold uvloop's queue so that libuv polls first (and a new
+        connection's connection_made runs before the held callbacks)."""
+        urgent = self._aem_urgent_in(ready, level)
         if urgent and self._aem_hold(poll_first=True) and urgent == 2:
             self._aem_accept_first = True
 
