@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
         aiohttp_routes.main([*runs, "--duration", "1" if a.quick else "3", *out])
         aiohttp_routes.main(["--app", "hello", *runs, "--duration", "1" if a.quick else "2",
-                             *out])
+                             *(["--procs", "1", "--cycles", "2"] if a.quick else []), *out])
     if a.only == "figure6":
         from .bench import figure6
 

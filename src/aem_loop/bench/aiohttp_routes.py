@@ -36,11 +36,12 @@ World!"), flooded by wrk with 50 connections, the probe as above; modes
 plain, prio (a priority used in the process before serving: what any
 program that uses priorities has done) and site.  The figure is requests
 per second of the server's CPU time (the server is saturated), beside
-wrk's own requests/s.  Each run starts fresh server processes (in a
-rotated order): two server processes of the same code measured side by
-side differ by up to ~5% for as long as they live (memory layout, hash
-seeds), so runs that reused one process per server would repeat one
-draw of that luck.
+wrk's own requests/s.  Each run starts fresh server processes (``--procs``
+per mode and loop): two server processes of the same code measured side
+by side differ by a few percent for as long as they live (memory layout,
+hash seeds), so a ratio is taken per pair of processes (an aem server and
+its stock loop's, loaded one right after the other, ``--cycles`` times)
+and the median over the pairs reported.
 """
 
 from __future__ import annotations
@@ -320,48 +321,80 @@ def measure(loop_name: str, mode: str, duration: float, options: str = "",
     }
 
 
+def _pairs(loops: list[str]) -> list[tuple[str, ...]]:
+    """The loops measured back to back: each aem backend right beside its
+    stock loop (asyncio for aem-selector, uvloop for aem-uvloop); a loop
+    without its partner on its own."""
+    out: list[tuple[str, ...]] = []
+    for ref, aem in (("asyncio", "aem-selector"), ("uvloop", "aem-uvloop")):
+        if ref in loops and aem in loops:
+            out.append((ref, aem))
+    paired = {n for p in out for n in p}
+    return out + [(n,) for n in loops if n not in paired]
+
+
 def hello_bursts(loops: list[str], modes: list[str], cycles: int, burst: float,
-                 options: str, run: int = 0) -> dict[str, dict[str, list[dict[str, float]]]]:
-    """One run of hello-world throughput, interleaved: every (mode, loop)
-    server runs at once (fresh processes, started in an order rotated by
-    *run*); wrk loads one at a time for *burst* seconds, in rotating order,
-    cycle after cycle, so that the servers compared in one cycle see the
-    same machine (this VM's speed drifts by 2x within seconds)."""
-    keys = [(m, n) for m in modes for n in loops]
-    keys = keys[run % len(keys):] + keys[:run % len(keys)]
-    procs: dict[tuple[str, str], tuple[subprocess.Popen[str], int]] = {}
+                 options: str, run: int = 0,
+                 procs: int = 1) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """One run of hello-world throughput, interleaved: *procs* fresh server
+    processes per (mode, loop) all run at once (started in an order rotated
+    by *run*); wrk loads one at a time for *burst* seconds.  An aem server's
+    burst comes right before or after the burst of its stock loop's server
+    of the same number (the order within the pair alternates from cycle to
+    cycle, the pairs rotate), so that the two compared see the same machine:
+    this VM's speed drifts by tens of percent within seconds."""
+    groups = [(mode, pair, i) for mode in modes for pair in _pairs(loops)
+              for i in range(procs)]
+    groups = groups[run % len(groups):] + groups[:run % len(groups)]
+    servers: dict[tuple[str, str, int], tuple[subprocess.Popen[str], int]] = {}
     out: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
-        for key in keys:
-            procs[key] = start_hello(key[1], key[0], options)
+        for mode, pair, i in groups:
+            for name in pair:
+                servers[mode, name, i] = start_hello(name, mode, options)
         for c in range(cycles):
-            for i in range(len(keys)):
-                key = keys[(c + i) % len(keys)]
-                srv, port = procs[key]
-                mark(srv)
-                w = subprocess.run(
-                    ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{burst:g}s",
-                     f"http://127.0.0.1:{port}/"],
-                    capture_output=True, text=True, check=True)
-                n, cpu, _, _ = mark(srv)
-                m = re.search(r"Requests/sec:\s+([\d.]+)", w.stdout)
-                out.setdefault(key[0], {}).setdefault(key[1], []).append({
-                    "wrk_rps": float(m.group(1)) if m else float("nan"),
-                    "per_cpu_s": n / cpu if cpu else float("nan"),
-                    "cycle": c,
-                    "run": run,
-                })
-            print(f"cycle {c + 1}/{cycles}", flush=True)
+            for j in range(len(groups)):
+                mode, pair, i = groups[(c + j) % len(groups)]
+                for name in (pair if c % 2 == 0 else pair[::-1]):
+                    srv, port = servers[mode, name, i]
+                    mark(srv)
+                    w = subprocess.run(
+                        ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{burst:g}s",
+                         f"http://127.0.0.1:{port}/"],
+                        capture_output=True, text=True, check=True)
+                    n, cpu, _, _ = mark(srv)
+                    m = re.search(r"Requests/sec:\s+([\d.]+)", w.stdout)
+                    out.setdefault(mode, {}).setdefault(name, []).append({
+                        "wrk_rps": float(m.group(1)) if m else float("nan"),
+                        "per_cpu_s": n / cpu if cpu else float("nan"),
+                        "cycle": c,
+                        "run": run,
+                        "proc": i,
+                    })
+            print(f"run {run + 1} cycle {c + 1}/{cycles}", flush=True)
     finally:
-        stop_all([srv for srv, _ in procs.values()])
+        stop_all([srv for srv, _ in servers.values()])
     return out
 
 
+def pair_ratios(rs: list[dict[str, float]], refs: list[dict[str, float]],
+                key: str) -> list[float]:
+    """Per pair of server processes (a run's aem server and the stock one of
+    the same number, measured back to back): the median over the cycles of
+    the ratio of their bursts' *key*."""
+    ref = {(r["run"], r.get("proc", 0), r["cycle"]): r[key] for r in refs}
+    by_pair: dict[tuple[float, float], list[float]] = {}
+    for r in rs:
+        k = (r["run"], r.get("proc", 0))
+        by_pair.setdefault(k, []).append(r[key] / ref[(*k, r["cycle"])])
+    return [statistics.median(v) for v in by_pair.values()]
+
+
 def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> None:
-    cycles = max(1, round(a.duration * 5))
+    cycles, procs = a.cycles, a.procs
     per: dict[str, dict[str, list[dict[str, float]]]] = {}
     for run in range(a.runs):
-        got = hello_bursts(loops, modes, cycles, 1.0, a.aem_options, run)
+        got = hello_bursts(loops, modes, cycles, 1.0, a.aem_options, run, procs)
         for mode, by_loop in got.items():
             for name, rs in by_loop.items():
                 per.setdefault(mode, {}).setdefault(name, []).extend(rs)
@@ -374,17 +407,19 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
         "# aiohttp hello world: throughput with priorities in use",
         "",
         f"Machine: {machine()}. wrk -t1 -c50 on CPU 1, server on CPU 0. Throughput: "
-        f"{a.runs} runs, each with fresh server processes that all run at once while wrk "
-        f"loads each for 1 s in turn, {cycles} cycles in rotating order; figures are "
-        "medians over all cycles, ratios the median over the runs of each run's median "
-        "per-cycle ratio to the stock loop (uvloop for aem-uvloop, asyncio otherwise), "
-        "with the runs' range. "
+        f"{a.runs} runs, each with {procs} fresh server process(es) per mode and loop, all "
+        f"running at once while wrk loads each for 1 s in turn, {cycles} cycles; an aem "
+        "server's burst is right beside the burst of its stock loop's server (uvloop for "
+        "aem-uvloop, asyncio otherwise), the order within the pair alternating. Figures "
+        "are medians over all bursts; a ratio is the median over the "
+        f"{a.runs * procs} pairs of server processes of each pair's median per-cycle "
+        "ratio, with the pairs' interquartile range. "
         "Modes: plain (no priorities), prio (a priority used in the process before "
         "serving), site (a second site listening under Priority.HIGH). /health: probed "
         f"every {PROBE_INTERVAL * 1e3:.0f} ms on the HIGH site (a plain second site on the "
         f"stock loops) during a {a.duration:g} s flood, medians of {a.runs} runs.",
         "Command: `python benchmarks/aiohttp_routes.py --app hello "
-        f"--runs {a.runs} --duration {a.duration:g}`",
+        f"--runs {a.runs} --procs {procs} --cycles {cycles} --duration {a.duration:g}`",
         "",
         "| mode | loop | wrk req/s | vs stock | req per server CPU-s | vs stock |",
         "|---|---|---|---|---|---|",
@@ -396,10 +431,11 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
         ref = per[mode].get("uvloop" if name == "aem-uvloop" else "asyncio")
         if not ref:
             return ""
-        runs = [statistics.median(x[k] / y[k] for x, y in zip(per[mode][name], ref, strict=True)
-                                  if x["run"] == run) for run in range(a.runs)]
-        lo, hi = min(runs), max(runs)
-        return f"{statistics.median(runs):.3f}x" + (f" ({lo:.2f}-{hi:.2f})" if a.runs > 1 else "")
+        got = pair_ratios(per[mode][name], ref, k)
+        if len(got) < 4:
+            return f"{statistics.median(got):.3f}x"
+        q1, _, q3 = statistics.quantiles(got, n=4)
+        return f"{statistics.median(got):.3f}x ({q1:.2f}-{q3:.2f})"
 
     for mode in modes:
         for name in loops:
@@ -437,6 +473,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--modes", default=None,
                     help=f"default: {','.join(MODES)}; with --app hello {','.join(HELLO_MODES)}")
     ap.add_argument("--app", choices=("bulk", "hello"), default="bulk")
+    ap.add_argument("--procs", type=int, default=3,
+                    help="--app hello: server processes per mode and loop in each run")
+    ap.add_argument("--cycles", type=int, default=6,
+                    help="--app hello: bursts of 1 s per server in each run")
     ap.add_argument("--aem-options", default="",
                     help="loop options for the aem servers, e.g. time_slice=0.001")
     ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
