@@ -93,6 +93,10 @@ def make_scheduler(owner: Any, options: dict[str, Any]) -> Scheduler:
     owner._aem_slack = loop_slack(options)
     # quiet urgent fds signalled by the kernel instead of asked (backends.sigio)
     owner._aem_use_signals = boolean(options.get("urgent_signals", True), "urgent_signals")
+    # read by every create_task: in the instance (a class attribute read
+    # through the instance is an unspecialized lookup on Python 3.11)
+    owner._aem_collect = None
+    owner._aem_creating = False
     return Scheduler(
         time_slice=options.get("time_slice", DEFAULT_TIME_SLICE),
         aging=aging,
@@ -291,6 +295,13 @@ class AEMLoopMixin:
         Other keyword arguments (Python >= 3.13 passes e.g. ``eager_start``)
         go to the base loop's create_task and task factory unchanged.
         """
+        if priority is None and not self._aem_mixed and not kwargs and self._aem_collect is None:
+            # The fast path (no priority used in the process yet, so no
+            # debug mode either): every first step is queued flat, there is
+            # no level to keep apart; the base loop's create_task alone.
+            if name is None and context is None:
+                return self._aem_base_create_task(coro)
+            return self._aem_base_create_task(coro, name=name, context=context)
         if priority is not None:
             try:
                 p = check_priority(priority)
