@@ -67,6 +67,8 @@ from aem_loop.bench.common import ask_to_stop, child, machine, save_results, sto
 LOOPS = ("asyncio", "uvloop", "aem-selector", "aem-uvloop")
 MODES = ("plain", "routes", "site")
 HELLO_MODES = ("plain", "prio", "site")
+# The stock loop each aem backend is compared with.
+REFERENCE = {"aem-selector": "asyncio", "aem-uvloop": "uvloop"}
 PROBE_INTERVAL = 0.005
 
 
@@ -325,10 +327,8 @@ def _pairs(loops: list[str]) -> list[tuple[str, ...]]:
     """The loops measured back to back: each aem backend right beside its
     stock loop (asyncio for aem-selector, uvloop for aem-uvloop); a loop
     without its partner on its own."""
-    out: list[tuple[str, ...]] = []
-    for ref, aem in (("asyncio", "aem-selector"), ("uvloop", "aem-uvloop")):
-        if ref in loops and aem in loops:
-            out.append((ref, aem))
+    out: list[tuple[str, ...]] = [(ref, aem) for aem, ref in REFERENCE.items()
+                                  if ref in loops and aem in loops]
     paired = {n for p in out for n in p}
     return out + [(n,) for n in loops if n not in paired]
 
@@ -426,9 +426,7 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
     ]
 
     def ratio(mode: str, name: str, k: str) -> str:
-        if not name.startswith("aem"):
-            return ""
-        ref = per[mode].get("uvloop" if name == "aem-uvloop" else "asyncio")
+        ref = per[mode].get(REFERENCE.get(name, ""))
         if not ref:
             return ""
         got = pair_ratios(per[mode][name], ref, k)
@@ -526,9 +524,9 @@ def main(argv: list[str] | None = None) -> None:
 
         for name in loops:
             m = med[name]
-            ref_name = "uvloop" if name == "aem-uvloop" else "asyncio"
+            ref_name = REFERENCE.get(name, "")
             ratio = wratio = ""
-            if ref_name in med and name.startswith("aem"):
+            if ref_name in med:
                 ratio = _run_ratio(results[mode][name], results[mode][ref_name], "bulk_rps")
                 wratio = _run_ratio(results[mode][name], results[mode][ref_name], "wrk_rps")
             lines.append(f"| {mode} | {name} | {m['health_p50_ms']:.2f} | "
