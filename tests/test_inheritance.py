@@ -142,9 +142,28 @@ async def test_no_inheritance_when_disabled():
     assert await t == 25
 
 
+def _c_task(loop, coro, **kw):
+    return asyncio.Task(coro, loop=loop, **kw)
+
+
+def _py_task(loop, coro, **kw):
+    return asyncio.tasks._PyTask(coro, loop=loop, **kw)
+
+
 @pytest.mark.asyncio
-async def test_new_task_first_step_does_not_inherit_creator():
+@pytest.mark.parametrize("factory", [None, _c_task, _py_task])
+async def test_new_task_first_step_does_not_inherit_creator(factory):
+    """With or without a task factory (create_task flags the first step
+    only for a factory's tasks)."""
     loop = asyncio.get_running_loop()
+    loop.set_task_factory(factory)
+    try:
+        await _first_step_order(loop)
+    finally:
+        loop.set_task_factory(None)
+
+
+async def _first_step_order(loop):
     order = []
     ev = asyncio.Event()
 
@@ -156,7 +175,7 @@ async def test_new_task_first_step_does_not_inherit_creator():
         # a HIGH step creates a LOW task and then a NORMAL callback:
         # the LOW task's first step must not run before the NORMAL one
         async def creator():
-            loop.create_task(low(), priority=Priority.LOW)  # noqa: RUF006
+            loop.create_task(low(), priority=Priority.LOW)
             with aem_loop.priority(Priority.NORMAL):
                 loop.call_soon(order.append, "normal")
 

@@ -134,6 +134,10 @@ class AEMLoopMixin:
     _aem_collect: list[Any] | None = None
     _aem_closed = False
     _aem_mixed = True  # False while a backend is on its fast path (no priority used yet)
+    # No task factory and no debug mode: create_task makes asyncio Tasks
+    # (kept by set_debug, which every loop's __init__ calls, and set_task_factory).
+    _aem_plain_tasks = False
+    _aem_own_factory = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -310,8 +314,20 @@ class AEMLoopMixin:
                 raise
             context = contextvars.copy_context() if context is None else context.copy()
             context.run(PRIORITY_VAR.set, p)
+        if self._aem_plain_tasks and not kwargs:
+            # asyncio's own Task types (no task factory, no debug mode): the
+            # first step is the task's own step, which push_woken never takes
+            # for a wakeup, so it keeps the task's level without the flag.
+            if name is None and context is None:
+                task = self._aem_base_create_task(coro)
+            else:
+                task = self._aem_base_create_task(coro, name=name, context=context)
+            if self._aem_collect is not None:
+                self._aem_collect.append(task)
+            return task
         # The first step of a new task is scheduled with an explicit context
-        # but is no wakeup: it must not inherit its creator's level.
+        # but is no wakeup: it must not inherit its creator's level (a task
+        # factory's tasks need not be asyncio Tasks).
         prev = self._aem_creating
         self._aem_creating = True
         try:
@@ -334,8 +350,14 @@ class AEMLoopMixin:
 
     # -- debug and statistics ---------------------------------------------------
 
+    def set_task_factory(self, factory: Any) -> None:
+        super().set_task_factory(factory)  # type: ignore[misc]
+        self._aem_own_factory = factory is not None
+        self._aem_plain_tasks = factory is None and not self.get_debug()  # type: ignore[attr-defined]
+
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)  # type: ignore[misc]
+        self._aem_plain_tasks = not enabled and not self._aem_own_factory
         sched = getattr(self, "_aem", None)
         if sched is not None:
             sched.set_debug(bool(enabled))
