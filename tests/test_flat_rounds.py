@@ -98,3 +98,66 @@ def test_debug_mode_turned_on_after_default_rounds_times_callbacks(backend, capl
         loop.close()
     assert any("Executing" in r.getMessage() and "_busy" in r.getMessage()
                for r in caplog.records), caplog.records
+
+
+# The same at a level above the default: a round whose queue holds HIGH work
+# alone runs flat at HIGH, and what can bring work above HIGH ends that.
+
+_HIGH = aem_loop.Priority.HIGH
+_CRITICAL = aem_loop.Priority.CRITICAL
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_a_reader_registered_above_high_after_rounds_of_high_work(backend):
+    loop = aem_loop.new_event_loop(backend=backend)
+    a, b = socket.socketpair()
+    order: list = []
+
+    def then(i: int) -> None:
+        if i == 5:
+            b.send(b"x")
+
+    async def body() -> None:
+        for _ in range(3):  # rounds of HIGH work alone
+            await asyncio.sleep(0)
+        with aem_loop.priority(_CRITICAL):
+            loop.add_reader(a, lambda: (order.append("urgent"), a.recv(10)))
+        for i in range(20):  # queued at this task's level, HIGH
+            loop.call_soon(_busy, order, i, then)
+        while len(order) < 21:
+            await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(loop.create_task(body(), priority=_HIGH))
+        loop.remove_reader(a)
+    finally:
+        loop.close()
+        a.close()
+        b.close()
+    assert [x for x in order if x != "urgent"] == list(range(20))
+    assert order.index("urgent") < 19, order  # within a slice or two, not after it all
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_a_timer_set_above_high_between_runs_of_high_work(backend):
+    loop = aem_loop.new_event_loop(backend=backend)
+    order: list = []
+
+    async def rounds() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(loop.create_task(rounds(), priority=_HIGH))
+        with aem_loop.priority(_CRITICAL):
+            loop.call_later(0.003, order.append, "timer")
+        with aem_loop.priority(_HIGH):
+            for i in range(20):
+                loop.call_soon(_busy, order, i)
+            done = loop.create_future()
+            loop.call_soon(done.set_result, None)
+        loop.run_until_complete(done)
+    finally:
+        loop.close()
+    assert [x for x in order if x != "timer"] == list(range(20))
+    assert order.index("timer") < 19, order  # at a spent slice, not after the backlog

@@ -427,8 +427,10 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         sched.polls += 1
         if sched.timers.n:
             sched.move_due_timers(self.time() + self._clock_resolution)  # type: ignore[attr-defined]
-        if not self._aem_mixed or sched._bits == sched.flat_bit:
-            sched.run_flat()  # the default level alone, nothing can come above it
+        if not self._aem_mixed:
+            sched.run_flat()
+        elif sched._bits == sched.flat_bit:  # one level, nothing can come above it
+            sched.run_flat(sched.flat_bit.bit_length() - 1)
         else:
             sched.run_ready()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .priority import DEFAULT_PRIORITY, NQUEUES
+from .priority import NQUEUES
 
 __all__ = ["io_register", "io_signalled", "io_unregister"]
 
@@ -27,7 +27,7 @@ def io_register(self: Any, level: int) -> None:
     counts[level] += 1
     self._io_bits |= 1 << level
     self._watch_bits = self._io_bits & ~self._sig_bits
-    if level > DEFAULT_PRIORITY:
+    if 1 << level > self.flat_bit:  # above the level of flat rounds
         self.flat_bit = -1
 
 

@@ -195,9 +195,9 @@ class Scheduler(ReadyQueue):
         # sets this: at a spent slice, False lets the round go on unpolled.
         self.io_ready: Callable[[int], bool] | None = None
         self.current = _NOT_DISPATCHING
-        # A round whose queue is the default level alone may be run_flat()
-        # without asking run_ready when _bits equals this: run_ready sets it
-        # when it found no I/O or timer that can bring work above that level,
+        # A round whose queue is one level alone may be run_flat() at that
+        # level without asking run_ready when _bits equals this: run_ready sets
+        # it when it found no I/O or timer that can bring work above the level,
         # no boost and no debug mode; whatever changes one of those resets it
         # to -1 (matches no bitmap), and the next run_ready looks again.
         self.flat_bit = -1
@@ -391,7 +391,7 @@ class Scheduler(ReadyQueue):
         its share ends at the next callback, as :meth:`end_flat_round`: the
         round goes on with a share that watches the clock for the timer."""
         self.timer_top = level
-        if level > _DEF:
+        if _BIT[level] > self.flat_bit:  # above the level of flat rounds
             self.flat_bit = -1
         if 0 <= self.current < level:
             self._bits |= _BIT[NQUEUES - 1]
@@ -576,8 +576,7 @@ class Scheduler(ReadyQueue):
             # One level is queued and nothing (I/O, a timer above it) could
             # bring more urgent work by time: asyncio's round is this round,
             # without its per-level bookkeeping.
-            if bits == _DEF_BIT:
-                self.flat_bit = bits  # the backend may ask run_flat() directly
+            self.flat_bit = bits  # the backend may ask run_flat() directly
             self.run_flat(bits.bit_length() - 1)
             return 0
         levels = self._levels
