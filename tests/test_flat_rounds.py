@@ -1,9 +1,10 @@
-"""Rounds at one level: once a round of default-level work ran without
+"""Rounds at one level: once a round of work at one level ran without
 anything (I/O, a timer) able to bring more urgent work by time, the next
 rounds of such work skip the leveled dispatch.  Whatever can bring urgent
-work -- a reader registered above the default level, a timer set above it
--- must end that shortcut before the next round: these backlogs start
-right after a round of plain default work."""
+work -- a reader registered above that level, a timer set above it -- must
+end that shortcut before the next round: these backlogs start right after
+rounds of work at one level alone (the default level, and HIGH: a server
+under Priority.HIGH)."""
 
 import asyncio
 import socket
@@ -24,29 +25,48 @@ def _busy(order: list, i: int, then=None) -> None:
         then(i)
 
 
-@pytest.mark.asyncio
-async def test_a_reader_registered_above_the_default_level_after_default_rounds():
-    loop = asyncio.get_running_loop()
-    await enter_priority_mode(loop)
-    for _ in range(3):  # rounds of default work alone, nothing registered above
+# (the level of the backlog, the level above it that I/O or a timer comes at):
+# rounds at the default level, and at a level above it (a server under HIGH)
+LEVELS = [(None, aem_loop.Priority.HIGH), (aem_loop.Priority.HIGH, aem_loop.Priority.CRITICAL)]
+LEVEL_IDS = ["default", "HIGH"]
+
+
+async def _rounds() -> None:
+    for _ in range(3):  # rounds of work at one level alone
         await asyncio.sleep(0)
+
+
+def _run_at(loop: asyncio.AbstractEventLoop, coro, level) -> None:
+    loop.run_until_complete(loop.create_task(coro, priority=level) if level is not None
+                            else coro)
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
+@pytest.mark.parametrize(("base", "above"), LEVELS, ids=LEVEL_IDS)
+def test_a_reader_registered_above_the_level_of_flat_rounds(backend, base, above):
+    loop = aem_loop.new_event_loop(backend=backend)
     a, b = socket.socketpair()
     order: list = []
-    with aem_loop.priority(aem_loop.Priority.HIGH):
-        loop.add_reader(a, lambda: (order.append("urgent"), a.recv(10)))
 
     def then(i: int) -> None:
         if i == 5:
             b.send(b"x")
 
-    try:
-        # queued in this round: the next one holds the default level alone
-        for i in range(20):
+    async def body() -> None:
+        await _rounds()  # nothing registered above them
+        with aem_loop.priority(above):
+            loop.add_reader(a, lambda: (order.append("urgent"), a.recv(10)))
+        for i in range(20):  # queued at this task's level: the next round holds it alone
             loop.call_soon(_busy, order, i, then)
         while len(order) < 21:
             await asyncio.sleep(0)
-    finally:
+
+    try:
+        loop.run_until_complete(enter_priority_mode(loop))
+        _run_at(loop, body(), base)
         loop.remove_reader(a)
+    finally:
+        loop.close()
         a.close()
         b.close()
     assert [x for x in order if x != "urgent"] == list(range(20))
@@ -54,21 +74,22 @@ async def test_a_reader_registered_above_the_default_level_after_default_rounds(
 
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
-def test_a_timer_set_above_the_default_level_between_runs(backend):
-    """A HIGH timer set while the loop is not running (no round to end),
-    after rounds of default work alone, with a backlog queued beside it."""
+@pytest.mark.parametrize(("base", "above"), LEVELS, ids=LEVEL_IDS)
+def test_a_timer_set_above_the_level_of_flat_rounds_between_runs(backend, base, above):
+    """A timer set while the loop is not running (no round to end), after
+    rounds of work at one level alone, with a backlog queued beside it."""
     loop = aem_loop.new_event_loop(backend=backend)
     order: list = []
     try:
         loop.run_until_complete(enter_priority_mode(loop))
-        for _ in range(3):
-            loop.run_until_complete(asyncio.sleep(0))
-        with aem_loop.priority(aem_loop.Priority.HIGH):
+        _run_at(loop, _rounds(), base)
+        with aem_loop.priority(above):
             loop.call_later(0.003, order.append, "timer")
-        for i in range(20):
-            loop.call_soon(_busy, order, i)
-        done = loop.create_future()
-        loop.call_soon(done.set_result, None)
+        with aem_loop.priority(base if base is not None else aem_loop.Priority.NORMAL):
+            for i in range(20):
+                loop.call_soon(_busy, order, i)
+            done = loop.create_future()
+            loop.call_soon(done.set_result, None)
         loop.run_until_complete(done)
     finally:
         loop.close()
@@ -99,65 +120,3 @@ def test_debug_mode_turned_on_after_default_rounds_times_callbacks(backend, capl
     assert any("Executing" in r.getMessage() and "_busy" in r.getMessage()
                for r in caplog.records), caplog.records
 
-
-# The same at a level above the default: a round whose queue holds HIGH work
-# alone runs flat at HIGH, and what can bring work above HIGH ends that.
-
-_HIGH = aem_loop.Priority.HIGH
-_CRITICAL = aem_loop.Priority.CRITICAL
-
-
-@pytest.mark.parametrize("backend", ["selector", "uvloop"])
-def test_a_reader_registered_above_high_after_rounds_of_high_work(backend):
-    loop = aem_loop.new_event_loop(backend=backend)
-    a, b = socket.socketpair()
-    order: list = []
-
-    def then(i: int) -> None:
-        if i == 5:
-            b.send(b"x")
-
-    async def body() -> None:
-        for _ in range(3):  # rounds of HIGH work alone
-            await asyncio.sleep(0)
-        with aem_loop.priority(_CRITICAL):
-            loop.add_reader(a, lambda: (order.append("urgent"), a.recv(10)))
-        for i in range(20):  # queued at this task's level, HIGH
-            loop.call_soon(_busy, order, i, then)
-        while len(order) < 21:
-            await asyncio.sleep(0)
-
-    try:
-        loop.run_until_complete(loop.create_task(body(), priority=_HIGH))
-        loop.remove_reader(a)
-    finally:
-        loop.close()
-        a.close()
-        b.close()
-    assert [x for x in order if x != "urgent"] == list(range(20))
-    assert order.index("urgent") < 19, order  # within a slice or two, not after it all
-
-
-@pytest.mark.parametrize("backend", ["selector", "uvloop"])
-def test_a_timer_set_above_high_between_runs_of_high_work(backend):
-    loop = aem_loop.new_event_loop(backend=backend)
-    order: list = []
-
-    async def rounds() -> None:
-        for _ in range(3):
-            await asyncio.sleep(0)
-
-    try:
-        loop.run_until_complete(loop.create_task(rounds(), priority=_HIGH))
-        with aem_loop.priority(_CRITICAL):
-            loop.call_later(0.003, order.append, "timer")
-        with aem_loop.priority(_HIGH):
-            for i in range(20):
-                loop.call_soon(_busy, order, i)
-            done = loop.create_future()
-            loop.call_soon(done.set_result, None)
-        loop.run_until_complete(done)
-    finally:
-        loop.close()
-    assert [x for x in order if x != "timer"] == list(range(20))
-    assert order.index("timer") < 19, order  # at a spent slice, not after the backlog
