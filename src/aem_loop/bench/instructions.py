@@ -2,11 +2,11 @@
 
 Throughput on a shared VM drifts by 2-3x over minutes; instruction counts do
 not.  The server (one loop per run) runs under callgrind; a plain blocking
-client keeps 10 connections doing 1 KiB round trips, ROUNDS_LO then
+client keeps 10 connections doing 1 KiB (``--size``) round trips, ROUNDS_LO then
 ROUNDS_HI times; the difference divided by the extra round trips removes
 start-up.  Needs valgrind (Debian package) and takes ~1 minute.
 
-    python benchmarks/instructions.py [--loops asyncio,aem-selector] [--api streams]
+    python benchmarks/instructions.py [--loops asyncio,aem-selector] [--api streams] [--size 10240]
 
 A loop name may carry a server variant as in benchmarks/echo.py:
 ``aem-uvloop/prio`` (a priority used before serving), ``aem-uvloop/high``
@@ -169,10 +169,10 @@ def _http_client(port: int, rounds: int) -> None:
         s.close()
 
 
-def _client(port: int, rounds: int) -> None:
+def _client(port: int, rounds: int, size: int = 1024) -> None:
     _wait_for(port)
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNS)]
-    msg = b"x" * 1024
+    msg = b"x" * size
     for _ in range(rounds):
         for s in socks:
             s.sendall(msg)
@@ -184,7 +184,8 @@ def _client(port: int, rounds: int) -> None:
         s.close()
 
 
-def instructions(loop: str, rounds: int, api: str, time_slice: float | None = None) -> int:
+def instructions(loop: str, rounds: int, api: str, time_slice: float | None = None,
+                 size: int = 1024) -> int:
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
         script = f"{d}/server.py"
@@ -196,7 +197,10 @@ def instructions(loop: str, rounds: int, api: str, time_slice: float | None = No
              "-" if time_slice is None or not loop.startswith("aem-") else repr(time_slice)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-        (_http_client if api == "aiohttp" else _client)(port, rounds)
+        if api == "aiohttp":
+            _http_client(port, rounds)
+        else:
+            _client(port, rounds, size)
         _, err = proc.communicate(timeout=300)
     m = re.search(r"Collected : (\d+)", err)
     if proc.returncode or not m:
@@ -211,18 +215,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--api", choices=("protocol", "streams", "aiohttp"), default="protocol")
     ap.add_argument("--time-slice", type=float, default=None,
                     help="the aem servers' time slice in seconds (default: the loop's)")
+    ap.add_argument("--size", type=int, default=1024,
+                    help="bytes per echo message (protocol and streams; default 1024)")
     a = ap.parse_args(argv)
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     extra = (ROUNDS_HI - ROUNDS_LO) * CONNS
     base = None
+    if a.size <= 0:
+        sys.exit(f"--size must be a positive number of bytes, got {a.size}")
     what = ("aiohttp hello world request" if a.api == "aiohttp"
-            else f"1 KiB {a.api} echo round trip")
+            else f"{a.size / 1024:g} KiB {a.api} echo round trip")
     sliced = "" if a.time_slice is None else f", aem time slice {a.time_slice:g} s"
     print(f"instructions per {what}, {CONNS} connections{sliced}; {machine()}")
     for loop in a.loops.split(","):
-        per = (instructions(loop, ROUNDS_HI, a.api, a.time_slice)
-               - instructions(loop, ROUNDS_LO, a.api, a.time_slice)) / extra
+        per = (instructions(loop, ROUNDS_HI, a.api, a.time_slice, a.size)
+               - instructions(loop, ROUNDS_LO, a.api, a.time_slice, a.size)) / extra
         base = base or per
         print(f"{loop:14} {per:9,.0f} instr/rt  {per / base:5.2f}x of {a.loops.split(',')[0]}")
 
