@@ -119,4 +119,3 @@ def test_debug_mode_turned_on_after_default_rounds_times_callbacks(backend, capl
         loop.close()
     assert any("Executing" in r.getMessage() and "_busy" in r.getMessage()
                for r in caplog.records), caplog.records
-

@@ -218,12 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=1024,
                     help="bytes per echo message (protocol and streams; default 1024)")
     a = ap.parse_args(argv)
+    if a.size <= 0:
+        sys.exit(f"--size must be a positive number of bytes, got {a.size}")
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     extra = (ROUNDS_HI - ROUNDS_LO) * CONNS
     base = None
-    if a.size <= 0:
-        sys.exit(f"--size must be a positive number of bytes, got {a.size}")
     what = ("aiohttp hello world request" if a.api == "aiohttp"
             else f"{a.size / 1024:g} KiB {a.api} echo round trip")
     sliced = "" if a.time_slice is None else f", aem time slice {a.time_slice:g} s"

@@ -299,13 +299,6 @@ class AEMLoopMixin:
         Other keyword arguments (Python >= 3.13 passes e.g. ``eager_start``)
         go to the base loop's create_task and task factory unchanged.
         """
-        if priority is None and not self._aem_mixed and not kwargs and self._aem_collect is None:
-            # The fast path (no priority used in the process yet, so no
-            # debug mode either): every first step is queued flat, there is
-            # no level to keep apart; the base loop's create_task alone.
-            if name is None and context is None:
-                return self._aem_base_create_task(coro)
-            return self._aem_base_create_task(coro, name=name, context=context)
         if priority is not None:
             try:
                 p = check_priority(priority)
@@ -314,10 +307,13 @@ class AEMLoopMixin:
                 raise
             context = contextvars.copy_context() if context is None else context.copy()
             context.run(PRIORITY_VAR.set, p)
-        if self._aem_plain_tasks and not kwargs:
-            # asyncio's own Task types (no task factory, no debug mode): the
-            # first step is the task's own step, which push_woken never takes
-            # for a wakeup, so it keeps the task's level without the flag.
+        if not kwargs and (self._aem_plain_tasks or not self._aem_mixed):
+            # The base loop's create_task alone: on the fast path (no
+            # priority used in the process yet) every first step is queued
+            # flat, with no level to keep apart; with asyncio's own Task types
+            # (no task factory, no debug mode) the first step is the task's
+            # own step, which push_woken never takes for a wakeup, so it
+            # keeps the task's level without the flag below.
             if name is None and context is None:
                 task = self._aem_base_create_task(coro)
             else:
