@@ -258,6 +258,56 @@ async def test_lock_boost_prevents_inversion_by_medium_flood():
 
 
 @pytest.mark.asyncio
+async def test_boosted_holder_woken_at_its_own_level_runs_at_the_boost():
+    """LOW holds the lock and waits for an event, CRITICAL waits for the
+    lock, HIGH floods.  A LOW callback (let through by aging) sets the
+    event: the holder's wakeup is queued from its own level, so only the
+    boost lifts it above the flood; it runs before any more of the flood."""
+    loop = asyncio.get_running_loop()
+    lock = aem_loop.Lock()
+    go = asyncio.Event()
+    log: list[str] = []
+    released = asyncio.Event()
+    flood_left = [1_000_000]
+
+    def medium():
+        log.append("flood")
+        if flood_left[0] and not released.is_set():
+            flood_left[0] -= 1
+            loop.call_soon(medium)
+
+    def set_go():
+        log.append("go")
+        go.set()
+
+    holding = asyncio.Event()
+
+    async def holder():
+        async with lock:
+            holding.set()
+            await go.wait()
+            log.append("holder")
+        released.set()
+
+    async def urgent():
+        async with lock:
+            pass
+
+    h = loop.create_task(holder(), priority=Priority.LOW)
+    await holding.wait()
+    u = loop.create_task(urgent(), priority=Priority.CRITICAL)
+    await asyncio.sleep(0)  # the urgent task blocks on the lock: the holder is boosted
+    with aem_loop.priority(Priority.HIGH):
+        loop.call_soon(medium)
+    with aem_loop.priority(Priority.LOW):
+        loop.call_soon(set_go)
+    await asyncio.gather(h, u)
+    assert flood_left[0] > 0, "the flood ended first"
+    i = log.index("go")
+    assert log[i + 1] == "holder", log[i - 2:i + 5]
+
+
+@pytest.mark.asyncio
 async def test_cancelled_waiter_drops_its_boost():
     loop = asyncio.get_running_loop()
     lock = aem_loop.Lock()

@@ -52,7 +52,7 @@ from .readyqueue import ReadyQueue
 from .stats import LatencyRecorder, LoopStatistics
 from .timers import AEMTimerHandle, TimerWheel
 
-__all__ = ["DEFAULT_AGING", "DEFAULT_TIME_SLICE", "Scheduler"]
+__all__ = ["DEFAULT_AGING", "DEFAULT_TIME_SLICE", "LEVEL_BITS", "Scheduler"]
 
 # A round of dispatch polls I/O again after this long.  Far below a
 # millisecond so an urgent callback waits at most ~one slice behind a
@@ -69,6 +69,7 @@ _NOT_DISPATCHING = -1
 # 1 << level for every level, made once: levels above 30 need a two-digit int,
 # and building one on every push was a measurable share of the push.
 _BIT = tuple(1 << i for i in range(NQUEUES))
+LEVEL_BITS = _BIT  # for a backend that queues with the core's push inlined
 _INF = float("inf")
 # _io_bits while the backend has not said which levels have I/O: above all.
 _IO_UNKNOWN = 1 << NQUEUES
