@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 import aem_loop
 import aem_loop.aiohttp
 from aem_loop import Priority
+from aem_loop.backends.uvhandoff import CHECK_EVERY
 from aem_loop.events.classify import HTTPScanner
+from conftest import backend_of
 
 
 def _urgent(data: bytes) -> int | None:
@@ -238,8 +240,12 @@ async def test_route_priorities_answers_the_urgent_request_before_the_flood(prob
     assert done.count("bulk") == total
     # only bulk requests already under way when the probe arrived go first:
     # 1-2 on 3.11, 3-6 on 3.12+ (aiohttp starts tasks eagerly there, inside
-    # steps already dispatched); without priorities it is 32-48 of 49
-    assert done.index("health") <= 8, done.index("health")
+    # steps already dispatched); without priorities it is 32-48 of 49.  On
+    # the uvloop backend a checkpoint among the hand-offs notices the probe,
+    # at the stride learned from the quick requests before the flood: up to
+    # CHECK_EVERY bulk requests may go first (13-14 seen).
+    bound = 8 if backend_of(asyncio.get_running_loop()) == "selector" else 2 + CHECK_EVERY
+    assert done.index("health") <= bound, done.index("health")
 
 
 @pytest.mark.asyncio

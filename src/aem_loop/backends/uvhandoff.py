@@ -144,7 +144,9 @@ class UrgentFdsMixin:
     # polls now and the urgent event runs first.  The stride adapts to the
     # hand-offs' cost: up to CHECK_EVERY short callbacks, down to every one
     # while each takes a time slice, so that an urgent event waits about a
-    # slice (or one callback) behind the hand-offs, not CHECK_EVERY of them.
+    # slice (or one callback) behind the hand-offs, not CHECK_EVERY of them
+    # (once the stride has adapted: long callbacks right after a run of
+    # short ones run at the short ones' stride until the next checkpoint).
 
     # -- urgent fds signalled instead (backends.sigio) ----------------------------
     #
