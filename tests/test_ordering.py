@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aem_loop
+from aem_loop.backends.uvhandoff import HANDOFF_MAX
 from conftest import enter_priority_mode
 
 
@@ -953,3 +954,39 @@ def test_a_misspelt_option_names_every_option(backend):
     with pytest.raises(TypeError, match=r"'fastpath'.*known options: time_slice, aging, "
                        r"strict, inherit, timer_slack, urgent_signals, fast_path"):
         aem_loop.new_event_loop(backend=backend, fastpath=False)
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("uvloop")
+async def test_a_spent_hand_off_budget_with_nothing_in_the_core_starts_a_new_epoch():
+    """Priorities in use, a streams ping-pong at the default level over
+    three hand-off budgets of task wakeups (each made by uvloop's
+    transport callbacks, outside the core): with nothing else in the core,
+    every wakeup is handed to uvloop's queue and no core round is needed to
+    end an epoch (a round at the back would take each wakeup made until it
+    ran into the core); the bytes all arrive, in order."""
+    loop = asyncio.get_running_loop()
+    await enter_priority_mode(loop)
+    trips = 3 * HANDOFF_MAX // 2  # two wakeups each: three budgets
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    before = loop.statistics()
+    got = bytearray()
+    for i in range(trips):
+        writer.write(bytes([i % 256]))
+        got += await reader.readexactly(1)
+    after = loop.statistics()
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    assert got == bytes(i % 256 for i in range(trips))
+    assert after.polls - before.polls <= 1, after.polls - before.polls
+    default = aem_loop.Priority.NORMAL  # the hand-offs are counted as dispatched
+    assert after.dispatched[default] - before.dispatched.get(default, 0) >= trips

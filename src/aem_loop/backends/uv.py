@@ -227,6 +227,9 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
             cur = sched.current
             if cur >= 0 and bits == _BIT[cur] and not sched._levels[cur]:
                 bits = 0
+        if (ho.budget <= 0 and not bits and not ho.saved and not self._aem_armed
+                and not self._aem_held and not self._aem_front and self._aem_ready is not None):
+            self._aem_new_epoch()
         if ho.budget > 0 and not bits and not sched.inbox and not sched.boosts:
             # Hand-off: nothing queued in the core, nothing registered for I/O
             # above this level, no hand-off pending at another level: uvloop's
@@ -359,6 +362,16 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
             return handle
 
         self.__dict__["call_soon"] = call_soon
+
+    def _aem_new_epoch(self) -> None:
+        """The budget is spent with nothing in the core and no round armed:
+        a new epoch now (a round at the back would only end this one, and
+        take every wakeup made until it ran into the core)."""
+        ho = self._aem_ho
+        n = ho.base - ho.budget
+        if n > 0 and ho.h >= 0:
+            self._aem.dispatched[ho.h] += n
+        ho.budget = ho.base = HANDOFF_MAX
 
     def _aem_arm_back(self) -> None:
         """Queue a round at the back of uvloop's queue.  Until it runs, a
