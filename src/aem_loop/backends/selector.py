@@ -171,7 +171,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         if not self._aem_mixed:
             level = _DEF
         else:
-            level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+            level = handle._context.get(PRIORITY_VAR, _DEF)
             if sched.boosts or (sched.current > level and context is not None):
                 if context is None or self._aem_creating:
                     sched.push(handle)

@@ -227,9 +227,13 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
             cur = sched.current
             if cur >= 0 and bits == _BIT[cur] and not sched._levels[cur]:
                 bits = 0
-        if (ho.budget <= 0 and not bits and not ho.saved and not self._aem_armed
-                and not self._aem_held and not self._aem_front and self._aem_ready is not None):
-            self._aem_new_epoch()
+        if (ho.budget <= 0 and not bits and not self._aem_armed and not self._aem_held
+                and not self._aem_front and self._aem_ready is not None):
+            # The budget is spent with nothing in the core and no round armed:
+            # a new epoch now (a round at the back would only end this one,
+            # and take every wakeup made until it ran into the core).
+            self._aem_count_handoffs(ho.budget)
+            ho.budget = ho.base = HANDOFF_MAX
         if ho.budget > 0 and not bits and not sched.inbox and not sched.boosts:
             # Hand-off: nothing queued in the core, nothing registered for I/O
             # above this level, no hand-off pending at another level: uvloop's
@@ -363,15 +367,14 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
 
         self.__dict__["call_soon"] = call_soon
 
-    def _aem_new_epoch(self) -> None:
-        """The budget is spent with nothing in the core and no round armed:
-        a new epoch now (a round at the back would only end this one, and
-        take every wakeup made until it ran into the core)."""
+    def _aem_count_handoffs(self, left: int) -> None:
+        """Count the hand-offs made since the last count (the budget was
+        ``base`` then and is *left* now) as dispatched at their level."""
         ho = self._aem_ho
-        n = ho.base - ho.budget
+        n = ho.base - left
         if n > 0 and ho.h >= 0:
             self._aem.dispatched[ho.h] += n
-        ho.budget = ho.base = HANDOFF_MAX
+        ho.base = left
 
     def _aem_arm_back(self) -> None:
         """Queue a round at the back of uvloop's queue.  Until it runs, a
@@ -381,10 +384,8 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         dispatched."""
         self._aem_armed = True
         ho = self._aem_ho
-        n = ho.base - ho.budget
-        if n > 0 and ho.h >= 0:
-            self._aem.dispatched[ho.h] += n
-        ho.saved = ho.base = ho.budget
+        self._aem_count_handoffs(ho.budget)
+        ho.saved = ho.budget
         ho.budget = 0
         ho.tail = _UNSET
         _uv_call_soon(self, self._aem_dispatch)
@@ -572,10 +573,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         except ValueError:  # run already (by the round running when this one was armed)
             lead = 0
         # the epoch goes on: the hand-offs behind this round are pending
-        n = ho.base - ho.saved
-        if n > 0:
-            sched.dispatched[h] += n
-        ho.base = ho.saved
+        self._aem_count_handoffs(ho.saved)
         try:
             if sched.timers.n:
                 sched.move_due_timers(_monotonic())
