@@ -832,10 +832,12 @@ def test_shutdown_on_the_loop_thread_with_runs_in_flight_does_not_deadlock(backe
     """``with CapsulePool() as pool:`` in a coroutine whose body raises while
     ``pool.run`` calls are pending: the exit's shutdown(wait=True) runs on the
     loop thread, which reads those calls' replies.  It returns; the calls
-    finish when the loop runs again, and then every process exits."""
+    finish when the loop runs again, and then every process exits.  A later
+    shutdown(wait=True) off the loop waits for the pool's own teardown (its
+    manager thread closes the pool's fds after the zygote is reaped)."""
     import aem_loop
 
-    async def main() -> tuple[list[object], int, list[int]]:
+    async def main() -> tuple[list[object], CapsulePool, int, list[int]]:
         tasks = []
         with pytest.raises(KeyError), CapsulePool(2) as pool:
             zpid, pids = pool.zygote_pid, pool.pids()
@@ -843,12 +845,13 @@ def test_shutdown_on_the_loop_thread_with_runs_in_flight_does_not_deadlock(backe
             await asyncio.sleep(0)  # the calls are sent
             raise KeyError("the body fails with calls in flight")
         results = await asyncio.gather(*tasks)
-        return results, zpid, pids
+        return results, pool, zpid, pids
 
-    results, zpid, pids = aem_loop.run(main(), backend=backend)
+    results, pool, zpid, pids = aem_loop.run(main(), backend=backend)
     assert results == [1, 3, 9, 27]
     assert wait_gone(zpid), "the zygote is left"
     assert [p for p in pids if not wait_gone(p)] == []
+    pool.shutdown(wait=True)  # off the loop: returns when the teardown is done
 
 
 def _ignore_sigterm() -> int:
