@@ -30,7 +30,9 @@ class AEMHandle(events.Handle):
     # Set by whoever queues it as a reader or writer (push_io reads it), or
     # written first by the dispatch loop; no __init__ of its own, which in
     # debug mode would add its frame to the handle's source traceback.
-    __slots__ = ("_aem_q",)
+    # _aem_level: a reader's or writer's priority, taken from its context
+    # when it is registered (the level the backend counts it at).
+    __slots__ = ("_aem_level", "_aem_q")
 
     def _repr_info(self) -> list[str]:
         info: list[str] = super()._repr_info()  # type: ignore[misc]

@@ -27,6 +27,7 @@ def io_register(self: Any, level: int) -> None:
     counts[level] += 1
     self._io_bits |= 1 << level
     self._watch_bits = self._io_bits & ~self._sig_bits
+    _one_level(self)
     if 1 << level > self.flat_bit:  # above the level of flat rounds
         self.flat_bit = -1
 
@@ -40,6 +41,13 @@ def io_unregister(self: Any, level: int) -> None:
     if not counts[level]:
         self._io_bits &= ~(1 << level)
         self._watch_bits = self._io_bits & ~self._sig_bits
+        _one_level(self)
+
+
+def _one_level(self: Any) -> None:
+    """``_io_one``: the level, if exactly one has registered I/O; else -1."""
+    bits = self._io_bits
+    self._io_one = bits.bit_length() - 1 if bits and not bits & (bits - 1) else -1
 
 
 def io_signalled(self: Any, levels: int) -> None:

@@ -119,6 +119,7 @@ class Scheduler(ReadyQueue):
         "_flat_q",
         "_io_bits",
         "_io_counts",
+        "_io_one",
         "_probe",
         "_probe_t",
         "_sig_bits",
@@ -179,6 +180,9 @@ class Scheduler(ReadyQueue):
         # the clock and each spent slice end in a poll.
         self._io_counts: list[int] | None = None
         self._io_bits = _IO_UNKNOWN
+        # The one level with registered I/O, or -1 (none, several, unknown):
+        # push_io then queues every ready handle there without looking.
+        self._io_one = -1
         # Of those, the levels whose readiness the kernel signals (the
         # backend's io_signalled; backends.tiers), and the rest: the levels
         # a round watches the clock for and a spent slice asks.
@@ -300,10 +304,18 @@ class Scheduler(ReadyQueue):
         One call per poll instead of two per ready fd (the per-event cost of
         the loop is a good share of a small round trip).  All of them became
         ready at one moment, so one lateness sample per poll says as much as
-        one per handle: the last handle queued is the candidate.
+        one per handle: the last handle queued is the candidate.  A reader's
+        or writer's level is the one it was registered at (``_aem_level``,
+        set by the backend, which counts it in :meth:`io_register`): while
+        every registered waiter is at one level and nothing is boosted, all
+        of them go to that level's queue with no per-handle look-up.
         """
         if self.inbox:
             self.drain_inbox()
+        one = self._io_one
+        if one >= 0 and not self.boosts:
+            self.push_io_flat(handles, one)
+            return
         levels = self._levels
         boosts = self.boosts
         bits = self._bits
@@ -314,7 +326,7 @@ class Scheduler(ReadyQueue):
             if handle._aem_q:
                 continue
             handle._aem_q = True
-            level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+            level = handle._aem_level
             if boosts:
                 level = self._boosted(handle, level)
             q = levels[level]
@@ -358,11 +370,12 @@ class Scheduler(ReadyQueue):
         if not c:
             self._start_probe(handle, _DEF, self._clock())
 
-    def push_io_flat(self, handles: list[Any]) -> None:
-        """:meth:`push_io` on the fast path."""
+    def push_io_flat(self, handles: list[Any], level: int = _DEF) -> None:
+        """:meth:`push_io` on the fast path (the default level), or when all
+        registered I/O is at *level*."""
         if self.inbox:
             self.drain_inbox()
-        q = self._flat_q
+        q = self._levels[level]
         was = len(q)
         for handle in handles:
             if not handle._aem_q:
@@ -371,12 +384,12 @@ class Scheduler(ReadyQueue):
         if len(q) == was:
             return
         if not was:
-            self._bits |= _DEF_BIT
+            self._bits |= _BIT[level]
         skip = self._skip
-        c = skip[_DEF] - 1
-        skip[_DEF] = c
+        c = skip[level] - 1
+        skip[level] = c
         if not c:
-            self._start_probe(q[-1], _DEF, self._clock())
+            self._start_probe(q[-1], level, self._clock())
 
     def end_flat_round(self) -> None:
         """The fast path ends (in the loop's thread): a :meth:`run_flat`
@@ -784,7 +797,7 @@ class Scheduler(ReadyQueue):
         self.inbox.clear()
         self.timers.clear()
         self._probe = [None] * NQUEUES
-        self._skip = [1] * NQUEUES
+        self._skip[:] = [1] * NQUEUES  # the same list: a backend's call_soon holds it
 
     def statistics(self, backend: str, fast_path: bool = False) -> LoopStatistics:
         t = self.timers
