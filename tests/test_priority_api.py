@@ -261,3 +261,45 @@ async def test_create_task_name_context_and_task_factory_as_stock():
     finally:
         loop.set_task_factory(None)
     assert [c for _, c in made] == [None, ctx]
+
+
+def test_a_connection_keeps_the_level_it_was_registered_at_on_the_selector_backend():
+    """set_priority() inside data_received gives the level to what the
+    callback creates from then on (a task here), while the connection's own
+    readiness goes on at the level its reader was registered at (the level
+    the backend counts its I/O at): selector backend, where readers are
+    dispatched by level."""
+
+    async def main() -> tuple[list[tuple[int, int]], list[int]]:
+        loop = asyncio.get_running_loop()
+        reads: list[tuple[int, int]] = []
+        tasks: list[int] = []
+
+        async def child() -> None:
+            tasks.append(aem_loop.effective_priority())
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, t):
+                self.t = t
+
+            def data_received(self, d):
+                reads.append((aem_loop.current_priority(), aem_loop.effective_priority()))
+                self.task = loop.create_task(child())
+                if len(reads) == 1:
+                    aem_loop.set_priority(Priority.HIGH)
+                self.t.write(d)
+
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1])
+        for i in range(3):
+            w.write(b"%d" % i)
+            assert await r.readexactly(1) == b"%d" % i
+        w.close()
+        await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+        return reads, tasks
+
+    reads, tasks = aem_loop.run(main(), backend="selector")
+    assert reads == [(50, 50), (75, 50), (75, 50)]
+    assert tasks == [50, 75, 75]
