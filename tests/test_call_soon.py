@@ -39,6 +39,25 @@ def test_call_soon_on_a_closed_loop_raises_as_stock(backend, fast_path):
     assert "call_soon" not in vars(loop) or backend == "asyncio"
 
 
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop-stock", "selector", "uvloop"])
+def test_a_keyword_argument_other_than_context_is_refused_as_stock(backend, fast_path):
+    loop = uvloop.new_event_loop() if backend == "uvloop-stock" else _new(backend, fast_path)
+    try:
+        if backend in ("selector", "uvloop"):
+            loop.run_until_complete(enter_priority_mode(loop))
+        ran: list[int] = []
+        with pytest.raises(TypeError, match="arg"):
+            loop.call_soon(ran.append, arg=1)
+        with pytest.raises(TypeError, match="arg"):
+            loop.call_soon(ran.append, 1, arg=2)
+        loop.call_soon(ran.append, 3, context=None)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert ran == [3]
+    finally:
+        loop.close()
+
+
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
 def test_debug_mode_on_and_off_again_keeps_the_order_and_records_sources(backend):
     loop = _new(backend, True)
