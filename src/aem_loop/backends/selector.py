@@ -31,11 +31,12 @@ from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, check_fast_path, fast_ha
 from ..core.priority import (
     DEFAULT_PRIORITY,
     JOB_LEVEL,
+    LEVEL_BITS,
     NQUEUES,
     PRIORITY_VAR,
     on_first_priority,
 )
-from ..core.scheduler import LEVEL_BITS, Scheduler, own_handle
+from ..core.scheduler import Scheduler, own_handle
 from ..events.classify import wrap_factory
 from ..events.loop import EventsLoopMixin
 from .seltransport import ReadIntoTransport
@@ -226,8 +227,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
-        if "_aem_read_buffer" in self.__dict__:  # __init__ is done
-            self._aem_install_call_soon()
+        self._aem_install_call_soon()
 
     def _aem_schedule(self, callback: Callable[..., object], args: tuple[Any, ...],
                       context: contextvars.Context) -> events.Handle:

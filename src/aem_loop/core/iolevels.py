@@ -7,15 +7,18 @@ unless the backend has the kernel signal its readiness
 (:meth:`io_signalled`): then a signal handler puts ``URGENT_IO`` in the
 inbox, which ends the round at its next callback, and rounds below that
 level run as if it had no I/O (no clock, no slice).
+
+Also here: queueing what a poll found ready (:func:`push_io`), each reader
+and writer at the level it was registered at.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .priority import NQUEUES
+from .priority import DEFAULT_PRIORITY, LEVEL_BITS, NQUEUES
 
-__all__ = ["io_register", "io_signalled", "io_unregister"]
+__all__ = ["io_register", "io_signalled", "io_unregister", "push_io", "push_io_flat"]
 
 
 def io_register(self: Any, level: int) -> None:
@@ -56,3 +59,72 @@ def io_signalled(self: Any, levels: int) -> None:
     self.flat_bit = -1  # run_ready decides anew whether a round is flat
     self._sig_bits = levels
     self._watch_bits = self._io_bits & ~levels
+
+
+def push_io(self: Any, handles: list[Any]) -> None:
+    """``Scheduler.push_ready`` for every handle one poll found ready, in order.
+
+    One call per poll instead of two per ready fd (the per-event cost of
+    the loop is a good share of a small round trip).  All of them became
+    ready at one moment, so one lateness sample per poll says as much as
+    one per handle: the last handle queued is the candidate.  A reader's
+    or writer's level is the one it was registered at (``_aem_level``,
+    set by the backend, which counts it in :func:`io_register`): while
+    every registered waiter is at one level and nothing is boosted, all
+    of them go to that level's queue with no per-handle look-up.
+    """
+    one = self._io_one
+    if one >= 0 and not self.boosts:
+        push_io_flat(self, handles, one)
+        return
+    if self.inbox:
+        self.drain_inbox()
+    levels = self._levels
+    boosts = self.boosts
+    bits = self._bits
+    pushed = 0
+    h: Any = None
+    level = 0
+    for handle in handles:
+        if handle._aem_q:
+            continue
+        handle._aem_q = True
+        level = handle._aem_level
+        if boosts:
+            level = self._boosted(handle, level)
+        q = levels[level]
+        if not q:
+            bits |= LEVEL_BITS[level]
+        q.append(handle)
+        pushed += 1
+        h = handle
+    if not pushed:
+        return
+    self._bits = bits
+    skip = self._skip
+    c = skip[level] - 1
+    skip[level] = c
+    if not c:
+        self._start_probe(h, level, self._clock())
+
+
+def push_io_flat(self: Any, handles: list[Any], level: int = DEFAULT_PRIORITY) -> None:
+    """:func:`push_io` on the fast path (the default level), or when all
+    registered I/O is at *level*."""
+    if self.inbox:
+        self.drain_inbox()
+    q = self._levels[level]
+    was = len(q)
+    for handle in handles:
+        if not handle._aem_q:
+            handle._aem_q = True
+            q.append(handle)
+    if len(q) == was:
+        return
+    if not was:
+        self._bits |= LEVEL_BITS[level]
+    skip = self._skip
+    c = skip[level] - 1
+    skip[level] = c
+    if not c:
+        self._start_probe(q[-1], level, self._clock())

@@ -47,12 +47,12 @@ from typing import Any
 
 from . import boosting, iolevels
 from .handles import URGENT_IO, AEMHandle, is_wakeup, report_callback_error
-from .priority import DEFAULT_PRIORITY, NQUEUES, PRIORITY_VAR, boolean, seconds
+from .priority import DEFAULT_PRIORITY, LEVEL_BITS, NQUEUES, PRIORITY_VAR, boolean, seconds
 from .readyqueue import ReadyQueue
 from .stats import LatencyRecorder, LoopStatistics
 from .timers import AEMTimerHandle, TimerWheel
 
-__all__ = ["DEFAULT_AGING", "DEFAULT_TIME_SLICE", "LEVEL_BITS", "Scheduler"]
+__all__ = ["DEFAULT_AGING", "DEFAULT_TIME_SLICE", "Scheduler"]
 
 # A round of dispatch polls I/O again after this long.  Far below a
 # millisecond so an urgent callback waits at most ~one slice behind a
@@ -66,10 +66,7 @@ DEFAULT_TIME_SLICE = 0.0002
 DEFAULT_AGING = 0.010
 
 _NOT_DISPATCHING = -1
-# 1 << level for every level, made once: levels above 30 need a two-digit int,
-# and building one on every push was a measurable share of the push.
-_BIT = tuple(1 << i for i in range(NQUEUES))
-LEVEL_BITS = _BIT  # for a backend that queues with the core's push inlined
+_BIT = LEVEL_BITS
 _INF = float("inf")
 # _io_bits while the backend has not said which levels have I/O: above all.
 _IO_UNKNOWN = 1 << NQUEUES
@@ -298,52 +295,6 @@ class Scheduler(ReadyQueue):
         handle._aem_q = True
         self.push(handle)
 
-    def push_io(self, handles: list[Any]) -> None:
-        """:meth:`push_ready` for every handle one poll found ready, in order.
-
-        One call per poll instead of two per ready fd (the per-event cost of
-        the loop is a good share of a small round trip).  All of them became
-        ready at one moment, so one lateness sample per poll says as much as
-        one per handle: the last handle queued is the candidate.  A reader's
-        or writer's level is the one it was registered at (``_aem_level``,
-        set by the backend, which counts it in :meth:`io_register`): while
-        every registered waiter is at one level and nothing is boosted, all
-        of them go to that level's queue with no per-handle look-up.
-        """
-        if self.inbox:
-            self.drain_inbox()
-        one = self._io_one
-        if one >= 0 and not self.boosts:
-            self.push_io_flat(handles, one)
-            return
-        levels = self._levels
-        boosts = self.boosts
-        bits = self._bits
-        pushed = 0
-        h: Any = None
-        level = 0
-        for handle in handles:
-            if handle._aem_q:
-                continue
-            handle._aem_q = True
-            level = handle._aem_level
-            if boosts:
-                level = self._boosted(handle, level)
-            q = levels[level]
-            if not q:
-                bits |= _BIT[level]
-            q.append(handle)
-            pushed += 1
-            h = handle
-        if not pushed:
-            return
-        self._bits = bits
-        skip = self._skip
-        c = skip[level] - 1
-        skip[level] = c
-        if not c:
-            self._start_probe(h, level, self._clock())
-
     # -- one level: while the process has used no other priority ---------------
     #
     # Until a non-default priority is first checked (core.priority), every
@@ -369,27 +320,6 @@ class Scheduler(ReadyQueue):
         skip[_DEF] = c
         if not c:
             self._start_probe(handle, _DEF, self._clock())
-
-    def push_io_flat(self, handles: list[Any], level: int = _DEF) -> None:
-        """:meth:`push_io` on the fast path (the default level), or when all
-        registered I/O is at *level*."""
-        if self.inbox:
-            self.drain_inbox()
-        q = self._levels[level]
-        was = len(q)
-        for handle in handles:
-            if not handle._aem_q:
-                handle._aem_q = True
-                q.append(handle)
-        if len(q) == was:
-            return
-        if not was:
-            self._bits |= _BIT[level]
-        skip = self._skip
-        c = skip[level] - 1
-        skip[level] = c
-        if not c:
-            self._start_probe(q[-1], level, self._clock())
 
     def end_flat_round(self) -> None:
         """The fast path ends (in the loop's thread): a :meth:`run_flat`
@@ -477,7 +407,10 @@ class Scheduler(ReadyQueue):
 
     # -- registered I/O levels ----------------------------------------------
 
-    # Registered I/O per level, and the levels the kernel signals (core.iolevels).
+    # Registered I/O per level, and the levels the kernel signals; ready I/O
+    # queued at the level it was registered at (core.iolevels).
+    push_io = iolevels.push_io
+    push_io_flat = iolevels.push_io_flat
     io_register = iolevels.io_register
     io_unregister = iolevels.io_unregister
     io_signalled = iolevels.io_signalled
