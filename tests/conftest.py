@@ -23,7 +23,7 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -169,3 +169,73 @@ async def enter_priority_mode(loop: asyncio.AbstractEventLoop) -> None:
     with aem_loop.priority(aem_loop.Priority.LOW):
         loop.call_soon(ran.set_result, None)
     await ran
+
+
+async def data_received_once(loop: asyncio.AbstractEventLoop,
+                             protocol_factory: Callable[[], asyncio.Protocol],
+                             done: asyncio.Future) -> None:
+    """Send one message to a connection of *protocol_factory*'s (so that its
+    data_received runs from the loop's I/O, as a server's does) and wait
+    for *done*."""
+    a, b = socket.socketpair()
+    transport, _ = await loop.create_connection(protocol_factory, sock=a)
+    try:
+        b.send(b"go")
+        await done
+    finally:
+        transport.close()
+        b.close()
+
+
+async def urgent_connects_in_a_backlog(count: int, step: float, clients: int,
+                                       first: Callable[[int, socket.socket], bool]) -> list:
+    """A server made under HIGH beside *count* default callbacks queued from
+    I/O (one data_received), each busy for *step* seconds.  A client connects
+    at the first callback for which *first(i, listener)* is true, then at the
+    first callback after each accept, *clients* times in all.  The order of
+    what ran: the callbacks' numbers, "connected-N" after the callback that
+    connected, "accepted-N" at the server's connection_made."""
+    import time
+
+    loop = asyncio.get_running_loop()
+    order: list = []
+    done = loop.create_future()
+    transports: list = []
+    made: list[socket.socket] = []
+
+    class Urgent(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transports.append(transport)
+            order.append(f"accepted-{len(transports)}")
+
+    with aem_loop.priority(aem_loop.Priority.HIGH):
+        server = await loop.create_server(Urgent, "127.0.0.1", 0)
+    listener = server.sockets[0]
+
+    def busy(i: int) -> None:
+        end = time.monotonic() + step
+        while time.monotonic() < end:
+            pass
+        order.append(i)
+        if len(made) < clients and (f"accepted-{len(made)}" in order if made
+                                    else first(i, listener)):
+            made.append(socket.create_connection(listener.getsockname()))
+            order.append(f"connected-{len(made)}")
+        if i == count - 1:
+            done.set_result(None)
+
+    class Kick(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            for i in range(count):
+                loop.call_soon(busy, i)
+
+    try:
+        await data_received_once(loop, Kick, done)
+    finally:
+        for c in made:
+            c.close()
+        for t in transports:
+            t.close()
+        server.close()
+        await server.wait_closed()
+    return order

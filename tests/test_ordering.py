@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import aem_loop
 from aem_loop.backends.uvhandoff import HANDOFF_MAX
-from conftest import enter_priority_mode
+from conftest import data_received_once, enter_priority_mode, urgent_connects_in_a_backlog
 
 
 @pytest.mark.asyncio
@@ -781,22 +781,6 @@ async def test_spent_slices_poll_only_when_io_more_urgent_than_the_backlog_is_re
         assert extra < 8, extra  # not one full poll per spent slice (20 of them)
 
 
-async def _data_received_once(loop, protocol_factory, done) -> None:
-    """Send one message to a connection of *protocol_factory*'s (so that its
-    data_received runs from the loop's I/O, as a server's does) and wait
-    for *done*."""
-    import socket
-
-    a, b = socket.socketpair()
-    transport, _ = await loop.create_connection(protocol_factory, sock=a)
-    try:
-        b.send(b"go")
-        await done
-    finally:
-        transport.close()
-        b.close()
-
-
 @pytest.mark.asyncio
 async def test_urgent_connection_runs_before_a_backlog_of_default_callbacks():
     """A server made under HIGH beside 200 default callbacks queued from I/O
@@ -840,7 +824,7 @@ async def test_urgent_connection_runs_before_a_backlog_of_default_callbacks():
                 loop.call_soon(busy, i)
 
     try:
-        await _data_received_once(loop, Kick, done)
+        await data_received_once(loop, Kick, done)
     finally:
         client.close()
         server_side.close()
@@ -849,6 +833,22 @@ async def test_urgent_connection_runs_before_a_backlog_of_default_callbacks():
     assert [x for x in order if x != "urgent"] == list(range(200))
     assert order.count("urgent") == 1
     assert order.index("urgent") < 60, order.index("urgent")
+
+
+@pytest.mark.asyncio
+async def test_each_new_urgent_connection_is_accepted_before_a_backlog_of_default_callbacks():
+    """A server made under HIGH beside 300 default callbacks queued from I/O:
+    a client connects at the 10th callback, and again at the first callback
+    after that connection was accepted (on the uvloop backend the first
+    accept holds uvloop's queue behind it; the second comes while it is still
+    held), and again after the second.  Each connection is accepted long
+    before the backlog ends, and the backlog runs in order."""
+    order = await urgent_connects_in_a_backlog(300, 0.0002, 3, lambda i, _: i == 10)
+    assert [x for x in order if isinstance(x, int)] == list(range(300))
+    marks = {x: order.index(x) for x in order if isinstance(x, str)}
+    assert len(marks) == 6, marks
+    for n in (1, 2, 3):
+        assert marks[f"accepted-{n}"] - marks[f"connected-{n}"] < 60, marks
 
 
 @pytest.mark.parametrize("far_timer", [True, False])
@@ -945,7 +945,7 @@ async def test_a_round_cut_short_still_runs_its_share_before_later_callbacks():
             with aem_loop.priority(aem_loop.Priority.HIGH):
                 loop.call_soon(high)
 
-    await _data_received_once(loop, Reader, done)
+    await data_received_once(loop, Reader, done)
     assert order == ["go", "H", "X", "A1", "U", "A2", "A3", "B"]
 
 

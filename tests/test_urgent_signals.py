@@ -24,6 +24,7 @@ from collections.abc import Callable
 import pytest
 
 import aem_loop
+from conftest import urgent_connects_in_a_backlog
 
 HIGH = aem_loop.Priority.HIGH
 
@@ -123,6 +124,24 @@ async def test_a_quiet_urgent_listener_is_signalled_and_its_accept_runs_next():
     at = order.index("connected")
     assert order[at + 1] == "accepted", order[at - 2:at + 4]
     assert loop.statistics().urgent_signals >= 1
+
+
+@pytest.mark.asyncio
+async def test_each_signalled_connection_is_accepted_next_behind_a_backlog_from_io():
+    """A signalled listener under HIGH beside 1000 short default callbacks
+    queued from I/O (several to a time slice): a client connects once the
+    listener has O_ASYNC, and again at the first callback after that accept
+    (on the uvloop backend the first accept holds uvloop's queue, whose
+    callbacks are then released one by one: the second connection comes
+    while they are held).  Each is accepted right after the callback that
+    connected, and the backlog runs in order."""
+    order = await urgent_connects_in_a_backlog(
+        1000, 0.00006, 2, lambda i, listener: o_async(listener.fileno()))
+    assert [x for x in order if isinstance(x, int)] == list(range(1000))
+    marks = {x: order.index(x) for x in order if isinstance(x, str)}
+    assert len(marks) == 4, ("the listener never got O_ASYNC", marks)
+    assert marks["accepted-1"] == marks["connected-1"] + 1, marks
+    assert marks["accepted-2"] == marks["connected-2"] + 1, marks
 
 
 @pytest.mark.asyncio

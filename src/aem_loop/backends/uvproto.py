@@ -159,14 +159,36 @@ def _wrap_factory(loop: Any, factory: Callable[[], Any]) -> Callable[[], Any]:
     return make
 
 
-def _watch_server(loop: Any, factory: Any, server: Any) -> Any:
-    """A server whose connections run above the default (*factory* from
-    _wrap_factory): its listening sockets are urgent fds too (a new
-    connection to it must not wait behind hand-offs)."""
+def _server_level(factory: Any) -> int:
+    """The level of the connections of a server of *factory* (from
+    _wrap_factory): a classified server's every message may be urgent."""
     if getattr(factory, "_aem_classified", False):
-        level = JOB_LEVEL
-    else:
-        level = getattr(factory, "_aem_level", DEFAULT_PRIORITY)
+        return JOB_LEVEL
+    return getattr(factory, "_aem_level", DEFAULT_PRIORITY)  # type: ignore[no-any-return]
+
+
+def _accepting(loop: Any, factory: Callable[[], Any], level: int) -> Callable[[], Any]:
+    """The protocol factory given to uvloop for a server at *level*.  uvloop
+    calls it when libuv has accepted a connection, in its poll, and queues the
+    connection's connection_made at the back of its queue.  If that queue is
+    held (see HeldQueueMixin), the connection must not wait behind the held
+    callbacks, queued before it existed: the feeder, next after the poll, lets
+    it go first (as after a checkpoint that found the listener ready)."""
+    if level <= DEFAULT_PRIORITY:
+        return factory
+
+    def accept() -> Any:
+        if loop._aem_held:
+            loop._aem_accept_first = True
+        return factory()
+
+    return accept
+
+
+def _watch_server(loop: Any, level: int, server: Any) -> Any:
+    """A server whose connections run at *level*: if that is above the
+    default, its listening sockets are urgent fds too (a new connection to
+    it must not wait behind hand-offs)."""
     if level > DEFAULT_PRIORITY:
         for sock in server.sockets or ():
             loop._aem_watch(sock.fileno(), level, server, listening=True)
@@ -184,15 +206,17 @@ class PriorityServerMixin:
 
     async def create_server(self, protocol_factory: Any, *args: Any, **kw: Any) -> Any:
         factory = _wrap_factory(self, protocol_factory)
-        return _watch_server(self, factory, await super().create_server(  # type: ignore[misc]
-            factory, *args, **kw))
+        level = _server_level(factory)
+        return _watch_server(self, level, await super().create_server(  # type: ignore[misc]
+            _accepting(self, factory, level), *args, **kw))
 
     async def create_unix_server(
         self, protocol_factory: Any, *args: Any, **kw: Any
     ) -> Any:
         factory = _wrap_factory(self, protocol_factory)
-        return _watch_server(self, factory, await super().create_unix_server(  # type: ignore[misc]
-            factory, *args, **kw))
+        level = _server_level(factory)
+        return _watch_server(self, level, await super().create_unix_server(  # type: ignore[misc]
+            _accepting(self, factory, level), *args, **kw))
 
     async def create_connection(
         self, protocol_factory: Any, *args: Any, **kw: Any
