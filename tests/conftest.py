@@ -188,8 +188,10 @@ async def data_received_once(loop: asyncio.AbstractEventLoop,
 
 
 async def urgent_connects_in_a_backlog(count: int, step: float, clients: int,
-                                       first: Callable[[int, socket.socket], bool]) -> list:
-    """A server made under HIGH beside *count* default callbacks queued from
+                                       first: Callable[[int, socket.socket], bool],
+                                       under: Callable[[], contextlib.AbstractContextManager]
+                                       | None = None) -> list:
+    """A server made under HIGH (or *under()*) beside *count* default callbacks queued from
     I/O (one data_received), each busy for *step* seconds.  A client connects
     at the first callback for which *first(i, listener)* is true, then at the
     first callback after each accept, *clients* times in all.  The order of
@@ -208,7 +210,7 @@ async def urgent_connects_in_a_backlog(count: int, step: float, clients: int,
             transports.append(transport)
             order.append(f"accepted-{len(transports)}")
 
-    with aem_loop.priority(aem_loop.Priority.HIGH):
+    with aem_loop.priority(aem_loop.Priority.HIGH) if under is None else under():
         server = await loop.create_server(Urgent, "127.0.0.1", 0)
     listener = server.sockets[0]
 

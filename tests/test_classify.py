@@ -16,7 +16,7 @@ import aem_loop.aiohttp
 from aem_loop import Priority
 from aem_loop.backends.uvhandoff import CHECK_EVERY
 from aem_loop.events.classify import HTTPScanner
-from conftest import backend_of
+from conftest import backend_of, urgent_connects_in_a_backlog
 
 
 def _urgent(data: bytes) -> int | None:
@@ -382,6 +382,21 @@ async def test_an_urgent_message_waits_about_one_long_hand_off(how):
     assert [x for x in order if isinstance(x, int)] == list(range(60))
     assert order.index((b"urgent 1", Priority.HIGH)) in (31, 32), order
     assert order.index((b"urgent 2", Priority.HIGH)) in (39, 40), order
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector", "uvloop")
+async def test_a_new_connection_to_a_classified_server_is_accepted_before_a_backlog():
+    """A classified server beside 300 default callbacks of 0.2 ms queued from
+    I/O: a client connects at the 10th.  The connection is made long before
+    the backlog ends (on the uvloop backend a checkpoint finds the listener
+    ready and holds uvloop's queue; the connection_made that libuv's poll
+    queues then goes first), and the backlog runs in order."""
+    order = await urgent_connects_in_a_backlog(300, 0.0002, 1, lambda i, _: i == 10,
+                                               under=lambda: aem_loop.classify(_urgent))
+    assert [x for x in order if isinstance(x, int)] == list(range(300))
+    marks = {x: order.index(x) for x in order if isinstance(x, str)}
+    assert marks["accepted-1"] - marks["connected-1"] < 60, marks
 
 
 @pytest.mark.asyncio

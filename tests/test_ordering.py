@@ -851,6 +851,55 @@ async def test_each_new_urgent_connection_is_accepted_before_a_backlog_of_defaul
         assert marks[f"accepted-{n}"] - marks[f"connected-{n}"] < 60, marks
 
 
+@pytest.mark.asyncio
+async def test_a_connection_accepted_right_after_a_batch_of_default_callbacks_goes_first():
+    """A callback queues 500 default callbacks, then connects to a server made
+    under HIGH: the loop's next poll accepts the connection (on the uvloop
+    backend libuv's, which queues connection_made behind the batch, and no
+    checkpoint among the batch can see the listener ready any more).  The
+    connection is made before the 50th callback of the batch, which runs in
+    order."""
+    loop = asyncio.get_running_loop()
+    order: list = []
+    done = loop.create_future()
+    accepted = loop.create_future()
+    clients: list = []
+
+    class Urgent(asyncio.Protocol):
+        def connection_made(self, transport):
+            order.append("accepted")
+            accepted.set_result(transport)
+
+    with aem_loop.priority(aem_loop.Priority.HIGH):
+        server = await loop.create_server(Urgent, "127.0.0.1", 0)
+
+    def busy(i: int) -> None:
+        end = time.monotonic() + 0.00005
+        while time.monotonic() < end:
+            pass
+        order.append(i)
+        if i == 499:
+            done.set_result(None)
+
+    def batch() -> None:
+        for i in range(500):
+            loop.call_soon(busy, i)
+        clients.append(socket.create_connection(server.sockets[0].getsockname()))
+
+    loop.call_soon(batch)
+    try:
+        await done
+        transport = await accepted
+        transport.close()
+    finally:
+        for c in clients:
+            c.close()
+        server.close()
+        await server.wait_closed()
+    assert [x for x in order if x != "accepted"] == list(range(500))
+    assert order.index("accepted") < 50, order.index("accepted")
+
+
 @pytest.mark.parametrize("far_timer", [True, False])
 @pytest.mark.asyncio
 async def test_spent_slices_go_on_without_io_above_the_backlog(far_timer):

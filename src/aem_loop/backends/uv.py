@@ -165,9 +165,6 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         self._aem_feeder: Any = None
         self._aem_feed_since = -1.0
         self._aem_lead_rest = 0  # run by the feeder before the held callbacks
-        # A checkpoint held uvloop's queue for a watched server's new
-        # connection: what libuv's poll queues runs before the held callbacks.
-        self._aem_accept_first = False
         self._aem_urgent: Any = None  # the epoll set of urgent fds (_aem_watch)
         # fd -> (the level its events run at, who watches it, a listening socket?)
         self._aem_urgent_fds: dict[int, tuple[int, Any, bool]] = {}
@@ -595,18 +592,6 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
 
     def _aem_feed(self) -> None:
         """Release the next held callback after what is more urgent."""
-        if self._aem_accept_first:
-            self._aem_accept_first = False
-            ready = self._aem_ready
-            if ready is not None and self._aem_held:
-                # The first run after the poll a checkpoint held the queue for:
-                # a watched server's new connection was accepted, and uvloop
-                # queued its connection_made behind this feeder.  A connection
-                # just made cannot be what the held callbacks expect to run
-                # first (they were queued before it existed): it goes ahead,
-                # so that its first message is read and classified now.
-                ready.append(self._aem_feeder)
-                return
         sched = self._aem
         now = _monotonic()
         if self._aem_feed_since < 0:
@@ -783,10 +768,9 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         self._aem_held.clear()
         # bound methods of the loop: cycles
         self._aem_feeder = self._aem_noop = self._aem_inbox_h = self._aem_front_h = None
-        self._aem_accept_first = False
         self._aem_uv_timer = None
         self._aem_ho.check = -1
-        self._aem_sig = self._aem_sig_h = None  # bound methods: cycles
+        self._aem_sig = self._aem_sig_h = self._aem_accept_h = self._aem_accept_last = None
         if self._aem_urgent is not None:
             self._aem_urgent.close()
             self._aem_urgent = None

@@ -124,7 +124,6 @@ class UrgentFdsMixin:
     _aem_ho: _HandOff
     _aem_urgent: Any
     _aem_urgent_fds: dict[int, tuple[int, Any, bool]]
-    _aem_accept_first: bool
     _aem_held: Any
     _aem_ready: Any
     _aem_hold: Any
@@ -338,13 +337,60 @@ class UrgentFdsMixin:
         if ready:  # (the common answer is none, without a call)
             self._aem_urgent_first(ready, ho.h)
 
+    # -- a watched server's new connection ---------------------------------------
+    #
+    # libuv's poll accepts it and uvloop queues its connection_made at the
+    # back of its queue, behind whatever the queue holds (hand-offs, a core
+    # round): no checkpoint would cut those short for it, since its listener
+    # is not ready any more.  The server's protocol factory, which uvloop
+    # calls first, says so (uvproto._accepting): what that poll queues goes
+    # ahead of what was queued before it, in the same pass (a connection just
+    # made cannot be what the callbacks queued before it expect to run
+    # first).  The same holds after a checkpoint that found the listener
+    # ready and held the queue for libuv's poll.
+
+    _aem_accept_h: Any = None  # the handle that moves it (_aem_accepted_first)
+    _aem_accept_last: Any = None  # the last callback queued before the accept
+    _aem_listener_ready = False  # a checkpoint found a watched listener ready
+
+    def _aem_accepted(self, always: bool) -> None:
+        """A watched server's protocol factory was called: a connection was
+        accepted (in libuv's poll).  A classified server's (not *always*)
+        goes first only after a checkpoint found its listener ready: all its
+        connections are accepted there, most of them not urgent."""
+        if not (always or self._aem_listener_ready):
+            return
+        self._aem_listener_ready = False
+        ready = self._aem_ready
+        if not ready or self._aem_accept_last is not None:  # first anyway, or marked
+            return
+        h = self._aem_accept_h
+        if h is None:
+            h = self._aem_accept_h = _uv_call_soon(self, self._aem_accepted_first)  # type: ignore[arg-type]
+            ready.pop()
+        self._aem_accept_last = ready[-1]
+        ready.appendleft(h)  # first in the next pass
+
+    def _aem_accepted_first(self) -> None:
+        """First in the pass after the accepting poll: what that poll queued
+        (the connection's connection_made first) goes ahead, in its order."""
+        last = self._aem_accept_last
+        self._aem_accept_last = None
+        ready = self._aem_ready
+        if ready is None or last is None:
+            return
+        for n, h in enumerate(reversed(ready)):
+            if h is last:
+                ready.rotate(n)
+                return
+
     def _aem_urgent_first(self, ready: list[tuple[int, int]], level: int) -> None:
         """A checkpoint's answer: if a watched fd above *level* is among
-        *ready*, hold uvloop's queue so that libuv polls first (and a new
-        connection's connection_made runs before the held callbacks)."""
+        *ready*, hold uvloop's queue so that libuv polls first (a new
+        connection's connection_made then goes first: _aem_accepted)."""
         urgent = self._aem_urgent_in(ready, level)
         if urgent and self._aem_hold(poll_first=True) and urgent == 2:
-            self._aem_accept_first = True
+            self._aem_listener_ready = True
 
 
 class HeldQueueMixin:

@@ -168,18 +168,16 @@ def _server_level(factory: Any) -> int:
 
 
 def _accepting(loop: Any, factory: Callable[[], Any], level: int) -> Callable[[], Any]:
-    """The protocol factory given to uvloop for a server at *level*.  uvloop
-    calls it when libuv has accepted a connection, in its poll, and queues the
-    connection's connection_made at the back of its queue.  If that queue is
-    held (see HeldQueueMixin), the connection must not wait behind the held
-    callbacks, queued before it existed: the feeder, next after the poll, lets
-    it go first (as after a checkpoint that found the listener ready)."""
+    """The protocol factory given to uvloop for a server at *level*: above
+    the default (or classified), it tells the loop that a connection was
+    accepted, so that its connection_made does not wait behind what uvloop's
+    queue holds (see UrgentFdsMixin._aem_accepted)."""
     if level <= DEFAULT_PRIORITY:
         return factory
+    always = not getattr(factory, "_aem_classified", False)
 
     def accept() -> Any:
-        if loop._aem_held:
-            loop._aem_accept_first = True
+        loop._aem_accepted(always)
         return factory()
 
     return accept
