@@ -107,6 +107,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
     # the urgent tiers (backends.tiers); None until __init__ made them (the
     # base class registers its self-pipe reader before that: default level)
     _aem_tiers: UrgentTiers | None = None
+    _aem_epoll = False  # the stdlib's epoll selector (decided in __init__)
 
     def __init__(self, selector: Any = None, *, fast_path: bool = True,
                  **options: Any) -> None:
@@ -296,19 +297,14 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
 
     # -- registered I/O levels, so the core knows when a mid-round poll matters
 
-    def _aem_io_handles(self, fd: Any) -> tuple[Any, Any]:
-        try:
-            key = self._selector.get_key(fd)  # type: ignore[attr-defined]
-        except (KeyError, ValueError, AttributeError):
-            return None, None
-        return key.data  # type: ignore[no-any-return]
-
-    def _aem_io_swap(self, old: Any, new: Any) -> None:
-        sched = self._aem
-        if old is not None and not old._cancelled:
-            sched.io_unregister(old._aem_level)
-        if new is not None:
-            sched.io_register(new._aem_level)
+    def _aem_key(self, fd: Any) -> Any:
+        """The selector's key of *fd*, or None if it is not registered (as
+        ``get_key``; a number is looked up without it: once per registration
+        and removal, so once per connection)."""
+        sel: Any = self._selector
+        if self._aem_epoll and type(fd) is int and fd >= 0:
+            return sel._fd_to_key.get(fd)
+        return sel.get_map().get(fd)
 
     def _aem_add_io(self, fd: Any, event: int, callback: Any, args: Any) -> events.Handle:
         """asyncio's _add_reader/_add_writer, with the core's handle (see core.handles)."""
@@ -323,27 +319,31 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         handle = AEMHandle(callback, args, self, ctx)
         handle._aem_q = False
         # its level from now on (Scheduler.push_io), counted at it (io_register)
-        handle._aem_level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
+        level = handle._aem_level = handle._context.get(PRIORITY_VAR, DEFAULT_PRIORITY)
         sel: Any = self._selector
-        key = sel.get_map().get(fd)
+        key = self._aem_key(fd)
         if key is None:
             old = None
-            sel.register(fd, event, (handle, None) if read else (None, handle))
+            key = sel.register(fd, event, (handle, None) if read else (None, handle))
         else:
             reader, writer = key.data
             old = reader if read else writer
             sel.modify(fd, key.events | event, (handle, writer) if read else (reader, handle))
-        self._aem_io_swap(old, handle)
+        sched = self._aem
         if old is not None:
+            if not old._cancelled:
+                sched.io_unregister(old._aem_level)
             old.cancel()
-        if self._aem_tiers is not None:
-            self._aem_tier_sync(self._aem_fd_number(fd))
+        sched.io_register(level)
+        tiers = self._aem_tiers
+        if tiers is not None and (level > DEFAULT_PRIORITY or key.fd in tiers):
+            self._aem_tier_sync(key.fd)
         return handle
 
-    def _aem_tier_sync(self, num: int | None) -> None:
+    def _aem_tier_sync(self, num: int) -> None:
         """Keep fd *num*'s place in the urgent tiers (backends.tiers) in step."""
         tiers = self._aem_tiers
-        if tiers is None or num is None:
+        if tiers is None:
             return
         key = self._selector.get_map().get(num)  # type: ignore[union-attr]
         levels: list[int | None] = [None, None]
@@ -353,36 +353,43 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
                     levels[i] = h._aem_level
         tiers.update(num, levels[0], levels[1])
 
-    def _aem_fd_number(self, fd: Any) -> int | None:
-        """The number of a registered fd (also of a socket closed since)."""
-        selector = self._selector  # type: ignore[has-type]
-        if selector is None:  # closed
-            return None
-        try:
-            return selector.get_key(fd).fd  # type: ignore[no-any-return]
-        except (KeyError, ValueError):
-            return None
-
     def _add_reader(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
         return self._aem_add_io(fd, _EVENT_READ, callback, args)
 
     def _add_writer(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
         return self._aem_add_io(fd, _EVENT_WRITE, callback, args)
 
-    def _aem_remove_io(self, fd: Any, which: int, remove: Callable[[Any], bool]) -> bool:
-        """asyncio's _remove_reader (*which* 0) or _remove_writer (1), with
-        the core's I/O levels and the urgent tiers kept in step."""
-        self._aem_io_swap(self._aem_io_handles(fd)[which], None)
-        num = self._aem_fd_number(fd) if self._aem_tiers is not None else None
-        removed = remove(fd)
-        self._aem_tier_sync(num)
-        return removed
+    def _aem_remove_io(self, fd: Any, read: bool) -> bool:
+        """asyncio's _remove_reader (*read*) or _remove_writer, with the
+        core's I/O levels and the urgent tiers kept in step."""
+        if self._closed:  # type: ignore[attr-defined]
+            return False
+        key = self._aem_key(fd)
+        if key is None:
+            return False
+        sel: Any = self._selector
+        reader, writer = key.data
+        handle = reader if read else writer
+        if handle is not None and not handle._cancelled:
+            self._aem.io_unregister(handle._aem_level)
+        mask = key.events & ~(_EVENT_READ if read else _EVENT_WRITE)
+        if not mask:
+            sel.unregister(fd)
+        else:
+            sel.modify(fd, mask, (None, writer) if read else (reader, None))
+        tiers = self._aem_tiers
+        if tiers is not None and key.fd in tiers:
+            self._aem_tier_sync(key.fd)
+        if handle is None:
+            return False
+        handle.cancel()
+        return True
 
     def _remove_reader(self, fd: Any) -> bool:
-        return self._aem_remove_io(fd, 0, super()._remove_reader)  # type: ignore[misc]
+        return self._aem_remove_io(fd, True)
 
     def _remove_writer(self, fd: Any) -> bool:
-        return self._aem_remove_io(fd, 1, super()._remove_writer)  # type: ignore[misc]
+        return self._aem_remove_io(fd, False)
 
     def _aem_check_open(self) -> None:
         self._check_closed()

@@ -106,6 +106,10 @@ class UrgentTiers:
             levels &= ~(1 << level)
         return out
 
+    def __contains__(self, fd: int) -> bool:
+        """Is *fd* in a set (a reader or writer above the default level)?"""
+        return fd in self._regs
+
     def fds(self) -> list[int]:
         """The fds in the sets now."""
         return list(self._regs)
