@@ -1,6 +1,7 @@
 """An aiohttp app under a /bulk flood: how fast is /health answered, and at what cost?
 
     python benchmarks/aiohttp_routes.py [--runs 3] [--duration 3] [--out benchmarks/results]
+    python benchmarks/aiohttp_routes.py --connect [--runs 3] [--out benchmarks/results]
     python benchmarks/aiohttp_routes.py --app hello [--runs 3] [--out benchmarks/results]
 
 One aiohttp app, one port: /bulk does 8 slices of 0.5 ms CPU with a yield
@@ -15,8 +16,15 @@ and each way of using priorities:
 - site: /health's probe connects to a second site started under
   ``priority(HIGH)`` (per-site priority, a second port).
 
-The probe is open-loop: a request every 5 ms whatever the answers, each on
-an idle connection of its own set of 64 keep-alive connections (each has
+``--connect``: the probe opens a new connection for each /health request
+(``Connection: close``), as most health checkers do, and counts from the
+connect to the whole answer; a request leaves when due or, if the previous
+one is still unanswered, when it is answered (those due meanwhile are
+counted as missed).
+
+Without it, the probe is open-loop: a request every 5 ms whatever the
+answers, each on an idle connection of its own set of 64 keep-alive
+connections (each has
 answered one request before the measured period), so every loop serves the
 same /health work. The probe runs at real-time priority (SCHED_FIFO) where
 permitted, so that it is not scheduled behind wrk on the CPU they share.
@@ -174,6 +182,49 @@ def _realtime() -> bool:
 PROBE_CONNECTIONS = 64
 
 
+def _answer(s: socket.socket) -> None:
+    """Read a /health answer off the blocking socket *s*."""
+    buf = b""
+    while not buf.endswith(b"ok"):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit("server closed a probe connection before answering")
+        buf += chunk
+
+
+def probe_connect(port: int, duration: float) -> None:
+    """A /health request every PROBE_INTERVAL, each on a new connection
+    (``Connection: close``), as most health checkers make them: the latency
+    counts from the connect to the whole answer (not to the server's close,
+    which a client that knows the length does not wait for); the next
+    request leaves when due or when the previous one is answered, whichever
+    is later.  Prints the latencies."""
+    os.sched_setaffinity(0, {1})
+    realtime = _realtime()
+    req = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    print("warm", flush=True)  # nothing to warm: the measured period starts now
+    out: list[float] = []
+    missed = 0
+    start = time.perf_counter()
+    end = start + duration
+    due = start
+    while due < end:
+        now = time.perf_counter()
+        if now < due:
+            time.sleep(due - now)
+        t0 = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(req)
+            _answer(s)
+        out.append(time.perf_counter() - t0)
+        nxt = due + PROBE_INTERVAL
+        while nxt < time.perf_counter() and nxt < end:  # a request per interval missed
+            missed += 1
+            nxt += PROBE_INTERVAL
+        due = nxt
+    print(json.dumps({"latency": out, "missed": missed, "realtime": realtime}))
+
+
 def probe(port: int, duration: float) -> None:
     """Open loop: a /health request every PROBE_INTERVAL whatever the answers,
     each on an idle keep-alive connection of a set of PROBE_CONNECTIONS, so
@@ -200,12 +251,7 @@ def probe(port: int, duration: float) -> None:
     for s in idle:
         s.sendall(req)
     for s in idle:
-        buf = b""
-        while not buf.endswith(b"ok"):
-            chunk = s.recv(4096)
-            if not chunk:
-                raise SystemExit("server closed a probe connection")
-            buf += chunk
+        _answer(s)
         s.setblocking(False)
     print("warm", flush=True)  # the measured period starts now
     sent: dict[socket.socket, tuple[float, bytes]] = {}
@@ -272,7 +318,7 @@ def start_hello(loop_name: str, mode: str, options: str = "",
 
 
 def measure(loop_name: str, mode: str, duration: float, options: str = "",
-            app_kind: str = "bulk") -> dict[str, float]:
+            app_kind: str = "bulk", connect: bool = False) -> dict[str, float]:
     me = "-m", "aem_loop.bench.aiohttp_routes"  # the roles run as modules of the package
     conns, path = (64, "/bulk") if app_kind == "bulk" else (50, "/")
     with child([sys.executable, *me, "--serve", loop_name, mode, options, app_kind],
@@ -285,7 +331,8 @@ def measure(loop_name: str, mode: str, duration: float, options: str = "",
              f"http://127.0.0.1:{port}{path}"],
             stdout=subprocess.PIPE, text=True)
         time.sleep(0.3)  # the flood is on before the probe starts
-        pr = subprocess.Popen([sys.executable, *me, "--probe", str(probe_port), str(duration)],
+        pr = subprocess.Popen([sys.executable, *me, "--probe-connect" if connect else "--probe",
+                               str(probe_port), str(duration)],
                               stdout=subprocess.PIPE, text=True)
         assert pr.stdout is not None
         # The window opens when the probe's connections are warm (each answered
@@ -477,14 +524,21 @@ def main(argv: list[str] | None = None) -> None:
                     help="--app hello: bursts of 1 s per server in each run")
     ap.add_argument("--aem-options", default="",
                     help="loop options for the aem servers, e.g. time_slice=0.001")
+    ap.add_argument("--connect", action="store_true",
+                    help="/health on a new connection per request (as health checkers "
+                         "make them) instead of idle keep-alive connections")
     ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--probe-connect", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.serve:
         serve(*a.serve)
         return
     if a.probe:
         probe(int(a.probe[0]), float(a.probe[1]))
+        return
+    if a.probe_connect:
+        probe_connect(int(a.probe_connect[0]), float(a.probe_connect[1]))
         return
     loops = a.loops.split(",")
     modes = (a.modes or ",".join(MODES if a.app == "bulk" else HELLO_MODES)).split(",")
@@ -495,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
     for run in range(a.runs):
         for mode in modes:
             for name in loops:
-                r = measure(name, mode, a.duration, a.aem_options, a.app)
+                r = measure(name, mode, a.duration, a.aem_options, a.app, a.connect)
                 results.setdefault(mode, {}).setdefault(name, []).append(r)
                 print(f"run {run + 1}/{a.runs} {mode:6} {name:13} /health p50 "
                       f"{r['health_p50_ms']:7.2f} p99 {r['health_p99_ms']:7.2f} ms, "
@@ -503,14 +557,17 @@ def main(argv: list[str] | None = None) -> None:
                       "req/s", flush=True)
     hello = a.app == "hello"
     what, conns = ("/ (hello world)", 50) if hello else ("/bulk", 64)
+    how = ("a new connection per request (the latency counts from the connect)"
+           if a.connect else "idle keep-alive connections")
     lines = [
         f"# aiohttp: /health latency under a {what} flood",
         "",
         f"Machine: {machine()}. wrk -t1 -c{conns} on CPU 1, server on CPU 0, probe every "
-        f"{PROBE_INTERVAL * 1e3:.0f} ms on CPU 1; {a.duration:.0f} s per cell, medians of "
-        f"{a.runs} interleaved runs.",
+        f"{PROBE_INTERVAL * 1e3:.0f} ms on CPU 1 on {how}; {a.duration:.0f} s per cell, "
+        f"medians of {a.runs} interleaved runs.",
         "Command: `python benchmarks/aiohttp_routes.py "
-        + ("--app hello " if hello else "") + f"--runs {a.runs} --duration {a.duration:g}`",
+        + ("--app hello " if hello else "") + ("--connect " if a.connect else "")
+        + f"--runs {a.runs} --duration {a.duration:g}`",
         "",
         "| mode | loop | /health p50 ms | /health p99 ms | /health max ms | /health served/s "
         f"| {what} per CPU-s | vs stock | wrk req/s | vs stock |",
@@ -533,7 +590,8 @@ def main(argv: list[str] | None = None) -> None:
                          f"{m['health_p99_ms']:.2f} | {m['health_max_ms']:.2f} | "
                          f"{m['health_per_s']:.0f} | {m['bulk_rps']:.0f} | {ratio} | "
                          f"{m['wrk_rps']:.0f} | {wratio} |")
-    save_results(a.out, "aiohttp_hello" if hello else "aiohttp_routes", "\n".join(lines) + "\n",
+    name = "aiohttp_hello" if hello else "aiohttp_routes"
+    save_results(a.out, name + ("_connect" if a.connect else ""), "\n".join(lines) + "\n",
                  {"results": results})
 
 
