@@ -2,7 +2,7 @@
 
     python benchmarks/aiohttp_routes.py [--runs 3] [--duration 3] [--out benchmarks/results]
     python benchmarks/aiohttp_routes.py --connect [--runs 3] [--out benchmarks/results]
-    python benchmarks/aiohttp_routes.py --app hello [--runs 3] [--out benchmarks/results]
+    python benchmarks/aiohttp_routes.py --app hello [--close] [--runs 3] [--out benchmarks/results]
 
 One aiohttp app, one port: /bulk does 8 slices of 0.5 ms CPU with a yield
 in between; wrk (pinned to the second CPU) floods it with 64 keep-alive
@@ -49,7 +49,9 @@ per mode and loop): two server processes of the same code measured side
 by side differ by a few percent for as long as they live (memory layout,
 hash seeds), so a ratio is taken per pair of processes (an aem server and
 its stock loop's, loaded one right after the other, ``--cycles`` times)
-and the median over the pairs reported.
+and the median over the pairs reported.  ``--close``: wrk asks for one
+request per connection (``Connection: close``), so every request also
+costs an accept, a registration and a close.
 """
 
 from __future__ import annotations
@@ -381,15 +383,17 @@ def _pairs(loops: list[str]) -> list[tuple[str, ...]]:
 
 
 def hello_bursts(loops: list[str], modes: list[str], cycles: int, burst: float,
-                 options: str, run: int = 0,
-                 procs: int = 1) -> dict[str, dict[str, list[dict[str, float]]]]:
+                 options: str, run: int = 0, procs: int = 1,
+                 close: bool = False) -> dict[str, dict[str, list[dict[str, float]]]]:
     """One run of hello-world throughput, interleaved: *procs* fresh server
     processes per (mode, loop) all run at once (started in an order rotated
     by *run*); wrk loads one at a time for *burst* seconds.  An aem server's
     burst comes right before or after the burst of its stock loop's server
     of the same number (the order within the pair alternates from cycle to
     cycle, the pairs rotate), so that the two compared see the same machine:
-    this VM's speed drifts by tens of percent within seconds."""
+    this VM's speed drifts by tens of percent within seconds.  *close*: wrk
+    asks for one request per connection (``Connection: close``)."""
+    header = ["-H", "Connection: close"] if close else []
     groups = [(mode, pair, i) for mode in modes for pair in _pairs(loops)
               for i in range(procs)]
     groups = groups[run % len(groups):] + groups[:run % len(groups)]
@@ -407,7 +411,7 @@ def hello_bursts(loops: list[str], modes: list[str], cycles: int, burst: float,
                     mark(srv)
                     w = subprocess.run(
                         ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{burst:g}s",
-                         f"http://127.0.0.1:{port}/"],
+                         *header, f"http://127.0.0.1:{port}/"],
                         capture_output=True, text=True, check=True)
                     n, cpu, _, _ = mark(srv)
                     m = re.search(r"Requests/sec:\s+([\d.]+)", w.stdout)
@@ -441,7 +445,7 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
     cycles, procs = a.cycles, a.procs
     per: dict[str, dict[str, list[dict[str, float]]]] = {}
     for run in range(a.runs):
-        got = hello_bursts(loops, modes, cycles, 1.0, a.aem_options, run, procs)
+        got = hello_bursts(loops, modes, cycles, 1.0, a.aem_options, run, procs, a.close)
         for mode, by_loop in got.items():
             for name, rs in by_loop.items():
                 per.setdefault(mode, {}).setdefault(name, []).extend(rs)
@@ -449,11 +453,13 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
     for _ in range(a.runs):  # the urgent route's latency: site mode, probe on the HIGH site
         for name in loops:
             lat.setdefault(name, []).append(measure(name, "site", a.duration, a.aem_options,
-                                                    "hello"))
+                                                    "hello", a.connect))
     lines = [
         "# aiohttp hello world: throughput with priorities in use",
         "",
-        f"Machine: {machine()}. wrk -t1 -c50 on CPU 1, server on CPU 0. Throughput: "
+        f"Machine: {machine()}. wrk -t1 -c50 on CPU 1"
+        + (", one request per connection (Connection: close)" if a.close else "")
+        + ". Server on CPU 0. Throughput: "
         f"{a.runs} runs, each with {procs} fresh server process(es) per mode and loop, all "
         f"running at once while wrk loads each for 1 s in turn, {cycles} cycles; an aem "
         "server's burst is right beside the burst of its stock loop's server (uvloop for "
@@ -464,9 +470,11 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
         "Modes: plain (no priorities), prio (a priority used in the process before "
         "serving), site (a second site listening under Priority.HIGH). /health: probed "
         f"every {PROBE_INTERVAL * 1e3:.0f} ms on the HIGH site (a plain second site on the "
-        f"stock loops) during a {a.duration:g} s flood, medians of {a.runs} runs.",
+        "stock loops)" + (", a new connection per request," if a.connect else "")
+        + f" during a {a.duration:g} s flood, medians of {a.runs} runs.",
         "Command: `python benchmarks/aiohttp_routes.py --app hello "
-        f"--runs {a.runs} --procs {procs} --cycles {cycles} --duration {a.duration:g}`",
+        + ("--close " if a.close else "") + ("--connect " if a.connect else "")
+        + f"--runs {a.runs} --procs {procs} --cycles {cycles} --duration {a.duration:g}`",
         "",
         "| mode | loop | wrk req/s | vs stock | req per server CPU-s | vs stock |",
         "|---|---|---|---|---|---|",
@@ -498,8 +506,8 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
         lines.append(f"| {name} | {m['health_p50_ms']:.2f} | {m['health_p99_ms']:.2f} | "
                      f"{m['health_max_ms']:.2f} |")
     print("\n".join(lines))
-    save_results(a.out, "aiohttp_hello", "\n".join(lines) + "\n",
-                 {"bursts": per, "latency": lat})
+    save_results(a.out, "aiohttp_hello" + ("_close" if a.close else ""),
+                 "\n".join(lines) + "\n", {"bursts": per, "latency": lat})
 
 
 def _run_ratio(runs: list[dict[str, float]], refs: list[dict[str, float]], key: str) -> str:
@@ -524,6 +532,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="--app hello: bursts of 1 s per server in each run")
     ap.add_argument("--aem-options", default="",
                     help="loop options for the aem servers, e.g. time_slice=0.001")
+    ap.add_argument("--close", action="store_true",
+                    help="--app hello: wrk asks for one request per connection "
+                         "(Connection: close)")
     ap.add_argument("--connect", action="store_true",
                     help="/health on a new connection per request (as health checkers "
                          "make them) instead of idle keep-alive connections")
