@@ -854,11 +854,13 @@ async def test_each_new_urgent_connection_is_accepted_before_a_backlog_of_defaul
 @pytest.mark.asyncio
 async def test_a_connection_accepted_right_after_a_batch_of_default_callbacks_goes_first():
     """A callback queues 500 default callbacks, then connects to a server made
-    under HIGH: the loop's next poll accepts the connection (on the uvloop
-    backend libuv's, which queues connection_made behind the batch, and no
-    checkpoint among the batch can see the listener ready any more).  The
-    connection is made before the 50th callback of the batch, which runs in
-    order."""
+    under HIGH and sends to a default-priority connection: the loop's next
+    poll accepts the one (on the uvloop backend libuv's, which queues
+    connection_made behind the batch, and no checkpoint among the batch can
+    see the listener ready any more) and reads the other, whose protocol
+    queues a callback.  The connection is made before the 50th callback of
+    the batch; the callback queued by the default connection runs after
+    the whole batch, queued before it; the batch runs in order."""
     loop = asyncio.get_running_loop()
     order: list = []
     done = loop.create_future()
@@ -870,8 +872,20 @@ async def test_a_connection_accepted_right_after_a_batch_of_default_callbacks_go
             order.append("accepted")
             accepted.set_result(transport)
 
+    plain_ran = loop.create_future()
+
+    def queued_by_plain() -> None:
+        order.append("queued by plain")
+        plain_ran.set_result(None)
+
+    class Plain(asyncio.Protocol):
+        def data_received(self, data):
+            loop.call_soon(queued_by_plain)
+
     with aem_loop.priority(aem_loop.Priority.HIGH):
         server = await loop.create_server(Urgent, "127.0.0.1", 0)
+    a, b = socket.socketpair()
+    plain, _ = await loop.create_connection(Plain, sock=a)
 
     def busy(i: int) -> None:
         end = time.monotonic() + 0.00005
@@ -885,19 +899,24 @@ async def test_a_connection_accepted_right_after_a_batch_of_default_callbacks_go
         for i in range(500):
             loop.call_soon(busy, i)
         clients.append(socket.create_connection(server.sockets[0].getsockname()))
+        b.send(b"x")
 
     loop.call_soon(batch)
     try:
         await done
         transport = await accepted
         transport.close()
+        await plain_ran
     finally:
         for c in clients:
             c.close()
+        plain.close()
+        b.close()
         server.close()
         await server.wait_closed()
-    assert [x for x in order if x != "accepted"] == list(range(500))
+    assert [x for x in order if isinstance(x, int)] == list(range(500))
     assert order.index("accepted") < 50, order.index("accepted")
+    assert order.index("queued by plain") > order.index(499), order.index("queued by plain")
 
 
 @pytest.mark.parametrize("far_timer", [True, False])

@@ -770,7 +770,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         self._aem_feeder = self._aem_noop = self._aem_inbox_h = self._aem_front_h = None
         self._aem_uv_timer = None
         self._aem_ho.check = -1
-        self._aem_sig = self._aem_sig_h = self._aem_accept_h = self._aem_accept_last = None
+        self._aem_sig = self._aem_sig_h = self._aem_accept_h = self._aem_accept_after = None
         if self._aem_urgent is not None:
             self._aem_urgent.close()
             self._aem_urgent = None

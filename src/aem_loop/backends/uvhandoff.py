@@ -343,46 +343,65 @@ class UrgentFdsMixin:
     # back of its queue, behind whatever the queue holds (hand-offs, a core
     # round): no checkpoint would cut those short for it, since its listener
     # is not ready any more.  The server's protocol factory, which uvloop
-    # calls first, says so (uvproto._accepting): what that poll queues goes
-    # ahead of what was queued before it, in the same pass (a connection just
-    # made cannot be what the callbacks queued before it expect to run
-    # first).  The same holds after a checkpoint that found the listener
-    # ready and held the queue for libuv's poll.
+    # calls just before it queues connection_made, says so
+    # (uvproto._accepting): the callback then last in the queue is noted,
+    # and a handle put at the front of the next pass moves what follows it
+    # (the connection_made) to the front, accepted connections in their
+    # order; everything else keeps its place.  The same holds after a
+    # checkpoint that found the listener ready and held the queue for
+    # libuv's poll.
 
-    _aem_accept_h: Any = None  # the handle that moves it (_aem_accepted_first)
-    _aem_accept_last: Any = None  # the last callback queued before the accept
+    _aem_accept_h: Any = None  # the handle that moves them (_aem_accepted_first)
+    _aem_accept_after: list[Any] | None = None  # per accept: the last callback then
     _aem_listener_ready = False  # a checkpoint found a watched listener ready
 
     def _aem_accepted(self, always: bool) -> None:
-        """A watched server's protocol factory was called: a connection was
-        accepted (in libuv's poll).  A classified server's (not *always*)
-        goes first only after a checkpoint found its listener ready: all its
-        connections are accepted there, most of them not urgent."""
+        """A watched server's protocol factory returned: uvloop queues the
+        connection's connection_made next (in libuv's poll).  A classified
+        server's (not *always*) goes first only after a checkpoint found its
+        listener ready: all its connections are accepted there, most of them
+        not urgent."""
         if not (always or self._aem_listener_ready):
             return
         self._aem_listener_ready = False
         ready = self._aem_ready
-        if not ready or self._aem_accept_last is not None:  # first anyway, or marked
+        if ready is None:
             return
-        h = self._aem_accept_h
-        if h is None:
-            h = self._aem_accept_h = _uv_call_soon(self, self._aem_accepted_first)  # type: ignore[arg-type]
-            ready.pop()
-        self._aem_accept_last = ready[-1]
-        ready.appendleft(h)  # first in the next pass
+        after = self._aem_accept_after
+        if after is None:
+            h = self._aem_accept_h
+            if h is None:
+                h = self._aem_accept_h = _uv_call_soon(self, self._aem_accepted_first)  # type: ignore[arg-type]
+                ready.pop()
+            ready.appendleft(h)  # first in the next pass
+            after = self._aem_accept_after = []
+        after.append(ready[-1])  # (this handle, if the queue was empty)
 
     def _aem_accepted_first(self) -> None:
-        """First in the pass after the accepting poll: what that poll queued
-        (the connection's connection_made first) goes ahead, in its order."""
-        last = self._aem_accept_last
-        self._aem_accept_last = None
+        """First in the pass after the accepting poll: each accepted
+        connection's connection_made goes to the front, in their order."""
+        after = self._aem_accept_after
+        self._aem_accept_after = None
         ready = self._aem_ready
-        if ready is None or last is None:
+        if ready is None or not after:
             return
-        for n, h in enumerate(reversed(ready)):
-            if h is last:
-                ready.rotate(n)
-                return
+        n = len(ready)
+        moving = []
+        for p in after:
+            if p is self._aem_accept_h:
+                i = 0  # the queue was empty: what followed this handle
+            else:
+                for k, h in enumerate(reversed(ready)):
+                    if h is p:
+                        i = n - k
+                        break
+                else:  # run or moved already
+                    continue
+            if i < n:
+                moving.append(ready[i])
+        for h in moving:
+            ready.remove(h)
+        ready.extendleft(reversed(moving))
 
     def _aem_urgent_first(self, ready: list[tuple[int, int]], level: int) -> None:
         """A checkpoint's answer: if a watched fd above *level* is among

@@ -177,8 +177,9 @@ def _accepting(loop: Any, factory: Callable[[], Any], level: int) -> Callable[[]
     always = not getattr(factory, "_aem_classified", False)
 
     def accept() -> Any:
-        loop._aem_accepted(always)
-        return factory()
+        protocol = factory()
+        loop._aem_accepted(always)  # uvloop queues its connection_made next
+        return protocol
 
     return accept
 
