@@ -1058,3 +1058,57 @@ async def test_a_spent_hand_off_budget_with_nothing_in_the_core_starts_a_new_epo
     assert after.polls - before.polls <= 1, after.polls - before.polls
     default = aem_loop.Priority.NORMAL  # the hand-offs are counted as dispatched
     assert after.dispatched[default] - before.dispatched.get(default, 0) >= trips
+
+
+@pytest.mark.asyncio
+async def test_an_urgent_connection_closed_beside_a_default_backlog_is_closed_before_it_ends():
+    """Twenty default tasks of 0.2 ms steps (a backlog the core holds) and a
+    server made under HIGH whose handler answers a line and closes: the
+    connection is closed (connection_lost, after which the client reads its
+    end) long before the backlog ends, on both backends (on uvloop the
+    transport's connection_lost is uvloop's own callback, queued when the
+    handler closes)."""
+    loop = asyncio.get_running_loop()
+    order: list = []
+    lost = loop.create_future()
+    stop = asyncio.Event()
+    under_way = asyncio.Event()
+    steps = [0]
+
+    async def urgent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readline())
+        writer.close()
+        await writer.wait_closed()  # the transport's connection_lost ran
+        order.append("lost")
+        lost.set_result(None)
+
+    async def worker() -> None:
+        while not stop.is_set():
+            end = time.monotonic() + 0.0002
+            while time.monotonic() < end:
+                pass
+            steps[0] += 1
+            order.append(steps[0])
+            if steps[0] == 100:
+                under_way.set()
+            if steps[0] >= 2000:
+                stop.set()
+            await asyncio.sleep(0)
+
+    with aem_loop.priority(aem_loop.Priority.HIGH):
+        server = await asyncio.start_server(urgent, "127.0.0.1", 0)
+    workers = [asyncio.create_task(worker()) for _ in range(20)]
+    try:
+        await under_way.wait()
+        with socket.create_connection(server.sockets[0].getsockname()) as client:
+            client.sendall(b"ping\n")
+            at = steps[0]
+            await lost
+            done = steps[0]
+            assert client.recv(10) == b"ping\n"
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+        server.close()
+        await server.wait_closed()
+    assert done - at < 20, (at, done)  # less than a round of the backlog

@@ -537,8 +537,18 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
                 self._aem_keep = False
                 floor = ho.h
             else:  # every hand-off was queued before this round: all have run
+                above = ho.h > DEFAULT_PRIORITY and ho.h >= self._aem._bits.bit_length()
                 ho.h = -1
                 ho.above = _NEVER
+                if above and self._aem_ready:
+                    # The hand-offs were above the default and above all this
+                    # round would run: what uvloop queued behind it since it
+                    # was armed, its own callbacks for them included (a
+                    # transport's connection_lost, which closes the socket
+                    # after it), goes first.
+                    ho.budget = ho.base = HANDOFF_MAX
+                    _uv_call_soon(self, self._aem_dispatch)  # still armed
+                    return
             if self._aem_ready is not None:
                 ho.budget = ho.base = HANDOFF_MAX
         sched = self._aem
