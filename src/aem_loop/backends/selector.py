@@ -345,7 +345,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         tiers = self._aem_tiers
         if tiers is None:
             return
-        key = self._selector.get_map().get(num)  # type: ignore[union-attr]
+        key = self._aem_key(num)
         levels: list[int | None] = [None, None]
         if key is not None:
             for i, h in enumerate(key.data):

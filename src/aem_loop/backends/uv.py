@@ -530,6 +530,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         # still runs).
         ho.saved = 0
         floor = -1
+        above = False  # the hand-offs before it above the default and all it would run
         if self._aem_held:  # held callbacks go first at their level
             floor = ho.h
         else:
@@ -540,17 +541,15 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
                 above = ho.h > DEFAULT_PRIORITY and ho.h >= self._aem._bits.bit_length()
                 ho.h = -1
                 ho.above = _NEVER
-                if above and self._aem_ready:
-                    # The hand-offs were above the default and above all this
-                    # round would run: what uvloop queued behind it since it
-                    # was armed, its own callbacks for them included (a
-                    # transport's connection_lost, which closes the socket
-                    # after it), goes first.
-                    ho.budget = ho.base = HANDOFF_MAX
-                    _uv_call_soon(self, self._aem_dispatch)  # still armed
-                    return
             if self._aem_ready is not None:
                 ho.budget = ho.base = HANDOFF_MAX
+                if above and self._aem_ready:
+                    # What uvloop queued behind this round since it was armed,
+                    # its own callbacks for those hand-offs included (a
+                    # transport's connection_lost, which closes the socket
+                    # after it), goes first.
+                    _uv_call_soon(self, self._aem_dispatch)  # still armed
+                    return
         sched = self._aem
         try:
             if sched.timers.n:
