@@ -429,6 +429,46 @@ async def test_connection_lost_runs_after_what_connection_made_queued():
     await server.wait_closed()
 
 
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+@pytest.mark.parametrize("leveled", [False, True])
+async def test_a_close_by_the_protocol_calls_connection_lost_in_stock_order(leveled):
+    """The protocol closes its transport from its own callback, then queues
+    more work: connection_lost comes first, as on stock asyncio (the
+    transport queued it first); the client sees the answer and the end."""
+    loop = asyncio.get_running_loop()
+    if leveled:
+        aem_loop.priority(Priority.HIGH)  # a program that uses priorities
+    order: list[str] = []
+    done = loop.create_future()
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+
+        def data_received(self, data):
+            self.t.write(data.upper())
+            self.t.close()
+            loop.call_soon(order.append, "queued after close")
+            loop.call_soon(done.set_result, None)
+
+        def connection_lost(self, exc):
+            order.append("lost")
+
+    with aem_loop.classify(_urgent):
+        server = await loop.create_server(P, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"ping")
+    assert await r.read() == b"PING"  # the answer, then end of file
+    await done
+    assert order == ["lost", "queued after close"]
+    w.close()
+    await w.wait_closed()
+    server.close()
+    await server.wait_closed()
+
 _RUN_APP = r'''
 import asyncio, socket, sys
 from aiohttp import web

@@ -85,6 +85,14 @@ class _ReadyView:
         self._sched.clear()
 
 
+def _tier_sync(tiers: UrgentTiers, num: int, data: tuple[Any, Any]) -> None:
+    """Keep fd *num*'s place in the urgent tiers (backends.tiers) in step
+    with its (reader, writer) handles *data*."""
+    r, w = data
+    tiers.update(num, None if r is None or r._cancelled else r._aem_level,
+                 None if w is None or w._cancelled else w._aem_level)
+
+
 def _job_reader(callback: Any, args: tuple[Any, ...]) -> bool:
     """Whether *callback* reads a transport whose protocol (or, under SSL,
     whose app protocol) decides priorities from the data, or accepts the
@@ -324,11 +332,13 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         key = self._aem_key(fd)
         if key is None:
             old = None
-            key = sel.register(fd, event, (handle, None) if read else (None, handle))
+            data = (handle, None) if read else (None, handle)
+            key = sel.register(fd, event, data)
         else:
             reader, writer = key.data
             old = reader if read else writer
-            sel.modify(fd, key.events | event, (handle, writer) if read else (reader, handle))
+            data = (handle, writer) if read else (reader, handle)
+            sel.modify(fd, key.events | event, data)
         sched = self._aem
         if old is not None:
             if not old._cancelled:
@@ -337,21 +347,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         sched.io_register(level)
         tiers = self._aem_tiers
         if tiers is not None and (level > DEFAULT_PRIORITY or key.fd in tiers):
-            self._aem_tier_sync(key.fd)
+            _tier_sync(tiers, key.fd, data)
         return handle
-
-    def _aem_tier_sync(self, num: int) -> None:
-        """Keep fd *num*'s place in the urgent tiers (backends.tiers) in step."""
-        tiers = self._aem_tiers
-        if tiers is None:
-            return
-        key = self._aem_key(num)
-        levels: list[int | None] = [None, None]
-        if key is not None:
-            for i, h in enumerate(key.data):
-                if h is not None and not h._cancelled:
-                    levels[i] = h._aem_level
-        tiers.update(num, levels[0], levels[1])
 
     def _add_reader(self, fd: Any, callback: Any, *args: Any) -> events.Handle:
         return self._aem_add_io(fd, _EVENT_READ, callback, args)
@@ -375,11 +372,13 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         mask = key.events & ~(_EVENT_READ if read else _EVENT_WRITE)
         if not mask:
             sel.unregister(fd)
+            data: tuple[Any, Any] = (None, None)
         else:
-            sel.modify(fd, mask, (None, writer) if read else (reader, None))
+            data = (None, writer) if read else (reader, None)
+            sel.modify(fd, mask, data)
         tiers = self._aem_tiers
         if tiers is not None and key.fd in tiers:
-            self._aem_tier_sync(key.fd)
+            _tier_sync(tiers, key.fd, data)
         if handle is None:
             return False
         handle.cancel()

@@ -50,13 +50,20 @@ class UrgentTiers:
 
     def update(self, fd: int, rlevel: int | None, wlevel: int | None) -> None:
         """Where *fd* belongs now: its reader at *rlevel*, writer at *wlevel* (None: none)."""
+        have = self._regs.get(fd)
+        if have is None and wlevel is None:  # the usual case: a connection's reader
+            if rlevel is not None and rlevel > DEFAULT_PRIORITY:
+                self._join(fd, rlevel)
+            return
         want: dict[int, int] = {}
         if rlevel is not None and rlevel > DEFAULT_PRIORITY:
             want[rlevel] = _IN
         if wlevel is not None and wlevel > DEFAULT_PRIORITY:
             want[wlevel] = want.get(wlevel, 0) | _OUT
-        have = self._regs.get(fd)
-        if not want and not have:
+        if not want:
+            if have is not None:  # it leaves every set
+                del self._regs[fd]
+                self._leave(fd, have)
             return
         have = have or {}
         for level in have:
@@ -80,16 +87,34 @@ class UrgentTiers:
                 ep.register(fd, mask)
             except FileExistsError:
                 ep.modify(fd, mask)
-        if want:
-            self._regs[fd] = want
-        else:
-            del self._regs[fd]
+        self._regs[fd] = want
+        sig = self.signals
+        if sig is not None and sig.pid and not have:
+            sig.added(fd)
+
+    def _join(self, fd: int, level: int) -> None:
+        """*fd*, in no set so far, is read at *level* (above the default)."""
+        ep = self._eps.get(level)
+        if ep is None:
+            ep = self._eps[level] = select.epoll()
+        try:
+            ep.register(fd, _IN)
+        except FileExistsError:  # closed and reused before epoll dropped it
+            ep.modify(fd, _IN)
+        self._regs[fd] = {level: _IN}
         sig = self.signals
         if sig is not None and sig.pid:
-            if not want:
-                sig.removed(fd, not self._regs)
-            elif not have:
-                sig.added(fd)
+            sig.added(fd)
+
+    def _leave(self, fd: int, had: dict[int, int]) -> None:
+        for level in had:
+            try:
+                self._eps[level].unregister(fd)
+            except (OSError, ValueError):  # closed meanwhile: epoll dropped it
+                pass
+        sig = self.signals
+        if sig is not None and sig.pid:
+            sig.removed(fd, not self._regs)
 
     def ready(self, levels: int) -> list[tuple[int, int]]:
         """The (fd, events) ready now in the sets of the levels in the bitmap

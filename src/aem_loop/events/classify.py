@@ -461,8 +461,11 @@ class ClassifiedProtocol(asyncio.Protocol):
         self._aem_data_received()(data)
 
     def eof_received(self) -> bool | None:
+        # A hand-over like data_received: at once unless earlier calls of
+        # this connection or a more urgent handler wait (other connections'
+        # reads at job level do not hold it up).
         base = self._aem_base
-        if not self._aem_queue and not self._aem_sched.queued_above(base):
+        if not self._aem_queue and not self._aem_sched.queued_above(base, JOB_LEVEL):
             return self._aem_direct(base, self._aem_inner.eof_received)  # type: ignore[no-any-return]
         self._aem_defer(base, self._aem_inner.eof_received, ())
         return True  # keep the transport open until the queued call decides
@@ -472,11 +475,24 @@ class ClassifiedProtocol(asyncio.Protocol):
         if self._aem_fd is not None:
             self._aem_loop._aem_unwatch(self._aem_fd, self)
             self._aem_fd = None
-        # Always queued at the connection's level: the transport calls this
-        # from a job-level callback, and the protocol may have queued work at
-        # its own level that must run first (aiohttp's request loop, whose
-        # first step would otherwise find the connection gone).
-        self._aem_defer(self._aem_base, self._aem_inner.connection_lost, (exc,))
+        # At once, as a stock loop calls it, when nothing the protocol queued
+        # before can still wait in the core: the transport calls it from a
+        # callback dispatched at the connection's own level (what was queued
+        # at that level before ran first: FIFO) with no more urgent handler
+        # waiting, or from outside the core's dispatch (uvloop's own
+        # callbacks) with nothing queued at or above that level.  Queued at
+        # the connection's level otherwise (from a job-level callback: end of
+        # file, a read error): the protocol's own work may wait at its level
+        # and must run first (aiohttp's request loop, whose first step would
+        # otherwise find the connection gone).
+        base = self._aem_base
+        sched = self._aem_sched
+        cur = sched.current
+        if not self._aem_queue and (cur == base or cur < 0) and not sched.queued_above(
+                base if cur >= 0 else base - 1, JOB_LEVEL):
+            self._aem_direct(base, self._aem_inner.connection_lost, exc)
+            return
+        self._aem_defer(base, self._aem_inner.connection_lost, (exc,))
 
     def pause_writing(self) -> None:
         self._aem_direct(self._aem_base, self._aem_inner.pause_writing)
