@@ -34,6 +34,9 @@ class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: igno
     """asyncio's socket transport, reading 64 KiB at a time first (see above)."""
 
     _aem_plain = True  # its protocol is not a BufferedProtocol
+    # eof_received returning true keeps it open and nothing else: a protocol
+    # may close it from there itself (events.classify does)
+    _aem_eof_keeps_open = True
 
     def set_protocol(self, protocol: Any) -> None:
         super().set_protocol(protocol)
