@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import select
 import socket
+from collections.abc import Iterator
+
+import pytest
 
 from aem_loop.backends.tiers import UrgentTiers
 
@@ -19,62 +22,59 @@ def bit(*levels: int) -> int:
     return b
 
 
-def test_a_reader_joins_its_level_and_leaves_every_set():
+@pytest.fixture
+def pair() -> Iterator[tuple[UrgentTiers, socket.socket, socket.socket]]:
     tiers = UrgentTiers()
     a, b = socket.socketpair()
-    try:
-        fd = a.fileno()
-        tiers.update(fd, JOB, None)
-        assert fd in tiers and tiers.fds() == [fd]
-        assert tiers.ready(bit(JOB)) == []  # nothing to read yet
-        b.send(b"x")
-        assert tiers.ready(bit(JOB)) == [(fd, select.EPOLLIN)]
-        assert tiers.ready(bit(HIGH)) == []  # another level's set does not hold it
-        tiers.update(fd, None, None)
-        assert fd not in tiers and tiers.fds() == []
-        assert tiers.ready(bit(JOB)) == []  # still readable, but in no set
-        tiers.update(fd, None, None)  # leaving twice is nothing
-        tiers.update(fd, 50, None)  # the default level has no set
-        assert fd not in tiers
-    finally:
-        tiers.close()
-        a.close()
-        b.close()
+    yield tiers, a, b
+    tiers.close()
+    a.close()
+    b.close()
 
 
-def test_a_writer_beside_the_reader_and_levels_that_move():
-    tiers = UrgentTiers()
-    a, b = socket.socketpair()
-    try:
-        fd = a.fileno()
-        tiers.update(fd, HIGH, None)
-        tiers.update(fd, HIGH, JOB)  # a writer at another level: both sets
-        assert tiers.ready(bit(JOB)) == [(fd, select.EPOLLOUT)]  # writable at once
-        assert tiers.ready(bit(HIGH)) == []
-        tiers.update(fd, HIGH, HIGH)  # the writer moves to the reader's level
-        assert tiers.ready(bit(JOB)) == []
-        b.send(b"x")
-        assert tiers.ready(bit(HIGH)) == [(fd, select.EPOLLIN | select.EPOLLOUT)]
-        tiers.update(fd, HIGH, None)  # the writer goes: the reader stays
-        assert tiers.ready(bit(HIGH)) == [(fd, select.EPOLLIN)]
-        tiers.update(fd, None, JOB)  # only a writer, above
-        assert tiers.ready(bit(HIGH, JOB)) == [(fd, select.EPOLLOUT)]
-        tiers.update(fd, None, 40)  # only a writer, below the default: in no set
-        assert fd not in tiers and tiers.ready(bit(HIGH, JOB)) == []
-    finally:
-        tiers.close()
-        a.close()
-        b.close()
+def test_a_reader_joins_its_level_and_leaves_every_set(pair):
+    tiers, a, b = pair
+    fd = a.fileno()
+    tiers.update(fd, JOB, None)
+    assert fd in tiers and tiers.fds() == [fd]
+    assert tiers.ready(bit(JOB)) == []  # nothing to read yet
+    b.send(b"x")
+    assert tiers.ready(bit(JOB)) == [(fd, select.EPOLLIN)]
+    assert tiers.ready(bit(HIGH)) == []  # another level's set does not hold it
+    tiers.update(fd, None, None)
+    assert fd not in tiers and tiers.fds() == []
+    assert tiers.ready(bit(JOB)) == []  # still readable, but in no set
+    tiers.update(fd, None, None)  # leaving twice is nothing
+    tiers.update(fd, 50, None)  # the default level has no set
+    assert fd not in tiers
 
 
-def test_an_fd_number_closed_in_a_set_and_reused():
+def test_a_writer_beside_the_reader_and_levels_that_move(pair):
+    tiers, a, b = pair
+    fd = a.fileno()
+    tiers.update(fd, HIGH, None)
+    tiers.update(fd, HIGH, JOB)  # a writer at another level: both sets
+    assert tiers.ready(bit(JOB)) == [(fd, select.EPOLLOUT)]  # writable at once
+    assert tiers.ready(bit(HIGH)) == []
+    tiers.update(fd, HIGH, HIGH)  # the writer moves to the reader's level
+    assert tiers.ready(bit(JOB)) == []
+    b.send(b"x")
+    assert tiers.ready(bit(HIGH)) == [(fd, select.EPOLLIN | select.EPOLLOUT)]
+    tiers.update(fd, HIGH, None)  # the writer goes: the reader stays
+    assert tiers.ready(bit(HIGH)) == [(fd, select.EPOLLIN)]
+    tiers.update(fd, None, JOB)  # only a writer, above
+    assert tiers.ready(bit(HIGH, JOB)) == [(fd, select.EPOLLOUT)]
+    tiers.update(fd, None, 40)  # only a writer, below the default: in no set
+    assert fd not in tiers and tiers.ready(bit(HIGH, JOB)) == []
+
+
+def test_an_fd_number_closed_in_a_set_and_reused(pair):
     """A socket closed while still in a set (epoll drops it with the file)
     and a new one given the same number, whose registration differs: the
     new one is watched.  (The same registration again is not looked at, as
     the loop's own selector does not: a program that closes a socket
     without removing its reader has the stock loops' behaviour.)"""
-    tiers = UrgentTiers()
-    a, b = socket.socketpair()
+    tiers, a, _ = pair
     c = d = None
     try:
         fd = a.fileno()
@@ -97,7 +97,6 @@ def test_an_fd_number_closed_in_a_set_and_reused():
             e.close()
             f.close()
     finally:
-        tiers.close()
-        for s in (a, b, c, d):
+        for s in (c, d):
             if s is not None:
                 s.close()
