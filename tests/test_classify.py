@@ -319,6 +319,59 @@ async def test_spent_slices_ask_the_classified_connections_before_polling():
     assert extra < 8, (extra, spent)
 
 
+async def _urgent_server(how: str, protocol: type) -> tuple[asyncio.AbstractServer, socket.socket]:
+    """A server of *protocol*, classified (urgent messages at HIGH) or made
+    under HIGH, and a client socket connected to it."""
+    loop = asyncio.get_running_loop()
+    if how == "classified":
+        with aem_loop.classify(_urgent):
+            server = await loop.create_server(protocol, "127.0.0.1", 0)
+    else:
+        with aem_loop.priority(Priority.HIGH):
+            server = await loop.create_server(protocol, "127.0.0.1", 0)
+    return server, socket.create_connection(server.sockets[0].getsockname())
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector")
+@pytest.mark.parametrize("how", ["classified", "HIGH server"])
+async def test_a_round_about_to_end_leaves_classified_connections_to_its_poll(how):
+    """A round of four short callbacks (0.4 ms): a classified connection's
+    message sent by the first is read by the poll at the round's end (the
+    job level waits for a round that ends within a millisecond), while a
+    server made under HIGH is asked at the spent slice, as in long rounds
+    (test_spent_slices_ask_the_classified_connections_before_polling)."""
+    loop = asyncio.get_running_loop()
+    aem_loop.priority(Priority.LOW)  # a program that uses priorities: leveled dispatch
+    order: list = []
+    got = loop.create_future()
+
+    class Urgent(asyncio.Protocol):
+        def data_received(self, data):
+            order.append(data)
+            got.set_result(None)
+
+    server, client = await _urgent_server(how, Urgent)
+    await asyncio.sleep(0.05)  # accepted, idle
+
+    def busy(i: int) -> None:
+        _busy(0.0001)
+        order.append(i)
+        if i == 0:
+            client.send(b"urgent")
+
+    for i in range(4):
+        loop.call_soon(busy, i)
+    await got
+    client.close()
+    server.close()
+    await server.wait_closed()
+    if how == "classified":
+        assert order == [0, 1, 2, 3, b"urgent"]
+    else:
+        assert order.index(b"urgent") < 4, order
+
+
 @pytest.mark.asyncio
 @pytest.mark.backends("uvloop")
 @pytest.mark.parametrize("how", ["classified", "HIGH server"])
@@ -343,13 +396,7 @@ async def test_an_urgent_message_waits_about_one_long_hand_off(how):
             if data.endswith(b"urgent 2"):  # (both at once if read late)
                 got.set_result(None)
 
-    if how == "classified":
-        with aem_loop.classify(_urgent):
-            server = await loop.create_server(Urgent, "127.0.0.1", 0)
-    else:
-        with aem_loop.priority(Priority.HIGH):
-            server = await loop.create_server(Urgent, "127.0.0.1", 0)
-    client = socket.create_connection(server.sockets[0].getsockname())
+    server, client = await _urgent_server(how, Urgent)
 
     def busy(i: int) -> None:
         _busy(0.001)  # several time slices

@@ -54,6 +54,10 @@ _EVENT_WRITE = selectors.EVENT_WRITE
 # As EpollSelector: anything but EPOLLOUT (IN, ERR, HUP) wakes a reader,
 # anything but EPOLLIN wakes a writer.
 _NOT_EPOLLOUT = ~select.EPOLLOUT
+_JOB_BIT = 1 << JOB_LEVEL
+# A round expected to end within this many time slices leaves the job
+# level's fds to the poll at its end (SelectorLoop._aem_poll_now).
+JOB_TAIL_SLICES = 2.5
 _NOT_EPOLLIN = ~select.EPOLLIN
 
 # Python 3.12+ checks that no transport uses the fd when it makes one.
@@ -466,6 +470,16 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         sched = self._aem
         n = sched._bits.bit_length()
         above = sched._watch_bits >> n << n  # not the signalled levels (tiers)
+        if sched.round_left < JOB_TAIL_SLICES * sched.slice:
+            # Classified servers' fds (job level) wait for the poll at the end
+            # of a round that ends this soon: asked at every slice, a flood of
+            # new connections is taken one or two at a time, which costs a
+            # sixth of a server's throughput (docs/design.md, "Classified
+            # I/O at spent slices").  Priorities given by the program keep
+            # the slice.
+            above &= ~_JOB_BIT
+            if not above:
+                return False
         if above & UNTIERED or above >> NQUEUES:
             self._aem_poll_epoll(0)
             return True

@@ -139,6 +139,7 @@ class Scheduler(ReadyQueue):
         "on_signal",
         "owner",
         "polls",
+        "round_left",
         "signalled",
         "signals",
         "slice",
@@ -217,6 +218,7 @@ class Scheduler(ReadyQueue):
         self._skip = [1] * NQUEUES
         self.polls = 0
         self.slices = 0
+        self.round_left = _INF  # at the last spent slice: the round's time left, estimated
         self.signals = 0
         self.aged = 0
         self.inherited = 0
@@ -537,6 +539,7 @@ class Scheduler(ReadyQueue):
         debug = self.debug
         # A round of one callback needs no clock: nothing can wait behind it.
         deadline = clock() + self.slice if n > 1 else _INF
+        start, n_start = deadline - self.slice, n
         poll = False
         try:
             if bits & (bits - 1) and self.aging is not None and floor < 0 and limit < 0:
@@ -633,7 +636,12 @@ class Scheduler(ReadyQueue):
                                     break
                                 # the backend polls without blocking and
                                 # queues what is ready; the round goes on
-                                # (a new round costs more than the poll)
+                                # (a new round costs more than the poll).
+                                # How long the round has left, at its pace so
+                                # far: the backend may leave what can wait
+                                # that long to the poll at its end.
+                                done = n_start - n + popped
+                                self.round_left = (n - popped) * (now - start) / done
                                 if io_poll():
                                     self.polls += 1
                             timers = self.timers
