@@ -27,6 +27,7 @@ from typing import Any
 
 from ..capsules.cloner import CapsuleLoopMixin
 from ..core.handles import URGENT_IO, AEMHandle
+from ..core.iolevels import JOB_TAIL_SLICES
 from ..core.loopbase import FAST_HANDLES, AEMLoopMixin, check_fast_path, fast_handle, make_scheduler
 from ..core.priority import (
     DEFAULT_PRIORITY,
@@ -55,9 +56,6 @@ _EVENT_WRITE = selectors.EVENT_WRITE
 # anything but EPOLLIN wakes a writer.
 _NOT_EPOLLOUT = ~select.EPOLLOUT
 _JOB_BIT = 1 << JOB_LEVEL
-# A round expected to end within this many time slices leaves the job
-# level's fds to the poll at its end (SelectorLoop._aem_poll_now).
-JOB_TAIL_SLICES = 2.5
 _NOT_EPOLLIN = ~select.EPOLLIN
 
 # Python 3.12+ checks that no transport uses the fd when it makes one.

@@ -18,7 +18,14 @@ from typing import Any
 
 from .priority import DEFAULT_PRIORITY, LEVEL_BITS, NQUEUES
 
-__all__ = ["io_register", "io_signalled", "io_unregister", "push_io", "push_io_flat"]
+__all__ = [
+    "JOB_TAIL_SLICES", "io_register", "io_signalled", "io_unregister", "push_io", "push_io_flat",
+]
+
+# A round expected to end within this many time slices (Scheduler.round_left)
+# leaves the job level's I/O (classified servers) to the poll at its end: see
+# docs/design.md, "Classified I/O at spent slices".
+JOB_TAIL_SLICES = 2.5
 
 
 def io_register(self: Any, level: int) -> None:

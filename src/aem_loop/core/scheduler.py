@@ -628,6 +628,10 @@ class Scheduler(ReadyQueue):
                             # is paid once per slice, from cold caches: the
                             # checks that can say "nothing" are inlined.)
                             self.slices += 1
+                            # How long the round has left, at its pace so far:
+                            # a backend may leave what can wait that long to
+                            # the poll at its end.
+                            self.round_left = (n - popped) * (now - start) / (n_start - n + popped)
                             if self._watch_bits.bit_length() > self._bits.bit_length() and (
                                     self.io_ready is None or self.io_ready(level)):
                                 io_poll = self.io_poll
@@ -636,12 +640,7 @@ class Scheduler(ReadyQueue):
                                     break
                                 # the backend polls without blocking and
                                 # queues what is ready; the round goes on
-                                # (a new round costs more than the poll).
-                                # How long the round has left, at its pace so
-                                # far: the backend may leave what can wait
-                                # that long to the poll at its end.
-                                done = n_start - n + popped
-                                self.round_left = (n - popped) * (now - start) / done
+                                # (a new round costs more than the poll)
                                 if io_poll():
                                     self.polls += 1
                             timers = self.timers
