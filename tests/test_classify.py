@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import ssl
 import time
 
+import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -246,6 +250,51 @@ async def test_route_priorities_answers_the_urgent_request_before_the_flood(prob
     # CHECK_EVERY bulk requests may go first (13-14 seen).
     bound = 8 if backend_of(asyncio.get_running_loop()) == "selector" else 2 + CHECK_EVERY
     assert done.index("health") <= bound, done.index("health")
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1, and a client
+    context that trusts it."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector", "uvloop")
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "connection-close"])
+async def test_route_priorities_over_tls(tls, close, caplog):
+    """An HTTPS app (the classified protocol under asyncio's or uvloop's SSL
+    layer): each request's handler runs at its route's priority, on
+    keep-alive connections or one request per connection, and every
+    connection ends without a complaint from the SSL layer or the loop."""
+    server_ctx, client_ctx = tls
+
+    async def level(request):
+        return web.Response(text=str(aem_loop.current_priority()))
+
+    app = web.Application()
+    app.router.add_get("/", level)
+    app.router.add_get("/health", level)
+    aem_loop.aiohttp.route_priorities(app, {"/health": Priority.HIGH})
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx).start()
+    port = runner.addresses[0][1]
+    got = []
+    with caplog.at_level(logging.WARNING):
+        connector = aiohttp.TCPConnector(ssl=client_ctx, force_close=close)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for path in ("/", "/health", "/", "/health"):
+                async with session.get(f"https://127.0.0.1:{port}{path}") as resp:
+                    got.append(await resp.text())
+        await runner.cleanup()
+    assert got == ["50", str(int(Priority.HIGH))] * 2
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 @pytest.mark.asyncio
