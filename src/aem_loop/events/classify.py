@@ -480,6 +480,12 @@ class ClassifiedProtocol(asyncio.Protocol):
             ctx.run(t.close)
             return True
         self._aem_defer(base, self._aem_inner.eof_received, ())
+        t = self._aem_transport
+        if t is not None and t.get_extra_info("sslcontext") is not None:
+            # An SSL transport closes after the end of the stream whatever
+            # this returns (and warns when it is true); the queued call runs
+            # first, connection_lost is queued behind it.
+            return None
         return True  # keep the transport open until the queued call decides
 
     def connection_lost(self, exc: Exception | None) -> None:
