@@ -298,15 +298,15 @@ async def test_route_priorities_over_tls(tls, close, caplog):
 
 
 @pytest.mark.asyncio
-@pytest.mark.backends("selector")
+@pytest.mark.backends("selector", "uvloop")
+@pytest.mark.timeout(60, method="thread")  # a livelock runs callbacks: only a thread can end it
 async def test_a_queued_end_of_file_under_tls_does_not_upset_the_ssl_layer(tls, caplog):
     """A classified TLS connection whose data and end of file arrive while a
-    more urgent task keeps the queue busy: both are queued at the
-    connection's level, in order, and the SSL layer (which closes after the
-    end of the stream whatever eof_received says) gets no "returning true"
-    to warn about.  (Selector backend only: on the uvloop backend this
-    scenario -- a HIGH task that never blocks beside a classified TLS
-    server -- does not complete; an open problem.)"""
+    more urgent task never blocks: both are queued at the connection's
+    level, in order, and run by aging; the SSL layer (which closes after
+    the end of the stream whatever eof_received says) gets no "returning
+    true" to warn about.  (On the uvloop backend the callbacks it holds
+    behind such a task also age: before, the connection never ended.)"""
     server_ctx, client_ctx = tls
     loop = asyncio.get_running_loop()
     got: list = []

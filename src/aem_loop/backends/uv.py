@@ -165,6 +165,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
         self._aem_feeder: Any = None
         self._aem_feed_since = -1.0
         self._aem_lead_rest = 0  # run by the feeder before the held callbacks
+        self._aem_held_since = 0.0  # when a held callback was last released (or held)
         self._aem_urgent: Any = None  # the epoll set of urgent fds (_aem_watch)
         # fd -> (the level its events run at, who watches it, a listening socket?)
         self._aem_urgent_fds: dict[int, tuple[int, Any, bool]] = {}
@@ -611,8 +612,8 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
             if self._aem_lead_rest:
                 # what the core queued ahead of the held callbacks runs first
                 h = self._aem_ho.h
-                rest = self._aem_lead_rest - sched.run_ready(h - 1, self._aem_lead_rest)
-                self._aem_lead_rest = min(rest, len(sched._levels[h]))
+                took = sched.run_ready(h - 1, self._aem_lead_rest) or self._aem_age_lead(h, now)
+                self._aem_lead_rest = min(self._aem_lead_rest - took, len(sched._levels[h]))
         finally:
             ready = self._aem_ready
             if self._aem_lead_rest and ready is not None:
@@ -620,7 +621,7 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
                 self._aem_hold_later(ready)
                 ready.append(self._aem_feeder)
             elif held and ready is not None:
-                if _monotonic() - self._aem_feed_since < sched.slice:
+                if _monotonic() - self._aem_feed_since < sched.slice or self._aem_held_aged(now):
                     ready.appendleft(self._aem_feeder)  # in this pass: h, then the feeder
                     ready.appendleft(held.popleft())
                 else:  # a slice spent: libuv polls before the next one

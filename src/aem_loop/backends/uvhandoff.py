@@ -423,6 +423,8 @@ class HeldQueueMixin:
     _aem_inbox_h: Any
     _aem_front_h: Any
     _aem_feed: Any
+    _aem_held_since: float
+    _aem: Any
 
     def _aem_hold(self, poll_first: bool = False) -> bool:
         """Take what uvloop's queue holds out of it, to be released one by one
@@ -439,6 +441,8 @@ class HeldQueueMixin:
         ho = self._aem_ho
         ho.budget = ho.base = ho.saved = 0  # none while held callbacks wait
         held = self._aem_held
+        if not held:
+            self._aem_held_since = time.monotonic()
         while ready:  # one at a time: another thread may append meanwhile
             held.append(ready.popleft())
         if self._aem_feeder is None:
@@ -452,6 +456,28 @@ class HeldQueueMixin:
         else:
             ready.append(self._aem_feeder)
             ready.extend(itertools.repeat(noop, n - 1))
+        return True
+
+    def _aem_age_lead(self, h: int, now: float) -> int:
+        """Aging for the lead, when more urgent work took the feeder's turn
+        (a task that never blocks): what has starved for ``aging`` runs, as
+        a full round runs it (Scheduler._run_aged).  How many ran at *h*."""
+        sched = self._aem
+        if sched.aging is None:
+            return 0
+        q = sched._levels[h]
+        before = len(q)
+        sched._run_aged(now)
+        return max(0, before - len(q))
+
+    def _aem_held_aged(self, now: float) -> bool:
+        """Has the oldest held callback waited ``aging`` (its slice was spent
+        at every turn of the feeder)?  Then it goes anyway, and the clock
+        starts again for the next one."""
+        aging = self._aem.aging
+        if aging is None or now - self._aem_held_since < aging:
+            return False
+        self._aem_held_since = now
         return True
 
     def _aem_hold_later(self, ready: collections.deque[Any]) -> None:
