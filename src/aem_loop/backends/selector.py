@@ -55,8 +55,9 @@ _EVENT_WRITE = selectors.EVENT_WRITE
 # As EpollSelector: anything but EPOLLOUT (IN, ERR, HUP) wakes a reader,
 # anything but EPOLLIN wakes a writer.
 _NOT_EPOLLOUT = ~select.EPOLLOUT
-_JOB_BIT = 1 << JOB_LEVEL
 _NOT_EPOLLIN = ~select.EPOLLIN
+# The job level's bit in the scheduler's I/O bitmap (SelectorLoop._aem_poll_now).
+_JOB_BIT = 1 << JOB_LEVEL
 
 # Python 3.12+ checks that no transport uses the fd when it makes one.
 _CHECKS_FD_AT_TRANSPORT = sys.version_info >= (3, 12)

@@ -73,9 +73,7 @@ class UrgentTiers:
                 except (OSError, ValueError):  # closed meanwhile: epoll dropped it
                     pass
         for level, mask in want.items():
-            ep = self._eps.get(level)
-            if ep is None:
-                ep = self._eps[level] = select.epoll()
+            ep = self._set(level)
             if have.get(level) == mask:
                 continue
             try:
@@ -92,11 +90,16 @@ class UrgentTiers:
         if sig is not None and sig.pid and not have:
             sig.added(fd)
 
-    def _join(self, fd: int, level: int) -> None:
-        """*fd*, in no set so far, is read at *level* (above the default)."""
+    def _set(self, level: int) -> select.epoll:
+        """*level*'s epoll set, made when first needed."""
         ep = self._eps.get(level)
         if ep is None:
             ep = self._eps[level] = select.epoll()
+        return ep
+
+    def _join(self, fd: int, level: int) -> None:
+        """*fd*, in no set so far, is read at *level* (above the default)."""
+        ep = self._set(level)
         try:
             ep.register(fd, _IN)
         except FileExistsError:  # closed and reused before epoll dropped it

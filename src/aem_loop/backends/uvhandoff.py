@@ -471,9 +471,10 @@ class HeldQueueMixin:
         return max(0, before - len(q))
 
     def _aem_held_aged(self, now: float) -> bool:
-        """Has the oldest held callback waited ``aging`` (its slice was spent
-        at every turn of the feeder)?  Then it goes anyway, and the clock
-        starts again for the next one."""
+        """Has ``aging`` passed since the callbacks were held, or since the
+        last release this forced (the feeder's slice was spent at its turns)?
+        Then the next held callback goes anyway, and the clock starts again:
+        at least one per ``aging`` period."""
         aging = self._aem.aging
         if aging is None or now - self._aem_held_since < aging:
             return False

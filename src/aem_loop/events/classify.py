@@ -466,8 +466,7 @@ class ClassifiedProtocol(asyncio.Protocol):
         # reads at job level do not hold it up).
         base = self._aem_base
         if not self._aem_queue and not self._aem_sched.queued_above(base, JOB_LEVEL):
-            ctx = self._aem_ctxs[base]
-            keep_open = self._aem_sched.run_direct(base, ctx.run, self._aem_inner.eof_received)
+            keep_open = self._aem_direct(base, self._aem_inner.eof_received)
             t = self._aem_transport
             if keep_open or not getattr(t, "_aem_eof_keeps_open", False):
                 return keep_open  # type: ignore[no-any-return]
@@ -477,7 +476,7 @@ class ClassifiedProtocol(asyncio.Protocol):
             # protocol queued at that level (not at job level, where it
             # would have to be queued again).  (An SSL transport warns when
             # eof_received returns true: it closes itself.)
-            ctx.run(t.close)
+            self._aem_ctxs[base].run(t.close)
             return True
         self._aem_defer(base, self._aem_inner.eof_received, ())
         t = self._aem_transport
