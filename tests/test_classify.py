@@ -620,50 +620,10 @@ async def test_a_close_by_the_protocol_calls_connection_lost_in_stock_order(leve
     server.close()
     await server.wait_closed()
 
-@pytest.mark.asyncio
-@pytest.mark.conformance
-@pytest.mark.backends("asyncio", "selector")
-@pytest.mark.parametrize("leveled", [False, True])
-async def test_a_message_that_is_not_urgent_reaches_the_protocol_in_its_turn(leveled):
-    """A classified connection's message that is not urgent reaches the
-    protocol behind the callbacks queued before it arrived, as on stock
-    asyncio, though the selector backend reads it ahead of them (at job
-    level, to classify it)."""
-    loop = asyncio.get_running_loop()
-    if leveled:
-        aem_loop.priority(Priority.HIGH)  # a program that uses priorities
-    order: list[str] = []
-    made = loop.create_future()
-    got = loop.create_future()
-
-    class P(asyncio.Protocol):
-        def connection_made(self, transport):
-            made.set_result(None)
-
-        def data_received(self, data):
-            order.append(data.decode())
-            got.set_result(None)
-
-    with aem_loop.classify(_urgent):
-        server = await loop.create_server(P, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    with socket.create_connection(("127.0.0.1", port)) as client:
-        await made
-
-        def send_then_queue() -> None:
-            client.sendall(b"plain")  # on loopback: readable at the next poll
-            loop.call_soon(order.append, "queued")
-
-        loop.call_soon(send_then_queue)
-        await got
-    assert order == ["queued", "plain"]
-    server.close()
-    await server.wait_closed()
-
-
-@pytest.mark.asyncio
-@pytest.mark.backends("selector")
-async def test_an_urgent_message_reaches_the_protocol_ahead_of_the_queue():
+async def _send_while_queued(message: bytes) -> list[tuple[str, int]]:
+    """A classified server's connection receives *message*, sent by a
+    callback that then queues another: the order (and priority) in which
+    the protocol's data_received and that callback run."""
     loop = asyncio.get_running_loop()
     order: list[tuple[str, int]] = []
     made = loop.create_future()
@@ -677,6 +637,9 @@ async def test_an_urgent_message_reaches_the_protocol_ahead_of_the_queue():
             order.append((data.decode(), aem_loop.current_priority()))
             got.set_result(None)
 
+    def queued() -> None:
+        order.append(("queued", aem_loop.current_priority()))
+
     with aem_loop.classify(_urgent):
         server = await loop.create_server(P, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -684,15 +647,38 @@ async def test_an_urgent_message_reaches_the_protocol_ahead_of_the_queue():
         await made
 
         def send_then_queue() -> None:
-            client.sendall(b"urgent")
-            loop.call_soon(lambda: order.append(("queued", aem_loop.current_priority())))
+            client.sendall(message)  # on loopback: readable at the next poll
+            loop.call_soon(queued)
 
         loop.call_soon(send_then_queue)
         await got
-        await asyncio.sleep(0)
-    assert order == [("urgent", Priority.HIGH), ("queued", Priority.NORMAL)]
+        while len(order) < 2:
+            await asyncio.sleep(0)
     server.close()
     await server.wait_closed()
+    return order
+
+
+@pytest.mark.asyncio
+@pytest.mark.conformance
+@pytest.mark.backends("asyncio", "selector")
+@pytest.mark.parametrize("leveled", [False, True])
+async def test_a_message_that_is_not_urgent_reaches_the_protocol_in_its_turn(leveled):
+    """A classified connection's message that is not urgent reaches the
+    protocol behind the callbacks queued before it arrived, as on stock
+    asyncio, though the selector backend reads it ahead of them (at job
+    level, to classify it)."""
+    if leveled:
+        aem_loop.priority(Priority.HIGH)  # a program that uses priorities
+    assert await _send_while_queued(b"plain") == [("queued", Priority.NORMAL),
+                                                   ("plain", Priority.NORMAL)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector")
+async def test_an_urgent_message_reaches_the_protocol_ahead_of_the_queue():
+    assert await _send_while_queued(b"urgent") == [("urgent", Priority.HIGH),
+                                                    ("queued", Priority.NORMAL)]
 
 
 _RUN_APP = r'''
