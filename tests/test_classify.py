@@ -376,6 +376,23 @@ def test_route_priorities_checks_its_input():
         aem_loop.aiohttp.route_priorities(app, {"/a": 60})
 
 
+def test_a_route_table_answers_alike_from_what_it_remembers_and_forgets_in_time():
+    table = aem_loop.aiohttp.RouteTable({"/health": Priority.HIGH, "/a/b": 70})
+    heads = [b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /a/b/c?d HTTP/1.1\r\n\r\n",
+             b"GET / HTTP/1.1\r\n\r\n", b"GET /a HTTP/1.1\r\n\r\n", b"BAD\r\n\r\n",
+             b"GET /health HTTP/1.1"]  # no line end: the whole is the request line
+    want = [Priority.HIGH, 70, None, None, None, Priority.HIGH]
+    for _ in range(3):  # first seen, then remembered
+        assert [table.classify_head(h) for h in heads] == want
+        assert [table.level(p) for p in ("/health/x", "/a/b", "/", "/a")] == [
+            Priority.HIGH, 70, None, None]
+    for i in range(5000):  # request lines and paths from the network: memory stays bounded
+        assert table.classify_head(f"GET /x{i} HTTP/1.1\r\n\r\n".encode()) is None
+        assert table.level(f"/x{i}") is None
+    assert len(table._lines) <= 1024 and len(table._paths) <= 1024
+    assert [table.classify_head(h) for h in heads] == want
+
+
 @pytest.mark.asyncio
 @pytest.mark.backends("selector", "uvloop")
 async def test_spent_slices_ask_the_classified_connections_before_polling():

@@ -35,6 +35,9 @@ from .events.classify import ClassifiedProtocol, _Classifier
 
 __all__ = ["RouteTable", "route_priorities"]
 
+# Paths and request lines whose level a RouteTable keeps, at most.
+_SEEN_MAX = 1024
+
 # The connection's own level, kept in the context of aiohttp's per-connection
 # request loop the first time one of its requests is classified.
 _BASE: contextvars.ContextVar[int] = contextvars.ContextVar("aem_loop.aiohttp.base")
@@ -54,16 +57,43 @@ class RouteTable:
         table.sort(key=lambda item: len(item[0]), reverse=True)
         self._table = tuple(table)
         self._btable = tuple((p.encode("latin-1"), lv) for p, lv in table)
+        # What each path and request line seen last got: a keep-alive
+        # client asks for the same few again and again.  Bounded: emptied
+        # when full (the keys come from the network).
+        self._paths: dict[str, int | None] = {}
+        self._lines: dict[bytes, int | None] = {}
 
     def level(self, path: str) -> int | None:
-        for prefix, lv in self._table:
+        """The level of the route *path* falls under (None: no route)."""
+        try:
+            return self._paths[path]
+        except KeyError:
+            pass
+        lv: int | None = None
+        for prefix, p in self._table:
             if path.startswith(prefix):
-                return lv
-        return None
+                lv = p
+                break
+        if len(self._paths) >= _SEEN_MAX:
+            self._paths.clear()
+        self._paths[path] = lv
+        return lv
 
     def classify_head(self, head: bytes) -> int | None:
         """The level of a raw HTTP/1.x request head (its request line's path)."""
-        line = head.split(b"\r\n", 1)[0]
+        i = head.find(b"\r\n")
+        line = head if i < 0 else head[:i]
+        try:
+            return self._lines[line]
+        except KeyError:
+            pass
+        lv = self._line_level(line)
+        if len(self._lines) >= _SEEN_MAX:
+            self._lines.clear()
+        self._lines[line] = lv
+        return lv
+
+    def _line_level(self, line: bytes) -> int | None:
         parts = line.split(b" ")
         if len(parts) != 3:
             return None

@@ -157,6 +157,11 @@ class HTTPScanner:
         self._need = 0
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self._state == _HEAD and not self._buf:
+            end = data.find(b"\r\n\r\n")
+            if 0 < end == len(data) - 4 and data[0] not in (13, 10):
+                self._after_head(data)  # the usual read: one whole head
+                return [data]
         heads: list[bytes] = []
         pos = 0
         n = len(data)
