@@ -10,6 +10,7 @@ import collections
 import gc
 import itertools
 import logging
+import math
 import select
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import uvloop
 
 from ..core.handles import URGENT_IO
+from ..core.iolevels import JOB_TAIL_SLICES
 from ..core.priority import DEFAULT_PRIORITY, JOB_LEVEL
 from .sigio import UrgentSignals
 from .tiers import TIERED
@@ -66,7 +68,7 @@ class _HandOff:
     """The hand-off state of one loop, in slots (read on every call_soon)."""
 
     __slots__ = ("above", "base", "blind_top", "budget", "check", "checked", "h", "io_top",
-                 "mask", "saved", "tail", "top")
+                 "mask", "per", "saved", "tail", "top")
 
     def __init__(self) -> None:
         self.budget = 0  # hand-offs allowed before the next round at the back
@@ -100,20 +102,25 @@ class _HandOff:
         self.check = -1
         self.mask = _CHECK_MASK
         self.checked = 0.0
+        # The time between the last two checkpoints per hand-off made in
+        # it: how soon the callbacks queued now end uvloop's pass (libuv
+        # polls then).
+        self.per = math.inf
 
 
 def _find_ready(loop: uvloop.Loop) -> tuple[Any, Any]:
     """uvloop's ready queue of *loop* (the deque its call_soon appends to and
-    each iteration pops from) and a handle that does nothing; found by asking
-    for one callback and looking for it among the loop's referents.  (None,
-    None) if this uvloop keeps it elsewhere: the backend then never hands
-    callbacks off nor takes them back."""
+    each iteration pops from) and a stand-in for it: a handle cancelled, which
+    uvloop's pass pops and skips without a call; found by asking for one
+    callback and looking for it among the loop's referents.  (None, None) if
+    this uvloop keeps it elsewhere: the backend then never hands callbacks
+    off nor takes them back."""
     h = _uv_call_soon(loop, _noop)
+    h.cancel()
     for obj in gc.get_referents(loop):
         if type(obj) is collections.deque and any(x is h for x in obj):
             obj.remove(h)
             return obj, h
-    h.cancel()
     return None, None
 
 
@@ -294,6 +301,17 @@ class UrgentFdsMixin:
                 found = 1
         return found
 
+    def _aem_job_only(self, ready: list[tuple[int, int]], level: int) -> bool:
+        """Are the watched fds above *level* among *ready* all job level's
+        (classified servers': what they carry is mostly not urgent, and it
+        takes reading it to know)?"""
+        fds = self._aem_urgent_fds
+        for fd, _ in ready:
+            watched = fds.get(fd)
+            if watched is not None and level < watched[0] < JOB_LEVEL:
+                return False
+        return True
+
     def _aem_io_ready(self, level: int) -> bool:
         """At a spent slice of a round at *level* (the core's io_ready): may
         I/O above it be ready?  Only the urgent set can say no, and only if
@@ -325,6 +343,8 @@ class UrgentFdsMixin:
         spent = now - ho.checked
         ho.checked = now
         stride = ho.mask + 1
+        if spent > 0:
+            ho.per = spent / stride
         want = _SQRT2 * self._aem.slice * stride / spent if spent > 0 else 2.0 * stride
         if want < stride:
             ho.mask = (1 << int(want).bit_length() - 1) - 1 if want >= 1 else 0
@@ -405,10 +425,36 @@ class UrgentFdsMixin:
 
     def _aem_urgent_first(self, ready: list[tuple[int, int]], level: int) -> None:
         """A checkpoint's answer: if a watched fd above *level* is among
-        *ready*, hold uvloop's queue so that libuv polls first (a new
-        connection's connection_made then goes first: _aem_accepted)."""
+        *ready*, libuv polls right after the callback running now.
+
+        A connection's fd, while hand-offs are pending at *level*: the rest
+        of uvloop's running pass is made of stand-ins that it skips -- as
+        many as the queue holds, so at least as many as the pass may still
+        pop -- ahead of the callbacks, which keep their order for the pass
+        after the poll; what the poll brings above them preempts them as it
+        preempts hand-offs (a round at the front).  Unless only classified
+        connections (job level) are ready and the callbacks queued end the
+        pass within JOB_TAIL_SLICES time slices at the pace measured between
+        checkpoints: under a flood of requests every such connection is
+        ready at every checkpoint, and what it carries is seldom urgent;
+        their poll comes soon enough (the selector backend's rule for its
+        job level).  Otherwise (a server's listening socket: its new
+        connection's connection_made then goes first, see _aem_accepted)
+        uvloop's queue is held (_aem_hold)."""
         urgent = self._aem_urgent_in(ready, level)
-        if urgent and self._aem_hold(poll_first=True) and urgent == 2:
+        if not urgent:
+            return
+        q = self._aem_ready
+        ho = self._aem_ho
+        if urgent == 1 and level >= 0 and ho.h == level and not self._aem_held:
+            if len(q) * ho.per < JOB_TAIL_SLICES * self._aem.slice and self._aem_job_only(
+                    ready, level):
+                return  # libuv polls soon anyway
+            if q:
+                q.extendleft(itertools.repeat(self._aem_noop, len(q)))
+        elif not self._aem_hold(poll_first=True):
+            return
+        if urgent == 2:
             self._aem_listener_ready = True
 
 
