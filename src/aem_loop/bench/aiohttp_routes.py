@@ -468,12 +468,14 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
         f"{a.runs * procs} pairs of server processes of each pair's median per-cycle "
         "ratio, with the pairs' interquartile range. "
         "Modes: plain (no priorities), prio (a priority used in the process before "
-        "serving), site (a second site listening under Priority.HIGH). /health: probed "
+        "serving), site (a second site listening under Priority.HIGH), routes "
+        "(route_priorities with /health at HIGH; wrk asks for /). /health: probed "
         f"every {PROBE_INTERVAL * 1e3:.0f} ms on the HIGH site (a plain second site on the "
         "stock loops)" + (", a new connection per request," if a.connect else "")
         + f" during a {a.duration:g} s flood, medians of {a.runs} runs.",
         "Command: `python benchmarks/aiohttp_routes.py --app hello "
         + ("--close " if a.close else "") + ("--connect " if a.connect else "")
+        + ("" if tuple(modes) == HELLO_MODES else f"--modes {','.join(modes)} ")
         + f"--runs {a.runs} --procs {procs} --cycles {cycles} --duration {a.duration:g}`",
         "",
         "| mode | loop | wrk req/s | vs stock | req per server CPU-s | vs stock |",
@@ -506,7 +508,10 @@ def hello_report(a: argparse.Namespace, loops: list[str], modes: list[str]) -> N
         lines.append(f"| {name} | {m['health_p50_ms']:.2f} | {m['health_p99_ms']:.2f} | "
                      f"{m['health_max_ms']:.2f} |")
     print("\n".join(lines))
-    save_results(a.out, "aiohttp_hello" + ("_close" if a.close else ""),
+    # other modes than the default set: a table of their own
+    name = "aiohttp_hello" + ("_close" if a.close else "") + (
+        "" if tuple(modes) == HELLO_MODES else "_" + "_".join(modes))
+    save_results(a.out, name,
                  "\n".join(lines) + "\n", {"bursts": per, "latency": lat})
 
 
