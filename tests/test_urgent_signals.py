@@ -304,6 +304,47 @@ def test_no_signals_outside_the_main_thread_nor_over_a_sigio_handler(backend, wh
 
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
+def test_a_sigio_handler_set_while_the_loop_signals_takes_sigio_over(backend):
+    """The program sets a SIGIO handler of its own while the loop signals a
+    quiet urgent connection: the loop gives its signals up (the fds lose
+    O_ASYNC, so the program's handler gets none of them) and asks again --
+    the urgent message is still read within a few steps of the backlog --
+    and the program's handler stays, after the loop too."""
+    order: list = []
+    got: list = []
+
+    def user_handler(signum: int, frame: object) -> None:
+        got.append(signum)
+
+    async def main() -> None:
+        server, client, transport = await urgent_connection(order.append)
+        fd = transport.get_extra_info("socket").fileno()
+        try:
+            await backlog(order, lambda: o_async(fd), lambda i: None)
+            assert o_async(fd), "never signalled"
+            signal.signal(signal.SIGIO, user_handler)
+            await backlog(order, lambda: not o_async(fd), lambda i: None)
+            assert not o_async(fd) and not o_async(server.sockets[0].fileno())
+            client.send(b"x")
+            order.append("sent")
+            await backlog(order, lambda: b"x" in order, lambda i: None)
+        finally:
+            client.close()
+            transport.close()
+            server.close()
+            await server.wait_closed()
+
+    try:
+        aem_loop.run(main(), backend=backend)
+        assert signal.getsignal(signal.SIGIO) is user_handler
+    finally:
+        signal.signal(signal.SIGIO, signal.SIG_DFL)
+    assert got == []
+    sent = order.index("sent")
+    assert b"x" in order[sent:sent + 8], order[sent:]
+
+
+@pytest.mark.parametrize("backend", ["selector", "uvloop"])
 def test_urgent_signals_option_must_be_a_bool(backend):
     with pytest.raises(TypeError, match="urgent_signals"):
         aem_loop.new_event_loop(backend=backend, urgent_signals="no")

@@ -22,6 +22,12 @@ loop polls), and on the uvloop backend a checkpoint at the front of
 uvloop's queue.  An fd that joins while signalled and is ready already (no
 signal will come for what arrived before) kicks at once.
 
+The program may set a SIGIO handler of its own while a loop signals: a
+timer of the loop's (every ``_OWNER_CHECK`` seconds while signals are on)
+sees that SIGIO is no longer this module's, and the loop gives the signals
+up -- its fds lose ``O_ASYNC``, so the program's handler gets none of them
+-- and asks again; the program's handler stays.
+
 Signals that come often (``_RATE_WINDOW`` of them within ``_BUSY_SLICES``
 time slices each) cost more than asking: the fds then lose ``O_ASYNC``, the
 backend asks again, and tries signals again after a back-off that doubles
@@ -30,6 +36,7 @@ each time (``_BACKOFF`` up to ``_BACKOFF_MAX`` seconds).
 
 from __future__ import annotations
 
+import contextvars
 import fcntl
 import os
 import select
@@ -49,6 +56,10 @@ _RATE_WINDOW = 64
 _BUSY_SLICES = 4
 _BACKOFF = 1.0
 _BACKOFF_MAX = 60.0
+# Seconds between two looks, while a loop signals, at whether SIGIO is still
+# this module's (the program may set a handler of its own): its handler
+# would get the loop's signals meanwhile.
+_OWNER_CHECK = 0.1
 _SIGIO: Any = getattr(signal, "SIGIO", None)  # None: not on this OS
 _O_ASYNC = getattr(os, "O_ASYNC", 0)
 _F_SETOWN = getattr(fcntl, "F_SETOWN", None)
@@ -87,13 +98,17 @@ class UrgentSignals:
     signals taken are counted in its statistics); *kick*: what the handler
     does for this loop; *fds*: the urgent fds now; *switched*: called with
     True when signals start, False when they stop (the backend stops or
-    starts asking); *enabled*: the loop option ``urgent_signals``."""
+    starts asking); *enabled*: the loop option ``urgent_signals``; *later*:
+    the loop's ``call_later`` (the look at SIGIO's owner while signalled)."""
 
-    __slots__ = ("asks", "backoff", "busy", "count", "enabled", "fds", "hits", "kick",
-                 "overload", "pending", "pid", "retry_at", "sched", "since", "switched")
+    __slots__ = ("asks", "backoff", "busy", "check_h", "count", "enabled", "fds", "hits", "kick",
+                 "later", "overload", "pending", "pid", "retry_at", "sched", "since", "switched")
 
     def __init__(self, sched: Any, kick: Callable[[], None], fds: Callable[[], Iterable[int]],
-                 switched: Callable[[bool], None], enabled: bool = True) -> None:
+                 switched: Callable[[bool], None], enabled: bool = True,
+                 later: Callable[..., Any] | None = None) -> None:
+        self.later = later
+        self.check_h: Any = None  # the timer of the next look at SIGIO's owner
         self.sched = sched
         self.enabled = enabled
         self.kick = kick
@@ -143,15 +158,38 @@ class UrgentSignals:
         for fd in self.fds():
             ready = _set_async(fd, True) or ready
         self.switched(True)
+        self._look_later()
         if ready:
             self._kick()
         return True
+
+    def _look_later(self) -> None:
+        if self.later is not None:
+            # in a context of its own: at the default priority, whatever
+            # runs now (a timer above it would stop hand-offs below it)
+            self.check_h = contextvars.Context().run(self.later, _OWNER_CHECK, self._look)
+
+    def _look(self) -> None:
+        """Is SIGIO still this module's?  If the program set a handler of
+        its own meanwhile, the signals stop (the fds lose O_ASYNC: that
+        handler gets none of them) and the loop asks again; start() does
+        not take SIGIO back while the program's handler is set."""
+        self.check_h = None
+        if not self.pid:
+            return
+        if signal.getsignal(_SIGIO) is _on_sigio:
+            self._look_later()
+        else:
+            self.stop()
 
     def stop(self, backoff: bool = False) -> None:
         """Ask again instead (*backoff*: signals came too often; try them
         again later)."""
         if not self.pid:
             return
+        if self.check_h is not None:
+            self.check_h.cancel()
+            self.check_h = None
         if self.pid == os.getpid():  # in a forked child the fds are the parent's
             for fd in self.fds():
                 _set_async(fd, False)
