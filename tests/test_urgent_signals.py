@@ -83,6 +83,25 @@ async def urgent_connection(on_data: Callable[[bytes], None]):
     return server, client, await accepted
 
 
+async def read_when_asked(order: list, server: asyncio.AbstractServer, client: socket.socket,
+                          fd: int) -> None:
+    """The urgent connection (*fd*) and its listener are asked, not
+    signalled; a message sent now is then read within a few steps of the
+    backlog ("sent" marks where: the caller checks)."""
+    assert not o_async(fd) and not o_async(server.sockets[0].fileno())
+    client.send(b"x")
+    order.append("sent")
+    await backlog(order, lambda: b"x" in order, lambda i: None)
+
+
+async def close_urgent(server: asyncio.AbstractServer, client: socket.socket,
+                       transport: asyncio.BaseTransport) -> None:
+    client.close()
+    transport.close()
+    server.close()
+    await server.wait_closed()
+
+
 @pytest.mark.asyncio
 async def test_a_quiet_urgent_listener_is_signalled_and_its_accept_runs_next():
     """A listener under HIGH beside a busy default backlog: once its slice
@@ -271,15 +290,9 @@ def test_no_signals_outside_the_main_thread_nor_over_a_sigio_handler(backend, wh
         try:
             # 64 steps: well past the asks after which a main-thread loop signals
             await backlog(order, lambda: len(order) >= 64, lambda i: None)
-            assert not o_async(fd) and not o_async(server.sockets[0].fileno())
-            client.send(b"x")
-            order.append("sent")
-            await backlog(order, lambda: b"x" in order, lambda i: None)
+            await read_when_asked(order, server, client, fd)
         finally:
-            client.close()
-            transport.close()
-            server.close()
-            await server.wait_closed()
+            await close_urgent(server, client, transport)
         stats.append(loop.statistics())
 
     try:
@@ -324,15 +337,9 @@ def test_a_sigio_handler_set_while_the_loop_signals_takes_sigio_over(backend):
             assert o_async(fd), "never signalled"
             signal.signal(signal.SIGIO, user_handler)
             await backlog(order, lambda: not o_async(fd), lambda i: None)
-            assert not o_async(fd) and not o_async(server.sockets[0].fileno())
-            client.send(b"x")
-            order.append("sent")
-            await backlog(order, lambda: b"x" in order, lambda i: None)
+            await read_when_asked(order, server, client, fd)
         finally:
-            client.close()
-            transport.close()
-            server.close()
-            await server.wait_closed()
+            await close_urgent(server, client, transport)
 
     try:
         aem_loop.run(main(), backend=backend)
