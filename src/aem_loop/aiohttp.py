@@ -38,6 +38,14 @@ __all__ = ["RouteTable", "route_priorities"]
 # Paths and request lines whose level a RouteTable keeps, at most.
 _SEEN_MAX = 1024
 
+def _keep(seen: dict[Any, int | None], key: Any, lv: int | None) -> int | None:
+    """Remember *lv* for *key* in *seen* (emptied when full); return it."""
+    if len(seen) >= _SEEN_MAX:
+        seen.clear()
+    seen[key] = lv
+    return lv
+
+
 # The connection's own level, kept in the context of aiohttp's per-connection
 # request loop the first time one of its requests is classified.
 _BASE: contextvars.ContextVar[int] = contextvars.ContextVar("aem_loop.aiohttp.base")
@@ -74,10 +82,7 @@ class RouteTable:
             if path.startswith(prefix):
                 lv = p
                 break
-        if len(self._paths) >= _SEEN_MAX:
-            self._paths.clear()
-        self._paths[path] = lv
-        return lv
+        return _keep(self._paths, path, lv)
 
     def classify_head(self, head: bytes) -> int | None:
         """The level of a raw HTTP/1.x request head (its request line's path)."""
@@ -87,11 +92,7 @@ class RouteTable:
             return self._lines[line]
         except KeyError:
             pass
-        lv = self._line_level(line)
-        if len(self._lines) >= _SEEN_MAX:
-            self._lines.clear()
-        self._lines[line] = lv
-        return lv
+        return _keep(self._lines, line, self._line_level(line))
 
     def _line_level(self, line: bytes) -> int | None:
         parts = line.split(b" ")

@@ -139,8 +139,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
             tiers = self._aem_tiers = UrgentTiers()
             tiers.signals = UrgentSignals(
                 sched, functools.partial(sched.inbox.append, URGENT_IO), tiers.fds,
-                lambda on: sched.io_signalled(TIERED if on else 0), self._aem_use_signals,
-                self.call_later)
+                lambda on: sched.io_signalled(TIERED if on else 0), self.call_later,
+                self._aem_use_signals)
             sched.on_signal = tiers.signals.taken
         # where a socket transport reads what is left after a full 64 KiB read (seltransport)
         self._aem_read_buffer = memoryview(bytearray(ReadIntoTransport.max_size))

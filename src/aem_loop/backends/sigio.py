@@ -98,15 +98,15 @@ class UrgentSignals:
     signals taken are counted in its statistics); *kick*: what the handler
     does for this loop; *fds*: the urgent fds now; *switched*: called with
     True when signals start, False when they stop (the backend stops or
-    starts asking); *enabled*: the loop option ``urgent_signals``; *later*:
-    the loop's ``call_later`` (the look at SIGIO's owner while signalled)."""
+    starts asking); *later*: the loop's ``call_later`` (the look at SIGIO's
+    owner while signalled); *enabled*: the loop option ``urgent_signals``."""
 
     __slots__ = ("asks", "backoff", "busy", "check_h", "count", "enabled", "fds", "hits", "kick",
                  "later", "overload", "pending", "pid", "retry_at", "sched", "since", "switched")
 
     def __init__(self, sched: Any, kick: Callable[[], None], fds: Callable[[], Iterable[int]],
-                 switched: Callable[[bool], None], enabled: bool = True,
-                 later: Callable[..., Any] | None = None) -> None:
+                 switched: Callable[[bool], None], later: Callable[..., Any],
+                 enabled: bool = True) -> None:
         self.later = later
         self.check_h: Any = None  # the timer of the next look at SIGIO's owner
         self.sched = sched
@@ -164,10 +164,9 @@ class UrgentSignals:
         return True
 
     def _look_later(self) -> None:
-        if self.later is not None:
-            # in a context of its own: at the default priority, whatever
-            # runs now (a timer above it would stop hand-offs below it)
-            self.check_h = contextvars.Context().run(self.later, _OWNER_CHECK, self._look)
+        # in a context of its own: at the default priority, whatever runs
+        # now (a timer above it would stop hand-offs below it)
+        self.check_h = contextvars.Context().run(self.later, _OWNER_CHECK, self._look)
 
     def _look(self) -> None:
         """Is SIGIO still this module's?  If the program set a handler of

@@ -168,8 +168,8 @@ class UrgentFdsMixin:
         if sig is None:
             sig = self._aem_sig = UrgentSignals(self._aem, self._aem_kick,
                                                 self._aem_urgent_live, self._aem_signalled,
-                                                self._aem_use_signals,
-                                                self.call_later)  # type: ignore[attr-defined]
+                                                self.call_later,  # type: ignore[attr-defined]
+                                                self._aem_use_signals)
             h = self._aem_sig_h = _uv_call_soon(self, self._aem_on_sigio)  # type: ignore[arg-type]
             self._aem_ready.remove(h)
         return sig

@@ -456,12 +456,12 @@ class ClassifiedProtocol(asyncio.Protocol):
             else:
                 level = cur  # the body of the request in progress
             prev = sched.current
-            above = level - 1 if prev == JOB_LEVEL else level
+            # read at job level (not a first message): behind its own level too
+            above = level - 1 if prev == JOB_LEVEL and not started else level
             if started:
                 if level > base:
                     raise_started(level)
                 started.clear()
-                above = level
             if not queue and not queued_above(above, JOB_LEVEL):
                 ctx = base_ctx if level == base else context_at(ctxs, base_ctx, level)
                 sched.current = level  # what it wakes inherits the level
