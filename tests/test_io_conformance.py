@@ -387,6 +387,144 @@ async def test_set_protocol_switches_between_plain_and_buffered_reads():
     assert got == [("plain", b"one"), ("buffered", b"two"), ("again", b"three")]
 
 
+async def _send_and_close(port: int, msgs: list[bytes], acked: asyncio.Queue) -> None:
+    """Connect to *port*, send each of *msgs* once the previous one arrived
+    (*acked* says so), then close."""
+    _r, w = await asyncio.open_connection("127.0.0.1", port)
+    for m in msgs:
+        w.write(m)
+        await acked.get()
+    w.close()
+    await w.wait_closed()
+
+
+async def test_stream_reader_protocols_get_every_read_whatever_their_class():
+    """A stock StreamReaderProtocol, a subclass with its own data_received
+    and one whose instance is given a data_received of its own each
+    get every message, in order, through the calls asyncio makes (the
+    selector backend feeds a stock one's reader without its data_received).
+    (uvloop looks data_received up once, when the protocol is set: the
+    instance's is given in __init__.)"""
+    msgs = [os.urandom(n) for n in (1, 700, 70_000, 5)]
+    seen: dict[str, list[bytes]] = {"subclass": [], "instance": []}
+
+    class Sub(asyncio.StreamReaderProtocol):
+        def data_received(self, data):
+            seen["subclass"].append(bytes(data))
+            super().data_received(data)
+
+    class Patched(asyncio.StreamReaderProtocol):
+        def __init__(self, *args):
+            super().__init__(*args)
+            own = self.data_received
+
+            def data_received(data):
+                seen["instance"].append(bytes(data))
+                own(data)
+
+            self.data_received = data_received
+
+    for name, cls in (("stock", asyncio.StreamReaderProtocol), ("subclass", Sub),
+                      ("instance", Patched)):
+        assert await _stream_server_gets(cls, msgs) == b"".join(msgs), name
+        if name != "stock":
+            assert b"".join(seen[name]) == b"".join(msgs), name
+
+
+async def _stream_server_gets(cls: type, msgs: list[bytes]) -> bytes:
+    """What a stream server whose protocol is *cls* reads from a client
+    that sends *msgs* one at a time."""
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    acked: asyncio.Queue = asyncio.Queue()
+    done: asyncio.Future = loop.create_future()
+    ends = {sum(map(len, msgs[:i + 1])) for i in range(len(msgs))}
+
+    async def handle(r, w):
+        while data := await r.read(1 << 20):
+            got.extend(data)
+            if len(got) in ends:
+                acked.put_nowait(None)
+        w.close()
+        done.set_result(None)
+
+    server = await loop.create_server(lambda: cls(asyncio.StreamReader(), handle),
+                                      "127.0.0.1", 0)
+    await _send_and_close(server.sockets[0].getsockname()[1], msgs, acked)
+    await done
+    server.close()
+    await server.wait_closed()
+    return bytes(got)
+
+
+async def test_a_stream_whose_reader_was_collected_drops_its_data_quietly():
+    """A StreamReaderProtocol whose reader nobody holds any more (it keeps
+    only a weak reference): the data that arrives is dropped, no error is
+    reported, the peer's EOF still arrives, and the connection closes."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    errors: list = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    eof: asyncio.Future = loop.create_future()
+    lost: asyncio.Future = loop.create_future()
+
+    class P(asyncio.StreamReaderProtocol):
+        def eof_received(self):
+            eof.set_result(None)
+            return super().eof_received()
+
+        def connection_lost(self, exc):
+            super().connection_lost(exc)
+            lost.set_result(exc)
+
+    c, srv = _tcp_pair_with_room()
+    with c:
+        reader = asyncio.StreamReader()
+        proto = P(reader)
+        t, _ = await loop.connect_accepted_socket(lambda: proto, srv)
+        del reader
+        gc.collect()
+        c.sendall(b"x" * 100_000)
+        c.shutdown(socket.SHUT_WR)
+        await eof
+        t.close()
+        assert await lost is None
+    loop.set_exception_handler(None)
+    assert errors == []
+
+
+@pytest.mark.backends("selector")
+async def test_selector_transport_feeds_a_stock_stream_reader_directly():
+    """The selector backend's transport feeds a stock StreamReaderProtocol's
+    reader itself and calls any other protocol's data_received."""
+    loop = asyncio.get_running_loop()
+    transports: list = []
+
+    class Sub(asyncio.StreamReaderProtocol):
+        def data_received(self, data):
+            super().data_received(data)
+
+    async def handle(r, w):
+        transports.append(w.transport)
+        await r.readexactly(3)
+        w.write(b"ok")
+        await w.drain()
+        w.close()
+
+    for cls in (asyncio.StreamReaderProtocol, Sub):
+        server = await loop.create_server(
+            lambda cls=cls: cls(asyncio.StreamReader(), handle), "127.0.0.1", 0)
+        r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        w.write(b"abc")
+        assert await r.read() == b"ok"
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+    assert [t._aem_stream for t in transports] == [True, False]
+
+
 class _Recorder(asyncio.Protocol):
     """Records what arrives (data, None for EOF) and how the connection ended."""
 

@@ -17,11 +17,23 @@ one ``recv``, into a buffer the loop keeps (``recv_into``), and the protocol
 gets the two joined.  So the protocol gets the same data in the same calls
 as from asyncio's transport.  BufferedProtocols keep asyncio's path (they
 give their own buffer).
+
+asyncio's streams (``start_server``, ``open_connection``) put a
+``StreamReaderProtocol`` on the transport, whose ``data_received`` looks its
+reader up through a property and a weak reference and calls
+``reader.feed_data(data)``: two Python frames per read that do nothing else.
+When the protocol's class has that ``data_received`` and that property
+(stock, or a subclass that overrides neither; on every Python version this
+package supports they are the same code), the transport does the same steps
+itself: the weak reference, then ``feed_data`` -- the reader gets the same
+data in the same calls, and a reader already collected gets nothing, as
+before.  Any other protocol, or an instance given its own
+``data_received`` before its first read, is called as asyncio calls it.
 """
 
 from __future__ import annotations
 
-from asyncio import protocols, selector_events
+from asyncio import protocols, selector_events, streams
 from typing import Any
 
 __all__ = ["ReadIntoTransport"]
@@ -29,11 +41,26 @@ __all__ = ["ReadIntoTransport"]
 # The first read of each readiness: under glibc's default mmap threshold.
 _FIRST = 65536
 
+_SRP = streams.StreamReaderProtocol
+_SRP_DATA = _SRP.data_received
+_SRP_READER = _SRP._stream_reader  # the property (looked up on the class)
+
+
+def _feeds_its_reader(protocol: Any) -> bool:
+    """Whether *protocol*'s data_received is StreamReaderProtocol's own:
+    look its reader up and ``feed_data`` (see above)."""
+    cls = type(protocol)
+    return (cls.data_received is _SRP_DATA and getattr(cls, "_stream_reader", None) is _SRP_READER
+            and "data_received" not in getattr(protocol, "__dict__", ()))
+
 
 class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
     """asyncio's socket transport, reading 64 KiB at a time first (see above)."""
 
     _aem_plain = True  # its protocol is not a BufferedProtocol
+    # its protocol is a StreamReaderProtocol (see above); None: not known
+    # yet (decided at the first read, after connection_made)
+    _aem_stream: bool | None = None
     # eof_received returning true keeps it open and nothing else: a protocol
     # may close it from there itself (events.classify does)
     _aem_eof_keeps_open = True
@@ -41,6 +68,7 @@ class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: igno
     def set_protocol(self, protocol: Any) -> None:
         super().set_protocol(protocol)
         self._aem_plain = not isinstance(protocol, protocols.BufferedProtocol)
+        self._aem_stream = None
 
     def _read_ready(self) -> None:
         # The fd's reader.  asyncio's calls _read_ready_cb, which set_protocol
@@ -81,7 +109,17 @@ class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: igno
             if n:
                 data += buf[:n]
         try:
-            self._protocol.data_received(data)
+            stream = self._aem_stream
+            if stream is None:
+                stream = self._aem_stream = _feeds_its_reader(self._protocol)
+            if stream:
+                # StreamReaderProtocol.data_received's steps (see above)
+                ref = self._protocol._stream_reader_wr
+                reader = None if ref is None else ref()
+                if reader is not None:
+                    reader.feed_data(data)
+            else:
+                self._protocol.data_received(data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
