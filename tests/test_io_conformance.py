@@ -592,6 +592,41 @@ async def test_a_reset_after_data_in_one_read_reports_the_data_then_the_error():
     assert isinstance(exc, ConnectionResetError), exc
 
 
+async def test_a_reset_behind_data_the_protocol_paused_on_waits_for_resume():
+    """Data then a reset waiting together, and a protocol that pauses
+    reading when the data arrives: the reset is not reported while it is
+    paused (asyncio reads no more until resumed); once resumed, the next
+    read reports it (connection_lost with ConnectionResetError)."""
+    loop = asyncio.get_running_loop()
+    payload = os.urandom(64 * 1024)
+    checked: asyncio.Future = loop.create_future()
+
+    class Pausing(_Recorder):
+        def connection_made(self, transport):
+            self.t = transport
+
+        def data_received(self, data):
+            super().data_received(data)
+            if not checked.done():
+                self.t.pause_reading()
+                # after the read that gave this data, what became of the transport
+                loop.call_soon(lambda: checked.done() or checked.set_result(self.t.is_closing()))
+
+    p = Pausing()
+    c, srv = _tcp_pair_with_room()
+    c.sendall(payload)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()  # linger 0: a reset
+    t, _ = await loop.connect_accepted_socket(lambda: p, srv)
+    assert await checked is False
+    assert not p.lost.done()
+    t.resume_reading()
+    exc = await p.lost
+    t.close()
+    assert b"".join(p.got) == payload
+    assert isinstance(exc, ConnectionResetError), exc
+
+
 async def test_subprocess_user_group_umask_as_stock() -> None:
     """Popen's user/group/extra_groups/umask reach the child on every loop
     (uvloop's own spawn rejects them; the uvloop backend applies them)."""

@@ -61,6 +61,9 @@ class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: igno
     # its protocol is a StreamReaderProtocol (see above); None: not known
     # yet (decided at the first read, after connection_made)
     _aem_stream: bool | None = None
+    # an error the second read of a readiness found while the protocol, given
+    # the first's data, paused reading: reported at the next read
+    _aem_reset: BaseException | None = None
     # eof_received returning true keeps it open and nothing else: a protocol
     # may close it from there itself (events.classify does)
     _aem_eof_keeps_open = True
@@ -91,6 +94,11 @@ class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: igno
             self._fatal_error(exc, "Fatal read error on socket transport")
             return
         if not data:
+            error = self._aem_reset
+            if error is not None:  # found after data the protocol paused on (below)
+                self._aem_reset = None
+                self._fatal_error(error, "Fatal read error on socket transport")
+                return
             self._read_ready__on_eof()
             return
         error = None
@@ -126,7 +134,13 @@ class ReadIntoTransport(selector_events._SelectorSocketTransport):  # type: igno
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
             return
         if error is not None and not self._closing:  # closed: asyncio reads no more
-            self._fatal_error(error, "Fatal read error on socket transport")
+            if self._paused:
+                # asyncio reads no more until resumed, and its next read then
+                # finds the error: so here (that read finds end of file, the
+                # socket's error was taken by this one)
+                self._aem_reset = error
+            else:
+                self._fatal_error(error, "Fatal read error on socket transport")
 
     # what asyncio's set_protocol names for a plain protocol (same path)
     _read_ready__data_received = _read_ready
