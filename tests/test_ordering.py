@@ -1112,3 +1112,38 @@ async def test_an_urgent_connection_closed_beside_a_default_backlog_is_closed_be
         server.close()
         await server.wait_closed()
     assert done - at < 20, (at, done)  # less than a round of the backlog
+
+
+@pytest.mark.asyncio
+async def test_readers_ready_in_one_poll_run_by_level_fifo_within_each():
+    """Readers registered at several levels, all made readable before the
+    loop polls, in an order that switches level at every fd: they run
+    highest level first, and within a level in the order they became ready
+    (a poll's ready fds are queued per level in one pass)."""
+    loop = asyncio.get_running_loop()
+    await enter_priority_mode(loop)
+    levels = [80, 10, 80, 50, 10, 50, 80, 10]
+    pairs = [socket.socketpair() for _ in levels]
+    order: list[int] = []
+    done = loop.create_future()
+
+    def reader(i: int, sock: socket.socket) -> None:
+        sock.recv(1)
+        loop.remove_reader(sock)
+        order.append(i)
+        if len(order) == len(levels):
+            done.set_result(None)
+
+    try:
+        for i, (level, (a, _b)) in enumerate(zip(levels, pairs, strict=True)):
+            with aem_loop.priority(level):
+                loop.add_reader(a, reader, i, a)
+        for _a, b in pairs:  # all readable before the next poll
+            b.send(b"x")
+        await done
+    finally:
+        for a, b in pairs:
+            loop.remove_reader(a)
+            a.close()
+            b.close()
+    assert order == sorted(range(len(levels)), key=lambda i: -levels[i])

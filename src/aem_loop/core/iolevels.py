@@ -87,25 +87,36 @@ def push_io(self: Any, handles: list[Any]) -> None:
     if self.inbox:
         self.drain_inbox()
     levels = self._levels
-    boosts = self.boosts
     bits = self._bits
-    pushed = 0
     h: Any = None
-    level = 0
-    for handle in handles:
-        if handle._aem_q:
-            continue
-        handle._aem_q = True
-        level = handle._aem_level
-        if boosts:
-            level = self._boosted(handle, level)
-        q = levels[level]
-        if not q:
-            bits |= LEVEL_BITS[level]
-        q.append(handle)
-        pushed += 1
-        h = handle
-    if not pushed:
+    level = -1
+    q: Any = None
+    if self.boosts:
+        for handle in handles:
+            if handle._aem_q:
+                continue
+            handle._aem_q = True
+            level = self._boosted(handle, handle._aem_level)
+            q = levels[level]
+            if not q:
+                bits |= LEVEL_BITS[level]
+            q.append(handle)
+            h = handle
+    else:
+        # The fds of one poll are mostly at one level: its queue is looked
+        # up (and marked non-empty in the bitmap) when the level changes.
+        for handle in handles:
+            if handle._aem_q:
+                continue
+            handle._aem_q = True
+            if handle._aem_level != level:
+                level = handle._aem_level
+                q = levels[level]
+                if not q:
+                    bits |= LEVEL_BITS[level]
+            q.append(handle)
+            h = handle
+    if h is None:
         return
     self._bits = bits
     skip = self._skip
