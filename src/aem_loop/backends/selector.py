@@ -403,6 +403,11 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         self._aem_closed = True
         if self._aem_tiers is not None:
             self._aem_tiers.close()
+            self._aem_tiers = None
+        # what the core holds of the loop (bound methods, the loop itself):
+        # cycles, which would leave a closed loop to the garbage collector
+        sched = self._aem
+        sched.io_poll = sched.on_signal = sched.owner = None
 
     def _aem_check_thread(self) -> None:
         self._check_thread()  # type: ignore[attr-defined]

@@ -145,6 +145,7 @@ class UrgentTiers:
     def close(self) -> None:
         if self.signals is not None:
             self.signals.stop()
+            self.signals = None  # it holds self.fds (a cycle) and the loop's call_later
         for ep in self._eps.values():
             ep.close()
         self._eps.clear()

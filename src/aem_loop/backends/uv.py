@@ -788,3 +788,4 @@ class UVLoop(PriorityServerMixin, UrgentFdsMixin, HeldQueueMixin, SendfileMixin,
             self._aem.io_ready = None
         self._aem_timer_when = _INF
         self._aem.clear()
+        self._aem.owner = None  # the loop: a cycle
