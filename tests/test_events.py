@@ -541,3 +541,41 @@ def test_random_chunking_close_or_reset_loses_or_duplicates_no_message(backend, 
     assert got == msgs[: len(got)]  # a prefix: nothing duplicated, reordered or corrupted
     if end == "close":
         assert got == msgs and acts[-1].error is None
+
+
+@pytest.mark.asyncio
+@pytest.mark.backends("selector")
+async def test_an_activation_waits_behind_work_queued_at_its_level_before_its_data():
+    """The job reads out of turn (at job level), but the activation it makes
+    takes its turn: behind a callback queued at the event's level before the
+    data was found, as a stock loop runs a reader after what was queued
+    before the poll; and ahead of work queued below its level.  (On the
+    uvloop backend, callbacks handed to uvloop's own queue keep the order
+    the hand-off gives them.)"""
+    loop = asyncio.get_running_loop()
+    a, b = _pair()
+    order: list[str] = []
+    done = loop.create_future()
+
+    def handler(act: aem_loop.Activation) -> None:
+        order.append("activation")
+        done.set_result(None)
+
+    ev = loop.add_event(aem_loop.SocketData(a, framers.Lines()), handler)
+    with aem_loop.priority(Priority.HIGH):  # leveled dispatch from here on
+        await asyncio.sleep(0)
+    b.sendall(b"line\n")
+    loop.call_soon(order.append, "queued")
+    await done
+    assert order == ["queued", "activation"]
+    order.clear()
+    done = loop.create_future()
+    low = loop.create_future()
+    b.sendall(b"line\n")
+    with aem_loop.priority(Priority.LOW):
+        loop.call_soon(lambda: (order.append("low"), low.set_result(None)))
+    await asyncio.gather(done, low)
+    assert order == ["activation", "low"]
+    ev.unregister()
+    a.close()
+    b.close()

@@ -268,7 +268,8 @@ class Event:
                eof: bool = False, count: int = 1, inline: bool = True,
                level: int | None = None) -> int:
         """Merge an occurrence into the pending activation (queued if none;
-        run at once, with *inline*, when nothing more urgent is queued).
+        run at once, with *inline*, when nothing at its level or above is
+        queued).
         *level* (a classifier's verdict on the data) raises this activation
         above the event's priority; a pending activation moves up to it, the
         data merged before included (their order is kept).
@@ -281,11 +282,13 @@ class Event:
             p = self._pending = _Pending(time.monotonic(), lv)
             ctx = self._ctx if lv == self.priority else self._context_at(lv)
             sched = self._loop._aem
-            if not inline or self._running or sched.queued_above(lv):
+            if not inline or self._running or sched.queued_above(lv - 1):
+                # In its turn: behind what waits at its level, as a stock
+                # loop's reader would be (the job ran out of turn, at job level)
                 self._handle = self._loop._aem_schedule(self._activate, (), ctx)
             else:
-                # Nothing more urgent waits (no other job either): the
-                # activation runs now, without a detour through the queue.
+                # Nothing waits at its level or above (no other job either):
+                # the activation runs now, without a detour through the queue.
                 self._fill(p, items, nbytes, error, eof, count)
                 sched.run_direct(lv, ctx.run, self._activate)
                 return self._pending_bytes()
