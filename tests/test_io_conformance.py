@@ -387,17 +387,6 @@ async def test_set_protocol_switches_between_plain_and_buffered_reads():
     assert got == [("plain", b"one"), ("buffered", b"two"), ("again", b"three")]
 
 
-async def _send_and_close(port: int, msgs: list[bytes], acked: asyncio.Queue) -> None:
-    """Connect to *port*, send each of *msgs* once the previous one arrived
-    (*acked* says so), then close."""
-    _r, w = await asyncio.open_connection("127.0.0.1", port)
-    for m in msgs:
-        w.write(m)
-        await acked.get()
-    w.close()
-    await w.wait_closed()
-
-
 async def test_stream_reader_protocols_get_every_read_whatever_their_class():
     """A stock StreamReaderProtocol, a subclass with its own data_received
     and one whose instance is given a data_received of its own each
@@ -431,9 +420,11 @@ async def test_stream_reader_protocols_get_every_read_whatever_their_class():
             assert b"".join(seen[name]) == b"".join(msgs), name
 
 
-async def _stream_server_gets(cls: type, msgs: list[bytes]) -> bytes:
+async def _stream_server_gets(cls: type, msgs: list[bytes],
+                              transports: list | None = None) -> bytes:
     """What a stream server whose protocol is *cls* reads from a client
-    that sends *msgs* one at a time."""
+    that sends *msgs* one at a time (each once the previous one arrived);
+    its connection's transport is appended to *transports*."""
     loop = asyncio.get_running_loop()
     got = bytearray()
     acked: asyncio.Queue = asyncio.Queue()
@@ -441,6 +432,8 @@ async def _stream_server_gets(cls: type, msgs: list[bytes]) -> bytes:
     ends = {sum(map(len, msgs[:i + 1])) for i in range(len(msgs))}
 
     async def handle(r, w):
+        if transports is not None:
+            transports.append(w.transport)
         while data := await r.read(1 << 20):
             got.extend(data)
             if len(got) in ends:
@@ -450,7 +443,12 @@ async def _stream_server_gets(cls: type, msgs: list[bytes]) -> bytes:
 
     server = await loop.create_server(lambda: cls(asyncio.StreamReader(), handle),
                                       "127.0.0.1", 0)
-    await _send_and_close(server.sockets[0].getsockname()[1], msgs, acked)
+    _r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    for m in msgs:
+        w.write(m)
+        await acked.get()
+    w.close()
+    await w.wait_closed()
     await done
     server.close()
     await server.wait_closed()
@@ -498,30 +496,14 @@ async def test_a_stream_whose_reader_was_collected_drops_its_data_quietly():
 async def test_selector_transport_feeds_a_stock_stream_reader_directly():
     """The selector backend's transport feeds a stock StreamReaderProtocol's
     reader itself and calls any other protocol's data_received."""
-    loop = asyncio.get_running_loop()
     transports: list = []
 
     class Sub(asyncio.StreamReaderProtocol):
         def data_received(self, data):
             super().data_received(data)
 
-    async def handle(r, w):
-        transports.append(w.transport)
-        await r.readexactly(3)
-        w.write(b"ok")
-        await w.drain()
-        w.close()
-
     for cls in (asyncio.StreamReaderProtocol, Sub):
-        server = await loop.create_server(
-            lambda cls=cls: cls(asyncio.StreamReader(), handle), "127.0.0.1", 0)
-        r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-        w.write(b"abc")
-        assert await r.read() == b"ok"
-        w.close()
-        await w.wait_closed()
-        server.close()
-        await server.wait_closed()
+        assert await _stream_server_gets(cls, [b"abc"], transports) == b"abc"
     assert [t._aem_stream for t in transports] == [True, False]
 
 

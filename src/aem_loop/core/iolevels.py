@@ -88,34 +88,26 @@ def push_io(self: Any, handles: list[Any]) -> None:
         self.drain_inbox()
     levels = self._levels
     bits = self._bits
+    boosts = self.boosts
     h: Any = None
     level = -1
     q: Any = None
-    if self.boosts:
-        for handle in handles:
-            if handle._aem_q:
-                continue
-            handle._aem_q = True
-            level = self._boosted(handle, handle._aem_level)
-            q = levels[level]
+    for handle in handles:
+        if handle._aem_q:
+            continue
+        handle._aem_q = True
+        lv = handle._aem_level
+        if boosts:
+            lv = self._boosted(handle, lv)
+        if lv != level:
+            # The fds of one poll are mostly at one level: its queue is looked
+            # up (and marked non-empty in the bitmap) when the level changes.
+            level = lv
+            q = levels[lv]
             if not q:
-                bits |= LEVEL_BITS[level]
-            q.append(handle)
-            h = handle
-    else:
-        # The fds of one poll are mostly at one level: its queue is looked
-        # up (and marked non-empty in the bitmap) when the level changes.
-        for handle in handles:
-            if handle._aem_q:
-                continue
-            handle._aem_q = True
-            if handle._aem_level != level:
-                level = handle._aem_level
-                q = levels[level]
-                if not q:
-                    bits |= LEVEL_BITS[level]
-            q.append(handle)
-            h = handle
+                bits |= LEVEL_BITS[lv]
+        q.append(handle)
+        h = handle
     if h is None:
         return
     self._bits = bits
