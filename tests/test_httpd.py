@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -231,6 +232,30 @@ async def test_slowloris_is_cut_at_its_deadline_while_others_are_served(site):
     writer.write(get("/a.txt"))
     assert (await read_response(reader)).status == 200
     await stop(server, writer, slow_w)
+
+
+@pytest.mark.asyncio
+async def test_slowloris_is_cut_when_its_deadline_fires_late(site):
+    # The loop is busy past the head deadline, so the connection's timer
+    # fires late: the head began in time, the firing cuts it (a late firing
+    # is no sign that the head began after a long idle time).
+    loop = asyncio.get_running_loop()
+    server = await started(site, header_timeout=0.2, timeout=30)
+    slow_r, slow_w = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        slow_w.write(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n")  # never finishes its head
+        (conn,) = server._conns
+        while not conn.framer.buffered():  # the server read the start of the head
+            await asyncio.sleep(0)
+        deadline = conn.ready_at + 0.2
+        after = loop.create_future()
+        loop.call_at(deadline + 0.01, after.set_result, None)  # due right after it
+        time.sleep(max(0.0, deadline + 0.1 - loop.time()))  # the loop blocked past both
+        await after
+        assert server.statistics()["timeouts"] == 1
+        assert b"408" in (await slow_r.read()).split(b"\r\n")[0]
+    finally:
+        await stop(server, slow_w)
 
 
 @pytest.mark.asyncio

@@ -53,6 +53,7 @@ class Connection:
         "final",
         "framer",
         "grace",
+        "head_due",
         "last_progress",
         "level",
         "loop",
@@ -89,7 +90,10 @@ class Connection:
                        classify=classify),
             self._on_data, priority=server.priority, name="aemhttpd connection",
         )
-        self.timer = loop.call_at(now + server.header_timeout, self._on_timer)
+        # the deadline the timer is armed for when it is the request head's
+        # (ready_at + header_timeout of the ready period then), else None
+        self.head_due: float | None = now + server.header_timeout
+        self.timer = loop.call_at(self.head_due, self._on_timer)
         server._conns.add(self)
 
     # -- events ---------------------------------------------------------------------------
@@ -132,22 +136,26 @@ class Connection:
         if self.out or self.queue:  # a response waits for the client to read it
             due = self.last_progress + s.timeout
         elif self.framer.buffered():  # inside a request head
-            since = now - self.ready_at
-            if since < s.header_timeout + 1e-3 or self.grace:
+            # This timer was armed for this ready period's head deadline
+            # (however late it fires): a slowloris.  Armed for something
+            # else, it cannot tell when the head began: the head gets
+            # header_timeout of its own from now.
+            if self.grace or self.head_due == self.ready_at + s.header_timeout:
                 s.stats["timeouts"] += 1
                 self._cut(408)
                 return
-            # the head began after a long idle time: it gets header_timeout
             self.grace = True
             due = now + s.header_timeout
         else:  # idle between requests
             due = self.ready_at + s.timeout
-            if now < self.ready_at + s.header_timeout:
-                due = self.ready_at + s.header_timeout
+            head_due = self.ready_at + s.header_timeout
+            if now < head_due:
+                due = head_due
         if now >= due:
             s.stats["timeouts"] += 1
             self.close()
             return
+        self.head_due = due if due == self.ready_at + s.header_timeout else None
         self.timer = self.loop.call_at(due, self._on_timer)
 
     # -- answering ------------------------------------------------------------------------
