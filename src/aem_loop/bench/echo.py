@@ -10,6 +10,12 @@ seconds each measured one after the other differ by +-25% between two runs
 of the same loop; bursts of 0.1 s side by side see the same machine, so the
 ratio of two loops in one cycle is what the figures are made of.
 
+Each burst also reads its server's CPU time (the kernel's per-process CPU
+clock, nanoseconds, read by the client before and after the burst): round
+trips per second of server CPU tell the server's cost apart from the round
+trip's latency (the kernel's loopback, the client), which round trips per
+second of wall time also carry.
+
 ``run_cell`` (one loop, one server, one load) serves the vmtable benchmark.
 """
 
@@ -214,9 +220,16 @@ class _BurstConn(asyncio.Protocol):
             self.lost.set_result(None)
 
 
-async def _bursts(ports: list[int], conns: int, size: int, burst: float,
-                  cycles: int) -> list[list[float]]:
-    """Round trips/s of every burst, per server, in cycle order."""
+def _cpu_clock(pid: int) -> int:
+    """The clock id of process *pid*'s CPU time, all its threads (Linux:
+    CPUCLOCK_SCHED, as clock_getcpuclockid(3) makes it)."""
+    return ((~pid) << 3) | 2
+
+
+async def _bursts(ports: list[int], pids: list[int], conns: int, size: int, burst: float,
+                  cycles: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Round trips/s of every burst, per server, in cycle order; and round
+    trips per second of the server's CPU time in that burst."""
     loop = asyncio.get_running_loop()
     msg = os.urandom(size)
     groups: list[list[_BurstConn]] = []
@@ -228,6 +241,8 @@ async def _bursts(ports: list[int], conns: int, size: int, burst: float,
             group.append(c)
         groups.append(group)
     rates: list[list[float]] = [[] for _ in ports]
+    per_cpu: list[list[float]] = [[] for _ in ports]
+    clocks = [_cpu_clock(pid) for pid in pids]
     n = len(ports)
     for cycle in range(cycles):
         for i in [(cycle + j) % n for j in range(n)]:  # each server in each position
@@ -235,6 +250,7 @@ async def _bursts(ports: list[int], conns: int, size: int, burst: float,
             b = _Burst(msg, len(group), loop.create_future())
             for c in group:
                 c.burst = b
+            c0 = time.clock_gettime(clocks[i])
             t0 = time.perf_counter()
             for c in group:
                 c.t.write(msg)
@@ -242,19 +258,21 @@ async def _bursts(ports: list[int], conns: int, size: int, burst: float,
             b.live = False
             await b.done  # every connection's last round trip is back
             rates[i].append(b.count / (time.perf_counter() - t0))
+            per_cpu[i].append(b.count / (time.clock_gettime(clocks[i]) - c0))
     for group in groups:
         for c in group:
             c.t.close()
     await asyncio.gather(*(c.lost for group in groups for c in group))
-    return rates
+    return rates, per_cpu
 
 
-def _bursts_main(ports: list[int], conns: int, size: int, burst: float, cycles: int) -> None:
+def _bursts_main(ports: list[int], pids: list[int], conns: int, size: int, burst: float,
+                 cycles: int) -> None:
     import uvloop
 
     pin(1)
-    rates = uvloop.run(_bursts(ports, conns, size, burst, cycles))
-    print(json.dumps(rates), flush=True)
+    rates, per_cpu = uvloop.run(_bursts(ports, pids, conns, size, burst, cycles))
+    print(json.dumps({"rps": rates, "per_cpu_s": per_cpu}), flush=True)
 
 
 # -- driver ------------------------------------------------------------------------
@@ -283,8 +301,9 @@ def _stop_server(server: subprocess.Popen[str]) -> None:
 
 
 def run_interleaved(loops: list[str], kind: str, conns: int, size: int, burst: float,
-                    cycles: int) -> dict[str, list[float]]:
-    """One run of a cell: {loop: round trips/s of each of its *cycles* bursts}."""
+                    cycles: int) -> dict[str, dict[str, list[float]]]:
+    """One run of a cell: {loop: {"rps": round trips/s of each of its *cycles*
+    bursts, "per_cpu_s": round trips per second of its server's CPU time}}."""
     servers: list[subprocess.Popen[str]] = []
     try:
         ports = []
@@ -294,15 +313,17 @@ def run_interleaved(loops: list[str], kind: str, conns: int, size: int, burst: f
             ports.append(port)
         out = subprocess.run(
             [sys.executable, "-m", "aem_loop.bench.echo", "bursts", json.dumps(ports),
-             str(conns), str(size), str(burst), str(cycles)],
+             json.dumps([server.pid for server in servers]), str(conns), str(size), str(burst),
+             str(cycles)],
             capture_output=True, text=True, check=True,
             timeout=cycles * len(loops) * (burst * 10 + 1) + 60,
         )
-        rates = json.loads(out.stdout.strip().splitlines()[-1])
+        got = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         for server in servers:
             _stop_server(server)
-    return dict(zip(loops, rates, strict=True))
+    return {lp: {"rps": rps, "per_cpu_s": cpu}
+            for lp, rps, cpu in zip(loops, got["rps"], got["per_cpu_s"], strict=True)}
 
 
 def run_cell(loop_name: str, kind: str, conns: int, size: int, duration: float) -> float:
@@ -332,8 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     elif argv and argv[0] == "load":
         _client_main(int(argv[1]), int(argv[2]), int(argv[3]), float(argv[4]))
     elif argv and argv[0] == "bursts":
-        _bursts_main(json.loads(argv[1]), int(argv[2]), int(argv[3]), float(argv[4]),
-                     int(argv[5]))
+        _bursts_main(json.loads(argv[1]), json.loads(argv[2]), int(argv[3]), int(argv[4]),
+                     float(argv[5]), int(argv[6]))
     else:
         ap = argparse.ArgumentParser(description=__doc__)
         ap.add_argument("--quick", action="store_true")

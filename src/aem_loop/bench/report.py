@@ -60,7 +60,8 @@ def run_echo(*, quick: bool, runs: int, duration: float | None, out: str | None,
     duration = duration or (0.5 if quick else 5.0)
     cycles = max(1, round(duration / burst))
     cells = echo.cells(quick)
-    results: dict[str, dict[str, list[float]]] = {}
+    results: dict[str, dict[str, list[float]]] = {}  # round trips/s
+    per_cpu: dict[str, dict[str, list[float]]] = {}  # round trips per server CPU-s
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("echo", total=len(cells) * runs)
         for _ in range(runs):
@@ -68,7 +69,10 @@ def run_echo(*, quick: bool, runs: int, duration: float | None, out: str | None,
                 key = f"{kind} {size // 1024}KiB x{conns}"
                 rates = echo.run_interleaved(list(loops), kind, conns, size, burst, cycles)
                 for lp, r in rates.items():
-                    results.setdefault(key, {}).setdefault(lp, []).extend(round(x) for x in r)
+                    results.setdefault(key, {}).setdefault(lp, []).extend(
+                        round(x) for x in r["rps"])
+                    per_cpu.setdefault(key, {}).setdefault(lp, []).extend(
+                        round(x) for x in r["per_cpu_s"])
                 prog.advance(task)
     pairs = echo_pairs(loops)
     title = (f"{runs} runs x {cycles} cycles of {burst}s bursts per loop; ratios are "
@@ -89,22 +93,47 @@ def run_echo(*, quick: bool, runs: int, duration: float | None, out: str | None,
     table.add_column("server")
     for key in keys:
         table.add_column(key, justify="right")
+    def medians(per: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, float]]:
+        return ({lp: median(v) for lp, v in per.items()},
+                {f"{aem}/{ref}": median([a / b for a, b in zip(per[aem], per[ref], strict=True)])
+                 for ref, aem in pairs})
+
     summary: dict[str, Any] = {}
     for key, per in results.items():
-        med = {lp: median(v) for lp, v in per.items()}
-        ratios = {f"{aem}/{ref}": median([a / b for a, b in zip(per[aem], per[ref], strict=True)])
-                  for ref, aem in pairs}
-        summary[key] = {"median": med, "bursts": per, "ratios": ratios}
-    for lp in loops:
-        cells_ = []
-        for key in keys:
-            c = f"{summary[key]['median'][lp]:,.0f}"
-            if lp in ref_of:
-                c += f" ({summary[key]['ratios'][f'{lp}/{ref_of[lp]}']:.3f}x)"
-            cells_.append(c)
-        table.add_row(lp, *cells_)
-        md.append(f"| {lp} | " + " | ".join(cells_) + " |")
+        med, ratios = medians(per)
+        cmed, cratios = medians(per_cpu[key])
+        summary[key] = {"median": med, "bursts": per, "ratios": ratios,
+                        "per_cpu_s": {"median": cmed, "bursts": per_cpu[key], "ratios": cratios}}
+
+    def rows(part: Any) -> list[list[str]]:
+        out = []
+        for lp in loops:
+            cells_ = [lp]
+            for key in keys:
+                got = part(summary[key])
+                c = f"{got['median'][lp]:,.0f}"
+                if lp in ref_of:
+                    c += f" ({got['ratios'][f'{lp}/{ref_of[lp]}']:.3f}x)"
+                cells_.append(c)
+            out.append(cells_)
+        return out
+
+    for row in rows(lambda cell: cell):
+        table.add_row(*row)
+        md.append("| " + " | ".join(row) + " |")
     console.print(table)
+    cpu_table = Table(title="echo round trips per second of server CPU time, median burst, "
+                            "and aem/reference (the same bursts)")
+    md += ["", "Round trips per second of the server's CPU time (its CPU clock read by the "
+           "client around each burst), the same bursts: median, and for aem servers the "
+           "median per-cycle ratio to their reference", "", *_md_head("server", *keys)]
+    cpu_table.add_column("server")
+    for key in keys:
+        cpu_table.add_column(key, justify="right")
+    for row in rows(lambda cell: cell["per_cpu_s"]):
+        cpu_table.add_row(*row)
+        md.append("| " + " | ".join(row) + " |")
+    console.print(cpu_table)
     console.print(f"[dim]{machine()}[/dim]")
     data = {"machine": machine(), "date": datetime.datetime.now().isoformat(),
             "burst": burst, "cycles": cycles, "runs": runs, "cells": summary}
