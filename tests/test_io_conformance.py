@@ -300,6 +300,35 @@ async def test_reader_writer_invalid_file_object():
 
 
 @pytest.mark.backends("selector")
+async def test_selector_reader_cancelled_in_place_leaves_the_io_count():
+    """A reader's handle cancelled in place (not through remove_reader) stays
+    counted at its level until it leaves the selector: removed when its fd
+    is next ready, or by remove_reader; then its level counts no I/O."""
+    loop = asyncio.get_running_loop()
+    counts = loop._aem._io_counts
+    level = 70
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        before = counts[level]
+        with aem_loop.priority(level):
+            first = loop._add_reader(a.fileno(), lambda: None)
+            second = loop._add_reader(c.fileno(), lambda: None)
+        assert counts[level] == before + 2
+        first.cancel()
+        second.cancel()
+        b.send(b"x")  # ready: the loop finds the cancelled handle and removes it
+        while loop._aem_key(a.fileno()) is not None:
+            await asyncio.sleep(0)
+        assert counts[level] == before + 1
+        assert loop.remove_reader(c.fileno())
+        assert counts[level] == before
+    finally:
+        for s_ in (a, b, c, d):
+            s_.close()
+
+
+@pytest.mark.backends("selector")
 async def test_selector_transport_reads_without_a_large_allocation_per_read():
     """The selector backend's socket transports read into the loop's buffer:
     no 256 KiB bytes object per read (asyncio's recv(max_size)); the protocol

@@ -344,9 +344,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
             data = (handle, writer) if read else (reader, handle)
             sel.modify(fd, key.events | event, data)
         sched = self._aem
-        if old is not None:
-            if not old._cancelled:
-                sched.io_unregister(old._aem_level)
+        if old is not None:  # counted at its level until it leaves the key, cancelled or not
+            sched.io_unregister(old._aem_level)
             old.cancel()
         sched.io_register(level)
         tiers = self._aem_tiers
@@ -371,7 +370,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         sel: Any = self._selector
         reader, writer = key.data
         handle = reader if read else writer
-        if handle is not None and not handle._cancelled:
+        if handle is not None:  # a handle cancelled in place is still counted
             self._aem.io_unregister(handle._aem_level)
         mask = key.events & ~(_EVENT_READ if read else _EVENT_WRITE)
         if not mask:
