@@ -259,6 +259,38 @@ async def test_slowloris_is_cut_when_its_deadline_fires_late(site):
 
 
 @pytest.mark.asyncio
+async def test_a_slow_head_after_a_request_is_cut_at_its_own_deadline(site):
+    # The connection's timer is armed for its first head deadline (when it
+    # was accepted); the first request is answered later, and the next
+    # head never completes: it is cut at header_timeout after that answer,
+    # neither at the earlier deadline nor a header_timeout after it.
+    loop = asyncio.get_running_loop()
+    server = await started(site, header_timeout=0.5, timeout=30)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        while not server._conns:  # accepted: its first deadline is set
+            await asyncio.sleep(0)
+        (conn,) = server._conns
+        time.sleep(0.3)  # the loop busy: the answer comes 0.3 s after the accept
+        writer.write(get("/a.txt"))
+        assert (await read_response(reader)).status == 200
+        deadline = conn.ready_at + 0.5  # the next head's
+        writer.write(b"GET /b.txt HTTP/1.1\r\nHost: t\r\n")  # never finishes its head
+        while not conn.framer.buffered():
+            await asyncio.sleep(0)
+        before, after = loop.create_future(), loop.create_future()
+        loop.call_at(deadline - 0.05, before.set_result, None)
+        loop.call_at(deadline + 0.05, after.set_result, None)
+        await before  # the first deadline (0.2 s earlier) has fired
+        assert server.statistics()["timeouts"] == 0
+        await after
+        assert server.statistics()["timeouts"] == 1
+        assert b"408" in (await reader.read()).split(b"\r\n")[0]
+    finally:
+        await stop(server, writer)
+
+
+@pytest.mark.asyncio
 async def test_idle_keep_alive_connection_is_closed_after_the_timeout(site):
     server = await started(site, header_timeout=0.05, timeout=0.1)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

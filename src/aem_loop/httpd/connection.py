@@ -136,16 +136,21 @@ class Connection:
         if self.out or self.queue:  # a response waits for the client to read it
             due = self.last_progress + s.timeout
         elif self.framer.buffered():  # inside a request head
-            # This timer was armed for this ready period's head deadline
-            # (however late it fires): a slowloris.  Armed for something
-            # else, it cannot tell when the head began: the head gets
-            # header_timeout of its own from now.
-            if self.grace or self.head_due == self.ready_at + s.header_timeout:
+            head_due = self.ready_at + s.header_timeout
+            if self.grace or self.head_due == head_due:
+                # armed for this ready period's head deadline (however late
+                # it fires), or for the grace below: a slowloris
                 s.stats["timeouts"] += 1
                 self._cut(408)
                 return
-            self.grace = True
-            due = now + s.header_timeout
+            if now < head_due:  # armed for an earlier deadline: wait for the head's
+                due = head_due
+            else:
+                # The head's deadline passed while the timer was armed for
+                # another (the idle timeout): it cannot tell when the head
+                # began, so the head gets header_timeout of its own from now.
+                self.grace = True
+                due = now + s.header_timeout
         else:  # idle between requests
             due = self.ready_at + s.timeout
             head_due = self.ready_at + s.header_timeout
