@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -234,6 +235,23 @@ async def test_slowloris_is_cut_at_its_deadline_while_others_are_served(site):
     await stop(server, writer, slow_w)
 
 
+async def _slow_head(server: HTTPServer, writer: asyncio.StreamWriter) -> Any:
+    """Send the start of a request head that never completes; the server's
+    (only) connection once it has read it."""
+    writer.write(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n")
+    while not server._conns or not next(iter(server._conns)).framer.buffered():
+        await asyncio.sleep(0)
+    (conn,) = server._conns
+    return conn
+
+
+def _due_at(loop: asyncio.AbstractEventLoop, when: float) -> asyncio.Future[None]:
+    """A future set by a timer due at *when* (loop time)."""
+    fut = loop.create_future()
+    loop.call_at(when, fut.set_result, None)
+    return fut
+
+
 @pytest.mark.asyncio
 async def test_slowloris_is_cut_when_its_deadline_fires_late(site):
     # The loop is busy past the head deadline, so the connection's timer
@@ -243,13 +261,9 @@ async def test_slowloris_is_cut_when_its_deadline_fires_late(site):
     server = await started(site, header_timeout=0.2, timeout=30)
     slow_r, slow_w = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        slow_w.write(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n")  # never finishes its head
-        (conn,) = server._conns
-        while not conn.framer.buffered():  # the server read the start of the head
-            await asyncio.sleep(0)
+        conn = await _slow_head(server, slow_w)
         deadline = conn.ready_at + 0.2
-        after = loop.create_future()
-        loop.call_at(deadline + 0.01, after.set_result, None)  # due right after it
+        after = _due_at(loop, deadline + 0.01)  # right after it
         time.sleep(max(0.0, deadline + 0.1 - loop.time()))  # the loop blocked past both
         await after
         assert server.statistics()["timeouts"] == 1
@@ -275,12 +289,8 @@ async def test_a_slow_head_after_a_request_is_cut_at_its_own_deadline(site):
         writer.write(get("/a.txt"))
         assert (await read_response(reader)).status == 200
         deadline = conn.ready_at + 0.5  # the next head's
-        writer.write(b"GET /b.txt HTTP/1.1\r\nHost: t\r\n")  # never finishes its head
-        while not conn.framer.buffered():
-            await asyncio.sleep(0)
-        before, after = loop.create_future(), loop.create_future()
-        loop.call_at(deadline - 0.05, before.set_result, None)
-        loop.call_at(deadline + 0.05, after.set_result, None)
+        await _slow_head(server, writer)
+        before, after = _due_at(loop, deadline - 0.05), _due_at(loop, deadline + 0.05)
         await before  # the first deadline (0.2 s earlier) has fired
         assert server.statistics()["timeouts"] == 0
         await after
