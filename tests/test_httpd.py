@@ -252,6 +252,12 @@ def _due_at(loop: asyncio.AbstractEventLoop, when: float) -> asyncio.Future[None
     return fut
 
 
+async def _cut_with_408(server: HTTPServer, reader: asyncio.StreamReader) -> None:
+    """The server timed one connection out, and *reader*'s client got 408."""
+    assert server.statistics()["timeouts"] == 1
+    assert b"408" in (await reader.read()).split(b"\r\n")[0]
+
+
 @pytest.mark.asyncio
 async def test_slowloris_is_cut_when_its_deadline_fires_late(site):
     # The loop is busy past the head deadline, so the connection's timer
@@ -266,8 +272,7 @@ async def test_slowloris_is_cut_when_its_deadline_fires_late(site):
         after = _due_at(loop, deadline + 0.01)  # right after it
         time.sleep(max(0.0, deadline + 0.1 - loop.time()))  # the loop blocked past both
         await after
-        assert server.statistics()["timeouts"] == 1
-        assert b"408" in (await slow_r.read()).split(b"\r\n")[0]
+        await _cut_with_408(server, slow_r)
     finally:
         await stop(server, slow_w)
 
@@ -294,8 +299,7 @@ async def test_a_slow_head_after_a_request_is_cut_at_its_own_deadline(site):
         await before  # the first deadline (0.2 s earlier) has fired
         assert server.statistics()["timeouts"] == 0
         await after
-        assert server.statistics()["timeouts"] == 1
-        assert b"408" in (await reader.read()).split(b"\r\n")[0]
+        await _cut_with_408(server, reader)
     finally:
         await stop(server, writer)
 
