@@ -156,6 +156,13 @@ def no_leaks():
     assert not left, f"leaked threads: {left}"
 
 
+def new_loop(backend: str, fast_path: bool = True) -> asyncio.AbstractEventLoop:
+    """A new loop: stock asyncio's ("asyncio") or aem_loop's on *backend*."""
+    if backend == "asyncio":
+        return asyncio.new_event_loop()
+    return aem_loop.new_event_loop(backend=backend, fast_path=fast_path)
+
+
 def backend_of(loop: asyncio.AbstractEventLoop) -> str:
     """"asyncio", "selector" or "uvloop" for a running test loop."""
     return getattr(loop, "backend", "asyncio")

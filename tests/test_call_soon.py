@@ -13,22 +13,16 @@ import uvloop
 import aem_loop
 from aem_loop.backends.selector import SelectorLoop
 from aem_loop.backends.uv import UVLoop
-from conftest import enter_priority_mode
+from conftest import enter_priority_mode, new_loop
 
 CLASSES = {"selector": SelectorLoop, "uvloop": UVLoop}
 STOCK = {"selector": asyncio.SelectorEventLoop, "uvloop": uvloop.Loop}
 
 
-def _new(backend: str, fast_path: bool) -> asyncio.AbstractEventLoop:
-    if backend == "asyncio":
-        return asyncio.new_event_loop()
-    return aem_loop.new_event_loop(backend=backend, fast_path=fast_path)
-
-
 @pytest.mark.parametrize("fast_path", [True, False])
 @pytest.mark.parametrize("backend", ["asyncio", "selector", "uvloop"])
 def test_call_soon_on_a_closed_loop_raises_as_stock(backend, fast_path):
-    loop = _new(backend, fast_path)
+    loop = new_loop(backend, fast_path)
     ran: list[int] = []
     loop.call_soon(ran.append, 1)
     loop.run_until_complete(asyncio.sleep(0))
@@ -42,7 +36,7 @@ def test_call_soon_on_a_closed_loop_raises_as_stock(backend, fast_path):
 @pytest.mark.parametrize("fast_path", [True, False])
 @pytest.mark.parametrize("backend", ["asyncio", "uvloop-stock", "selector", "uvloop"])
 def test_a_keyword_argument_other_than_context_is_refused_as_stock(backend, fast_path):
-    loop = uvloop.new_event_loop() if backend == "uvloop-stock" else _new(backend, fast_path)
+    loop = uvloop.new_event_loop() if backend == "uvloop-stock" else new_loop(backend, fast_path)
     try:
         if backend in ("selector", "uvloop"):
             loop.run_until_complete(enter_priority_mode(loop))
@@ -60,7 +54,7 @@ def test_a_keyword_argument_other_than_context_is_refused_as_stock(backend, fast
 
 @pytest.mark.parametrize("backend", ["selector", "uvloop"])
 def test_debug_mode_on_and_off_again_keeps_the_order_and_records_sources(backend):
-    loop = _new(backend, True)
+    loop = new_loop(backend, True)
     try:
         loop.run_until_complete(enter_priority_mode(loop))
         for debug in (True, False, True):

@@ -21,7 +21,7 @@ import select
 import selectors
 import sys
 import threading
-from asyncio import events
+from asyncio import events, futures
 from collections.abc import Callable
 from typing import Any
 
@@ -184,6 +184,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         wakeup comes this way).  set_debug drops it (debug mode is the
         method's) or installs it again; close() drops it (it holds the loop)."""
         self.__dict__.pop("call_soon", None)
+        self._aem_install_c_methods()
         if (self._debug or not FAST_HANDLES or self._closed
                 or type(self).call_soon is not SelectorLoop.call_soon):
             return
@@ -237,6 +238,23 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
             return handle  # type: ignore[no-any-return]
 
         self.__dict__["call_soon"] = call_soon
+
+    def _aem_install_c_methods(self) -> None:
+        """``get_debug`` and ``create_future`` as C callables in the instance
+        outside debug mode (as uvloop's are): every Future and Task asks its
+        loop get_debug() when it is made, a Python frame each (three per
+        aiohttp request), and create_future is a frame around the C Future.
+        Installed and dropped with call_soon's closure (set_debug, close)."""
+        d = self.__dict__
+        d.pop("get_debug", None)
+        d.pop("create_future", None)
+        if self._debug is not False or self._closed:
+            return
+        cls = type(self)
+        if cls.get_debug is asyncio.BaseEventLoop.get_debug:
+            d["get_debug"] = False.__bool__
+        if cls.create_future is asyncio.BaseEventLoop.create_future:
+            d["create_future"] = functools.partial(futures.Future, loop=self)
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)
@@ -398,7 +416,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
 
     def close(self) -> None:
         super().close()
-        self.__dict__.pop("call_soon", None)  # a closure over the loop: a cycle
+        for name in ("call_soon", "create_future", "get_debug"):  # over the loop: cycles
+            self.__dict__.pop(name, None)
         self._aem_closed = True
         if self._aem_tiers is not None:
             self._aem_tiers.close()
