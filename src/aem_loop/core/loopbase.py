@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import math
 import time
-from asyncio import coroutines, events
+from asyncio import BaseEventLoop, coroutines, events, tasks
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -138,6 +138,9 @@ class AEMLoopMixin:
     # (kept by set_debug, which every loop's __init__ calls, and set_task_factory).
     _aem_plain_tasks = False
     _aem_own_factory = False
+    # The create_task this mixin calls is asyncio's BaseEventLoop.create_task
+    # (set per class by __init_subclass__).
+    _aem_stock_create_task = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -147,6 +150,8 @@ class AEMLoopMixin:
         for base in mro[mro.index(AEMLoopMixin) + 1:]:
             if "create_task" in base.__dict__:
                 cls._aem_base_create_task = base.__dict__["create_task"]
+                cls._aem_stock_create_task = (
+                    base.__dict__["create_task"] is BaseEventLoop.create_task)
                 break
 
     # The loop's clock.  Both backends use CLOCK_MONOTONIC at full resolution
@@ -315,7 +320,14 @@ class AEMLoopMixin:
             # own step, which push_woken never takes for a wakeup, so it
             # keeps the task's level without the flag below.
             if name is None and context is None:
-                task = self._aem_base_create_task(coro)
+                if self._aem_stock_create_task and self._aem_plain_tasks:
+                    # asyncio's create_task (Python) without its two frames:
+                    # what it does without a task factory or debug mode
+                    if self._closed:  # type: ignore[attr-defined]
+                        raise RuntimeError("Event loop is closed")
+                    task = tasks.Task(coro, loop=self)  # type: ignore[arg-type]
+                else:
+                    task = self._aem_base_create_task(coro)
             else:
                 task = self._aem_base_create_task(coro, name=name, context=context)
             if self._aem_collect is not None:
