@@ -139,8 +139,11 @@ class AEMLoopMixin:
     _aem_plain_tasks = False
     _aem_own_factory = False
     # The create_task this mixin calls is asyncio's BaseEventLoop.create_task
-    # (set per class by __init_subclass__).
+    # (set per class by __init_subclass__) ...
     _aem_stock_create_task = False
+    # ... and its tasks are plain: create_task makes them itself (an
+    # instance attribute, kept with _aem_plain_tasks).
+    _aem_direct_tasks = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -320,7 +323,7 @@ class AEMLoopMixin:
             # own step, which push_woken never takes for a wakeup, so it
             # keeps the task's level without the flag below.
             if name is None and context is None:
-                if self._aem_stock_create_task and self._aem_plain_tasks:
+                if self._aem_direct_tasks:
                     # asyncio's create_task (Python) without its two frames:
                     # what it does without a task factory or debug mode
                     if self._closed:  # type: ignore[attr-defined]
@@ -362,10 +365,12 @@ class AEMLoopMixin:
         super().set_task_factory(factory)  # type: ignore[misc]
         self._aem_own_factory = factory is not None
         self._aem_plain_tasks = factory is None and not self.get_debug()  # type: ignore[attr-defined]
+        self._aem_direct_tasks = self._aem_plain_tasks and self._aem_stock_create_task
 
     def set_debug(self, enabled: bool) -> None:
         super().set_debug(enabled)  # type: ignore[misc]
         self._aem_plain_tasks = not enabled and not self._aem_own_factory
+        self._aem_direct_tasks = self._aem_plain_tasks and self._aem_stock_create_task
         sched = getattr(self, "_aem", None)
         if sched is not None:
             sched.set_debug(bool(enabled))
