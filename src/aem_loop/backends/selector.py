@@ -416,8 +416,9 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
 
     def close(self) -> None:
         super().close()
-        for name in ("call_soon", "create_future", "get_debug"):  # over the loop: cycles
-            self.__dict__.pop(name, None)
+        # drops the instance's call_soon, create_future and get_debug (they
+        # hold the loop: cycles); a closed loop gets none of them
+        self._aem_install_call_soon()
         self._aem_closed = True
         if self._aem_tiers is not None:
             self._aem_tiers.close()
