@@ -4,6 +4,7 @@ import asyncio
 import random
 import socket
 import sys
+import threading
 import time
 
 import pytest
@@ -1147,3 +1148,55 @@ async def test_readers_ready_in_one_poll_run_by_level_fifo_within_each():
             a.close()
             b.close()
     assert order == sorted(range(len(levels)), key=lambda i: -levels[i])
+
+
+@pytest.mark.asyncio
+async def test_a_thread_wakes_a_loop_whose_io_all_sits_above_the_default_level():
+    """Readers at level 80 and the loop's own wakeup reader (its self-pipe,
+    at the default level), with and without another reader at the default
+    level: each reader runs at its own level, urgent first, and a callback
+    another thread hands in runs at its own level (what the pipe's reader
+    runs at does not pass on to it)."""
+    loop = asyncio.get_running_loop()
+    await enter_priority_mode(loop)
+    pairs = [socket.socketpair() for _ in range(2)]
+    (u, u_peer), (d, d_peer) = pairs
+    order: list[tuple[str, int]] = []
+    woken: list[asyncio.Future[None]] = [loop.create_future() for _ in range(3)]
+
+    def reader(name: str, sock: socket.socket) -> None:
+        sock.recv(1)
+        order.append((name, aem_loop.effective_priority()))
+
+    def from_thread(i: int) -> None:
+        order.append(("thread", aem_loop.effective_priority()))
+        woken[i].set_result(None)
+
+    def hand_in(i: int) -> None:  # from another thread; returns once handed in
+        t = threading.Thread(target=loop.call_soon_threadsafe, args=(from_thread, i))
+        t.start()
+        t.join()
+
+    try:
+        loop.add_reader(d, reader, "default", d)
+        with aem_loop.priority(80):
+            loop.add_reader(u, reader, "urgent", u)
+        d_peer.send(b"x")  # all ready before the next poll
+        u_peer.send(b"x")
+        hand_in(0)
+        await woken[0]
+        loop.remove_reader(d)  # the pipe alone at the default level
+        u_peer.send(b"x")
+        hand_in(1)
+        await woken[1]
+        hand_in(2)  # the pipe alone ready
+        await woken[2]
+    finally:
+        for a, b in pairs:
+            loop.remove_reader(a)
+            a.close()
+            b.close()
+    first, second = order[:3], order[3:]
+    assert first[0] == ("urgent", 80)
+    assert sorted(first[1:]) == [("default", 50), ("thread", 50)]
+    assert second == [("urgent", 80), ("thread", 50), ("thread", 50)]

@@ -131,10 +131,16 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
         self._aem = sched
         super().__init__(selector)
         self._ready = _ReadyView(sched)  # type: ignore[assignment]
+        key = self._aem_key(self._ssock.fileno())  # the self-pipe's reader
+        if key is not None and key.data[0] is not None:
+            sched.io_wakeup(key.data[0]._aem_level)
         sched.set_debug(self.get_debug())
         # the fused poll serves the stdlib's epoll selector (decided once)
         self._aem_epoll = type(self._selector) is selectors.EpollSelector
         if self._aem_epoll:
+            # the epoll object's poll and the selector's map, for the fused poll
+            self._aem_ep_poll = self._selector._selector.poll  # type: ignore[attr-defined]
+            self._aem_fd_to_key = self._selector._fd_to_key  # type: ignore[attr-defined]
             sched.io_poll = self._aem_poll_now
             tiers = self._aem_tiers = UrgentTiers()
             tiers.signals = UrgentSignals(
@@ -229,7 +235,8 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
                     return handle  # type: ignore[no-any-return]
             q = levels[level]
             if not q:  # the bitmap changes only when a level becomes non-empty
-                sched._bits |= bits[level]
+                b = sched._bits  # (an empty bitmap: the bit itself, no new int)
+                sched._bits = b | bits[level] if b else bits[level]
             q.append(handle)
             c = skip[level] - 1
             skip[level] = c
@@ -439,34 +446,39 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
 
     # -- the iteration ----------------------------------------------------------
 
-    def _aem_poll_epoll(self, timeout: float | None) -> None:
+    def _aem_poll_epoll(self, timeout: float) -> None:
         """select() and _process_events() in one pass over epoll's answer.
 
         Same semantics as ``EpollSelector.select`` followed by
         ``_process_events``, without the intermediate list of (key, mask)
         tuples and two calls per ready fd; used when the selector is the
-        stdlib's EpollSelector (the default on Linux).
-        """
-        sel = self._selector
-        fd_to_key = sel._fd_to_key
-        if timeout is None:
-            t = -1.0
-        elif timeout <= 0:
-            t = 0.0
-        else:  # epoll counts milliseconds: round up, never wake early
-            t = math.ceil(timeout * 1e3) * 1e-3
+        stdlib's EpollSelector (the default on Linux).  *timeout*: seconds,
+        rounded up to milliseconds (as that selector does: never wake
+        early), 0 (do not block) or -1 (block)."""
         try:
-            ready = sel._selector.poll(t, max(len(fd_to_key), 1))
+            ready = self._aem_ep_poll(timeout, max(len(self._aem_fd_to_key), 1))
         except InterruptedError:
             return
         if ready:
             self._aem_queue_ready(ready)
 
     def _aem_queue_ready(self, ready: list[tuple[int, int]]) -> None:
-        """Queue the readers and writers of the (fd, epoll events) in *ready*."""
-        fd_to_key = self._selector._fd_to_key  # type: ignore[attr-defined]
-        handles: list[Any] = []
-        add = handles.append
+        """Queue the readers and writers of the (fd, epoll events) in *ready*
+        (the ones not queued already: Scheduler.push_io)."""
+        fd_to_key = self._aem_fd_to_key
+        sched = self._aem
+        level = sched._io_one if self._aem_mixed else _DEF
+        # Every registered reader and writer at one level: appended to its
+        # queue in this pass (Scheduler.push_io's steps); else push_io looks
+        # each one's level up.
+        flat = level >= 0 and not sched.boosts
+        if flat:
+            if sched.inbox:
+                sched.drain_inbox()
+            q: Any = sched._levels[level]
+        else:
+            q = []
+        was = len(q)
         for fd, ev in ready:
             key = fd_to_key.get(fd)
             if key is None:
@@ -475,17 +487,28 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
             if ev & _NOT_EPOLLOUT and reader is not None and key.events & _EVENT_READ:
                 if reader._cancelled:
                     self._remove_reader(key.fileobj)
-                else:
-                    add(reader)
+                elif not reader._aem_q:
+                    reader._aem_q = True
+                    q.append(reader)
             if ev & _NOT_EPOLLIN and writer is not None and key.events & _EVENT_WRITE:
                 if writer._cancelled:
                     self._remove_writer(key.fileobj)
-                else:
-                    add(writer)
-        if self._aem_mixed:
-            self._aem.push_io(handles)
-        else:
-            self._aem.push_io_flat(handles)
+                elif not writer._aem_q:
+                    writer._aem_q = True
+                    q.append(writer)
+        if len(q) == was:
+            return
+        if not flat:
+            sched.push_io(q)
+            return
+        if not was:
+            b = sched._bits
+            sched._bits = b | LEVEL_BITS[level] if b else LEVEL_BITS[level]
+        skip = sched._skip
+        c = skip[level] - 1
+        skip[level] = c
+        if not c:  # one lateness sample per poll, as push_io's
+            sched._start_probe(q[-1], level, sched._clock())
 
     def _aem_poll_now(self) -> bool:
         """From inside a round of dispatch, at a spent slice: a non-blocking
@@ -505,7 +528,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
             if not above:
                 return False
         if above & UNTIERED or above >> NQUEUES:
-            self._aem_poll_epoll(0)
+            self._aem_poll_epoll(0.0)
             return True
         tiers: Any = self._aem_tiers
         ready = tiers.ready(above)
@@ -518,18 +541,26 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
     def _run_once(self) -> None:
         sched = self._aem
         if sched._bits or sched.inbox or self._stopping:  # type: ignore[attr-defined]
-            timeout: float | None = 0
+            timeout = 0.0
         else:
-            when = sched.timers.next_when()
+            when = sched.timers.next_when() if sched.timers.n else None
             if when is None:
-                timeout = None
+                timeout = -1.0
             else:
                 timeout = min(max(0.0, when - self.time()), _MAXIMUM_SELECT_TIMEOUT)
+                if timeout > 0.0:  # epoll counts milliseconds: round up, never wake early
+                    timeout = math.ceil(timeout * 1e3) * 1e-3
         sched.signalled = False  # this poll sees what a signal announced
         if self._aem_epoll:
-            self._aem_poll_epoll(timeout)
+            # _aem_poll_epoll(timeout), inlined: a Python call less per iteration
+            try:
+                ready = self._aem_ep_poll(timeout, max(len(self._aem_fd_to_key), 1))
+            except InterruptedError:
+                ready = None
+            if ready:
+                self._aem_queue_ready(ready)
         else:
-            event_list = self._selector.select(timeout)
+            event_list = self._selector.select(None if timeout < 0 else timeout)
             self._process_events(event_list)
             event_list = None  # break cycles when an exception occurs
         sched.polls += 1
@@ -541,4 +572,3 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
             sched.run_flat(sched.flat_bit.bit_length() - 1)
         else:
             sched.run_ready()
-

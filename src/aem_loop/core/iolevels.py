@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .priority import DEFAULT_PRIORITY, LEVEL_BITS, NQUEUES
+from .priority import LEVEL_BITS, NQUEUES
 
 __all__ = [
-    "JOB_TAIL_SLICES", "io_register", "io_signalled", "io_unregister", "push_io", "push_io_flat",
+    "JOB_TAIL_SLICES", "io_register", "io_signalled", "io_unregister", "io_wakeup", "push_io",
 ]
 
 # A round expected to end within this many time slices (Scheduler.round_left)
@@ -52,11 +52,30 @@ def io_unregister(self: Any, level: int) -> None:
         self._io_bits &= ~(1 << level)
         self._watch_bits = self._io_bits & ~self._sig_bits
         _one_level(self)
+    elif level == self._io_pipe:  # the wakeup reader may be left alone there
+        _one_level(self)
+
+
+def io_wakeup(self: Any, level: int) -> None:
+    """The backend's own wakeup reader (its self-pipe) is registered at
+    *level*.  It is counted there as any reader (a round below that level
+    still asks for it at a spent slice), but not when :func:`push_io`
+    decides whether one level holds all registered I/O: its callback only
+    drains the pipe, and what it hands in (a signal's callback) goes
+    through the inbox at its own level, so it may run at any level.  A
+    server under one priority (its listener and connections above the
+    pipe's level) then has its readers queued without a per-handle look-up."""
+    self._io_pipe = level
+    _one_level(self)
 
 
 def _one_level(self: Any) -> None:
-    """``_io_one``: the level, if exactly one has registered I/O; else -1."""
+    """``_io_one``: the level, if exactly one has registered I/O (the
+    wakeup reader aside, see :func:`io_wakeup`); else -1."""
     bits = self._io_bits
+    pipe = self._io_pipe
+    if pipe >= 0 and bits & ~(1 << pipe) and self._io_counts[pipe] == 1:
+        bits &= ~(1 << pipe)  # the pipe alone at its level, other I/O elsewhere
     self._io_one = bits.bit_length() - 1 if bits and not bits & (bits - 1) else -1
 
 
@@ -72,18 +91,18 @@ def push_io(self: Any, handles: list[Any]) -> None:
     """``Scheduler.push_ready`` for every handle one poll found ready, in order.
 
     One call per poll instead of two per ready fd (the per-event cost of
-    the loop is a good share of a small round trip).  All of them became
+    the loop is a good share of a small round trip).  The caller has left
+    out the handles queued already (still waiting from an earlier poll:
+    a level-triggered fd is reported again) and marked the others queued
+    (``_aem_q``, cleared when one is dispatched).  All of them became
     ready at one moment, so one lateness sample per poll says as much as
     one per handle: the last handle queued is the candidate.  A reader's
     or writer's level is the one it was registered at (``_aem_level``,
-    set by the backend, which counts it in :func:`io_register`): while
-    every registered waiter is at one level and nothing is boosted, all
-    of them go to that level's queue with no per-handle look-up.
+    set by the backend, which counts it in :func:`io_register`).  While
+    every registered waiter is at one level (``_io_one``) and nothing is
+    boosted, a backend may append them to that level's queue itself, as
+    the selector backend does in its pass over the poll's answer.
     """
-    one = self._io_one
-    if one >= 0 and not self.boosts:
-        push_io_flat(self, handles, one)
-        return
     if self.inbox:
         self.drain_inbox()
     levels = self._levels
@@ -93,9 +112,6 @@ def push_io(self: Any, handles: list[Any]) -> None:
     level = -1
     q: Any = None
     for handle in handles:
-        if handle._aem_q:
-            continue
-        handle._aem_q = True
         lv = handle._aem_level
         if boosts:
             lv = self._boosted(handle, lv)
@@ -116,25 +132,3 @@ def push_io(self: Any, handles: list[Any]) -> None:
     skip[level] = c
     if not c:
         self._start_probe(h, level, self._clock())
-
-
-def push_io_flat(self: Any, handles: list[Any], level: int = DEFAULT_PRIORITY) -> None:
-    """:func:`push_io` on the fast path (the default level), or when all
-    registered I/O is at *level*."""
-    if self.inbox:
-        self.drain_inbox()
-    q = self._levels[level]
-    was = len(q)
-    for handle in handles:
-        if not handle._aem_q:
-            handle._aem_q = True
-            q.append(handle)
-    if len(q) == was:
-        return
-    if not was:
-        self._bits |= LEVEL_BITS[level]
-    skip = self._skip
-    c = skip[level] - 1
-    skip[level] = c
-    if not c:
-        self._start_probe(q[-1], level, self._clock())

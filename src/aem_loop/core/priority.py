@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 __all__ = [
+    "ABOVE_BITS",
+    "CLEAR_BITS",
     "JOB_LEVEL",
     "LEVEL_BITS",
     "MAX_PRIORITY",
@@ -48,6 +50,11 @@ NQUEUES = NLEVELS + 1
 # 1 << level for every level, made once: levels above 30 need a two-digit int,
 # and building one on every push was a measurable share of the push.
 LEVEL_BITS = tuple(1 << i for i in range(NQUEUES))
+# A bitmap of levels reaches ABOVE_BITS[level] when a level above it is set;
+# ``bits & CLEAR_BITS[level]`` clears the level's bit (a positive mask: no
+# complement to build).  Made once for the same reason.
+ABOVE_BITS = tuple(2 << i for i in range(NQUEUES))
+CLEAR_BITS = tuple(((1 << NQUEUES) - 1) ^ (1 << i) for i in range(NQUEUES))
 
 
 class Priority(enum.IntEnum):

@@ -47,7 +47,16 @@ from typing import Any
 
 from . import boosting, iolevels
 from .handles import URGENT_IO, AEMHandle, is_wakeup, report_callback_error
-from .priority import DEFAULT_PRIORITY, LEVEL_BITS, NQUEUES, PRIORITY_VAR, boolean, seconds
+from .priority import (
+    ABOVE_BITS,
+    CLEAR_BITS,
+    DEFAULT_PRIORITY,
+    LEVEL_BITS,
+    NQUEUES,
+    PRIORITY_VAR,
+    boolean,
+    seconds,
+)
 from .readyqueue import ReadyQueue
 from .stats import LatencyRecorder, LoopStatistics
 from .timers import AEMTimerHandle, TimerWheel
@@ -67,6 +76,9 @@ DEFAULT_AGING = 0.010
 
 _NOT_DISPATCHING = -1
 _BIT = LEVEL_BITS
+_ABOVE = ABOVE_BITS
+_CLEAR = CLEAR_BITS
+_BELOW = tuple(b - 1 for b in LEVEL_BITS)  # every bit below the level's
 _INF = float("inf")
 # _io_bits while the backend has not said which levels have I/O: above all.
 _IO_UNKNOWN = 1 << NQUEUES
@@ -117,6 +129,7 @@ class Scheduler(ReadyQueue):
         "_io_bits",
         "_io_counts",
         "_io_one",
+        "_io_pipe",
         "_probe",
         "_probe_t",
         "_sig_bits",
@@ -181,6 +194,7 @@ class Scheduler(ReadyQueue):
         # The one level with registered I/O, or -1 (none, several, unknown):
         # push_io then queues every ready handle there without looking.
         self._io_one = -1
+        self._io_pipe = -1  # the level of the backend's wakeup reader (iolevels.io_wakeup)
         # Of those, the levels whose readiness the kernel signals (the
         # backend's io_signalled; backends.tiers), and the rest: the levels
         # a round watches the clock for and a spent slice asks.
@@ -236,7 +250,8 @@ class Scheduler(ReadyQueue):
         # call_soon and every I/O event, and a call costs ~0.1 us here.
         q = self._levels[level]
         if not q:  # the bitmap changes only when a level becomes non-empty
-            self._bits |= _BIT[level]
+            b = self._bits  # (an empty bitmap: the bit itself, no new int)
+            self._bits = b | _BIT[level] if b else _BIT[level]
         q.append(handle)
         skip = self._skip
         c = skip[level] - 1
@@ -248,7 +263,8 @@ class Scheduler(ReadyQueue):
         """Append *handle* to *level*; *ready_at* (default: now) starts a sample."""
         q = self._levels[level]
         if not q:
-            self._bits |= _BIT[level]
+            b = self._bits
+            self._bits = b | _BIT[level] if b else _BIT[level]
         q.append(handle)
         skip = self._skip
         c = skip[level] - 1
@@ -280,7 +296,8 @@ class Scheduler(ReadyQueue):
         # callback (each task wakeup) comes this way.
         q = self._levels[level]
         if not q:
-            self._bits |= _BIT[level]
+            b = self._bits
+            self._bits = b | _BIT[level] if b else _BIT[level]
         q.append(handle)
         skip = self._skip
         c = skip[level] - 1
@@ -315,7 +332,8 @@ class Scheduler(ReadyQueue):
             self.drain_inbox()
         q = self._flat_q
         if not q:
-            self._bits |= _DEF_BIT
+            b = self._bits
+            self._bits = b | _DEF_BIT if b else _DEF_BIT
         q.append(handle)
         skip = self._skip
         c = skip[_DEF] - 1
@@ -351,7 +369,7 @@ class Scheduler(ReadyQueue):
         thread) queues above *level* ends the round; it runs next."""
         if self.inbox:
             self.drain_inbox()
-        bit = 1 << level
+        bit = _BIT[level]  # the bitmaps below are made once (core.priority)
         if self._bits != bit:
             # empty, or work was queued at another level meanwhile
             if self._bits:
@@ -360,7 +378,7 @@ class Scheduler(ReadyQueue):
         q = self._levels[level]
         p = self._probe[level]
         popped = skipped = 0
-        mask = (bit << 1) - 1
+        above = _ABOVE[level]
         self.current = level
         try:
             for popped in range(1, len(q) + 1):
@@ -393,17 +411,17 @@ class Scheduler(ReadyQueue):
                         self._end_probe(level)
                     else:
                         self._sample(level, self._clock())
-                if self._bits > mask:
+                if self._bits >= above:
                     break  # more urgent work (or the first other priority used)
                 if self.inbox:
                     self.drain_inbox()
-                    if self._bits > mask:
+                    if self._bits >= above:
                         break
         finally:
             self.current = _NOT_DISPATCHING
             self.dispatched[level] += popped - skipped
             if not q:
-                self._bits &= ~bit
+                self._bits &= _CLEAR[level]
             if popped or not q:  # served (or empty): not starving
                 self._since[level] = 0.0
 
@@ -412,10 +430,10 @@ class Scheduler(ReadyQueue):
     # Registered I/O per level, and the levels the kernel signals; ready I/O
     # queued at the level it was registered at (core.iolevels).
     push_io = iolevels.push_io
-    push_io_flat = iolevels.push_io_flat
     io_register = iolevels.io_register
     io_unregister = iolevels.io_unregister
     io_signalled = iolevels.io_signalled
+    io_wakeup = iolevels.io_wakeup
 
     def push_threadsafe(self, handle: Any) -> None:
         """Queue from another thread or a signal handler; the backend wakes the poll."""
@@ -455,13 +473,13 @@ class Scheduler(ReadyQueue):
         The dispatch loop clears a level's bit when it leaves the level, so a
         set bit may name a level just drained: the deques decide.
         """
-        b = self._bits & ((1 << below) - 1)
+        b = self._bits if below >= NQUEUES else self._bits & _BELOW[below]
         levels = self._levels
         lv = b.bit_length() - 1
         while lv > level:
             if levels[lv]:
                 return True
-            b &= ~(1 << lv)
+            b &= _CLEAR[lv]
             lv = b.bit_length() - 1
         return False
 
@@ -551,13 +569,13 @@ class Scheduler(ReadyQueue):
                 if self.signalled:  # urgent I/O is ready: the backend polls
                     self.signalled = False
                     if not levels[NQUEUES - 1]:
-                        self._bits &= ~_BIT[NQUEUES - 1]  # drain_inbox's
+                        self._bits &= _CLEAR[NQUEUES - 1]  # drain_inbox's
                     break
                 level = bits.bit_length() - 1
                 if level <= floor:
                     break
                 q = levels[level]
-                above = 2 << level  # the bitmap reaches this: more urgent work
+                above = _ABOVE[level]  # the bitmap reaches this: more urgent work
                 # Only a timer or I/O above this level can bring more urgent
                 # work by time; without either, the clock is not read per
                 # callback (threadsafe work shows up in the inbox).  A timer
@@ -657,7 +675,7 @@ class Scheduler(ReadyQueue):
                         low += popped
                     self.dispatched[level] += popped - skipped
                     if not q:
-                        self._bits &= ~(1 << level)
+                        self._bits &= _CLEAR[level]
                     if popped or not q:  # served (or empty): not starving
                         self._since[level] = 0.0
                 if poll:
