@@ -421,7 +421,8 @@ class Scheduler(ReadyQueue):
             self.current = _NOT_DISPATCHING
             self.dispatched[level] += popped - skipped
             if not q:
-                self._bits &= _CLEAR[level]
+                b = self._bits  # (the level alone in it: no new int)
+                self._bits = 0 if b == bit else b & _CLEAR[level]
             if popped or not q:  # served (or empty): not starving
                 self._since[level] = 0.0
 
@@ -675,7 +676,8 @@ class Scheduler(ReadyQueue):
                         low += popped
                     self.dispatched[level] += popped - skipped
                     if not q:
-                        self._bits &= _CLEAR[level]
+                        b = self._bits
+                        self._bits = 0 if b == _BIT[level] else b & _CLEAR[level]
                     if popped or not q:  # served (or empty): not starving
                         self._since[level] = 0.0
                 if poll:
@@ -685,11 +687,17 @@ class Scheduler(ReadyQueue):
         return low
 
     def _sample(self, level: int, now: float) -> None:
+        """The probe of *level* ran: its lateness recorded, the countdown
+        to the next probe starts (LatencyRecorder.add and _end_probe,
+        inlined: one Python call per sample)."""
         rec = self.lateness.get(level)
         if rec is None:
             rec = self.lateness[level] = LatencyRecorder()
-        rec.add(max(0.0, now - self._probe_t[level]))
-        self._end_probe(level)
+        late = now - self._probe_t[level]
+        rec._samples.append(late if late > 0.0 else 0.0)
+        rec.count += 1
+        self._probe[level] = None
+        self._skip[level] = _SAMPLE_EVERY
 
     def _end_probe(self, level: int) -> None:
         self._probe[level] = None
