@@ -192,7 +192,8 @@ class Scheduler(ReadyQueue):
         self._io_counts: list[int] | None = None
         self._io_bits = _IO_UNKNOWN
         # The one level with registered I/O, or -1 (none, several, unknown):
-        # push_io then queues every ready handle there without looking.
+        # the backend's poll may then queue every ready handle there without
+        # looking (iolevels.push_io).
         self._io_one = -1
         self._io_pipe = -1  # the level of the backend's wakeup reader (iolevels.io_wakeup)
         # Of those, the levels whose readiness the kernel signals (the
