@@ -446,17 +446,17 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
 
     # -- the iteration ----------------------------------------------------------
 
-    def _aem_poll_epoll(self, timeout: float) -> None:
-        """select() and _process_events() in one pass over epoll's answer.
+    def _aem_poll_epoll(self) -> None:
+        """A non-blocking select() and _process_events() in one pass over
+        epoll's answer (the mid-round poll; _run_once does the same steps
+        inline, with its timeout).
 
         Same semantics as ``EpollSelector.select`` followed by
         ``_process_events``, without the intermediate list of (key, mask)
         tuples and two calls per ready fd; used when the selector is the
-        stdlib's EpollSelector (the default on Linux).  *timeout*: seconds,
-        rounded up to milliseconds (as that selector does: never wake
-        early), 0 (do not block) or -1 (block)."""
+        stdlib's EpollSelector (the default on Linux)."""
         try:
-            ready = self._aem_ep_poll(timeout, max(len(self._aem_fd_to_key), 1))
+            ready = self._aem_ep_poll(0.0, max(len(self._aem_fd_to_key), 1))
         except InterruptedError:
             return
         if ready:
@@ -528,7 +528,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
             if not above:
                 return False
         if above & UNTIERED or above >> NQUEUES:
-            self._aem_poll_epoll(0.0)
+            self._aem_poll_epoll()
             return True
         tiers: Any = self._aem_tiers
         ready = tiers.ready(above)
@@ -552,7 +552,7 @@ class SelectorLoop(EventsLoopMixin, CapsuleLoopMixin, AEMLoopMixin,  # type: ign
                     timeout = math.ceil(timeout * 1e3) * 1e-3
         sched.signalled = False  # this poll sees what a signal announced
         if self._aem_epoll:
-            # _aem_poll_epoll(timeout), inlined: a Python call less per iteration
+            # _aem_poll_epoll's steps with this timeout: a Python call less per iteration
             try:
                 ready = self._aem_ep_poll(timeout, max(len(self._aem_fd_to_key), 1))
             except InterruptedError:

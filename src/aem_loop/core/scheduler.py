@@ -689,14 +689,12 @@ class Scheduler(ReadyQueue):
 
     def _sample(self, level: int, now: float) -> None:
         """The probe of *level* ran: its lateness recorded, the countdown
-        to the next probe starts (LatencyRecorder.add and _end_probe,
-        inlined: one Python call per sample)."""
+        to the next probe starts (_end_probe's two steps, inlined)."""
         rec = self.lateness.get(level)
         if rec is None:
             rec = self.lateness[level] = LatencyRecorder()
         late = now - self._probe_t[level]
-        rec._samples.append(late if late > 0.0 else 0.0)
-        rec.count += 1
+        rec.add(late if late > 0.0 else 0.0)
         self._probe[level] = None
         self._skip[level] = _SAMPLE_EVERY
 
